@@ -1,0 +1,22 @@
+"""numbaconv: fast CPU convolution for NumPy arrays, with torch.nn.functional semantics.
+
+>>> import numpy as np, numbaconv
+>>> y = numbaconv.conv2d(np.ones((1, 3, 32, 32), np.float32), np.ones((8, 3, 3, 3), np.float32))
+>>> y.shape, y.dtype
+((1, 8, 30, 30), dtype('float32'))
+"""
+
+from . import reference, shapes
+from ._threads import get_num_threads, num_threads, set_num_threads
+from .dispatch import UnsupportedAlgorithm
+from .functional import (algorithms, conv1d, conv2d, conv_transpose1d, conv_transpose2d,
+                         explain)
+from .problem import ConvProblem
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "explain", "algorithms",
+    "ConvProblem", "UnsupportedAlgorithm", "reference", "shapes",
+    "set_num_threads", "get_num_threads", "num_threads",
+]

@@ -1,0 +1,143 @@
+"""What every public entry point does before any arithmetic: turn the user's arguments into
+contiguous arrays of one floating dtype and a validated :class:`~numbaconv.problem.ConvProblem`.
+
+Dtype rule: float32 and float64 are computed in their own precision; float16 is computed in
+float32; bool and integer arrays count as float64; if any array is float64 everything is. Complex,
+object, string and extended-precision arrays raise TypeError.
+"""
+
+import numpy as np
+
+from . import shapes
+from .problem import ConvProblem
+
+
+def as_array(value, name):
+    """``np.asarray(value)``; CPU torch tensors arrive zero-copy, ones that require grad detached."""
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except (RuntimeError, TypeError) as err:
+        detach = getattr(value, "detach", None)
+        if detach is None:
+            raise TypeError(f"{name} must be array-like, got {type(value).__name__}") from err
+        return np.asarray(detach().cpu())
+
+
+def _float_kind(array, name):
+    dt = array.dtype
+    if dt.kind in "biu":
+        return np.float64
+    if dt.kind == "f":
+        if dt.itemsize <= 4:
+            return np.float32
+        if dt.itemsize == 8:
+            return np.float64
+        raise TypeError(f"{name} has dtype {dt}: extended precision is not supported, "
+                        f"convert to float64")
+    if dt.kind == "c":
+        raise TypeError(f"{name} has complex dtype {dt}: complex convolution is not supported")
+    raise TypeError(f"{name} has dtype {dt}: expected a real numeric dtype (float32, float64, "
+                    f"integer or bool)")
+
+
+def compute_dtype(named_arrays):
+    """The dtype the convolution is computed and returned in (see the module docstring)."""
+    kinds = [_float_kind(a, name) for name, a in named_arrays if a is not None]
+    return np.dtype(np.float64 if np.float64 in kinds else np.float32)
+
+
+class Prepared:
+    """Contiguous operands, the batched problem, and how to shape the result for the user."""
+
+    __slots__ = ("problem", "x", "w", "b", "unbatched", "originals")
+
+    def __init__(self, problem, x, w, b, unbatched, originals):
+        self.problem, self.x, self.w, self.b = problem, x, w, b
+        self.unbatched, self.originals = unbatched, originals
+
+    @property
+    def result_shape(self):
+        shape = self.problem.output_shape
+        return shape[1:] if self.unbatched else shape
+
+
+def prepare(func, nd, input, weight, bias, *, transposed, stride, padding, dilation, groups,
+            output_padding=0, output_size=None):
+    """Validate and normalise the arguments of ``func`` (its name is used in messages)."""
+    x = as_array(input, "input")
+    w = as_array(weight, "weight")
+    b = None if bias is None else as_array(bias, "bias")
+    dtype = compute_dtype((("input", x), ("weight", w), ("bias", b)))
+
+    layout = f"(N, C, {', '.join('DHW'[3 - nd:]) if nd > 1 else 'L'})"
+    if x.ndim not in (nd + 1, nd + 2):
+        raise ValueError(f"{func}: input must have shape {layout} or the unbatched form without "
+                         f"N ({nd + 2} or {nd + 1} dimensions), got shape {x.shape}")
+    if w.ndim != nd + 2:
+        kind = "(C_in, C_out / groups, *kernel)" if transposed else "(C_out, C_in / groups, *kernel)"
+        raise ValueError(f"{func}: weight must have {nd + 2} dimensions {kind}, got shape "
+                         f"{w.shape}")
+    unbatched = x.ndim == nd + 1
+    x_shape = (1,) + x.shape if unbatched else x.shape
+
+    if transposed:
+        if output_size is not None:
+            output_padding = output_padding_for(output_size, nd, x_shape, w.shape, stride,
+                                                 padding, dilation)
+        problem = ConvProblem.for_conv_transpose(
+            x_shape, w.shape, bias=b is not None, stride=stride, padding=padding,
+            output_padding=output_padding, groups=groups, dilation=dilation, dtype=dtype)
+    else:
+        problem = ConvProblem.for_conv(
+            x_shape, w.shape, bias=b is not None, stride=stride, padding=padding,
+            dilation=dilation, groups=groups, dtype=dtype)
+
+    if b is not None and b.shape != (problem.out_channels,):
+        raise ValueError(f"{func}: bias must have shape ({problem.out_channels},) (one value per "
+                         f"output channel), got {b.shape}")
+
+    xc = np.ascontiguousarray(x, dtype=dtype).reshape(x_shape)
+    wc = np.ascontiguousarray(w, dtype=dtype)
+    bc = None if b is None else np.ascontiguousarray(b, dtype=dtype)
+    return Prepared(problem, xc, wc, bc, unbatched, (x, w, b))
+
+
+def output_padding_for(output_size, nd, x_shape, w_shape, stride, padding, dilation):
+    size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,)
+    if len(size) == nd + 2:  # torch also accepts the full (N, C, *spatial) size
+        size = size[2:]
+    if len(size) != nd:
+        raise ValueError(f"output_size must have {nd} spatial entries (or {nd + 2} with N and C), "
+                         f"got {output_size!r}")
+    return shapes.transposed_output_padding(tuple(x_shape[2:]), size, tuple(w_shape[2:]),
+                                            stride, padding, dilation)
+
+
+def output_array(prepared, out):
+    """The array the result is written to: ``out`` after validation, or a new one.
+
+    Returns ``(result, batched_view)``: what to give back to the user and the batched
+    C-contiguous view of it that kernels write.
+    """
+    problem = prepared.problem
+    shape, dtype = prepared.result_shape, np.dtype(problem.dtype)
+    if out is None:
+        result = np.empty(shape, dtype=dtype)
+    else:
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+        if out.shape != shape:
+            raise ValueError(f"out must have the output shape {shape}, got {out.shape}")
+        if out.dtype != dtype:
+            raise TypeError(f"out must have the computation dtype {dtype}, got {out.dtype}")
+        if not out.flags.c_contiguous:
+            raise ValueError("out must be C-contiguous")
+        if not out.flags.writeable:
+            raise ValueError("out must be writeable")
+        for name, a in zip(("input", "weight", "bias"), prepared.originals):
+            if a is not None and np.may_share_memory(out, a):
+                raise ValueError(f"out must not overlap {name}")
+        result = out
+    return result, result.reshape(problem.output_shape)

@@ -1,0 +1,30 @@
+"""The one place that decides how numbaconv's kernels are compiled.
+
+Every kernel module builds its decorators here, so compile options stay uniform:
+
+* ``cache=True``: compiled machine code is kept on disk beside the sources, so only the
+  first call after installation pays for compilation.
+* ``fastmath={'contract'}``: lets LLVM fuse a multiply and an add into one FMA. It never
+  reorders a sum, so a kernel's summation order is the one written in its source and the
+  result does not depend on the thread count. Reassociating flags (``reassoc``, ``fast``)
+  are deliberately absent, as are ``nnan``/``ninf``: NaN and Inf must propagate.
+* ``error_model='numpy'``: integer division without Python's zero-division check, which
+  would otherwise sit inside hot index arithmetic.
+* ``nogil=True``: kernels release the GIL, so several Python threads can convolve at once.
+"""
+
+import numba
+
+FASTMATH = frozenset({"contract"})
+
+_COMMON = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy")
+
+
+def kernel(fn):
+    """Decorate a serial compiled helper (inlined into its callers by LLVM when small)."""
+    return numba.njit(**_COMMON)(fn)
+
+
+def parallel_kernel(fn):
+    """Decorate a compiled driver whose outermost ``prange`` spreads work over threads."""
+    return numba.njit(parallel=True, **_COMMON)(fn)

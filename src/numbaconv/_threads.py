@@ -1,0 +1,111 @@
+"""Thread control: one thread pool at a time.
+
+numbaconv parallelises with Numba's ``prange``. Kernels that call BLAS do it from inside those
+parallel loops, one single-threaded GEMM per thread, so BLAS must not start its own pool
+meanwhile: two pools that take turns spin against each other on a two-core machine.
+:func:`blas_single_threaded` holds every BLAS library at one thread for the duration of a
+kernel call, with a process-wide count so that concurrent calls from several Python threads
+restore the user's setting only when the last of them leaves.
+"""
+
+import contextlib
+import threading
+
+import numba
+
+_lock = threading.Lock()
+_active = 0
+_saved_limits = None
+_controller = None
+
+# None means "whatever Numba says for the calling thread"; set by set_num_threads().
+_num_threads = None
+
+
+def _blas_controller():
+    global _controller
+    if _controller is None:
+        # numba's np.dot reaches BLAS through scipy's cython_blas; import it so the library
+        # is loaded before threadpoolctl looks for it.
+        import scipy.linalg.cython_blas  # noqa: F401
+        from threadpoolctl import ThreadpoolController
+
+        _controller = ThreadpoolController().select(user_api="blas")
+    return _controller
+
+
+@contextlib.contextmanager
+def blas_single_threaded():
+    """Hold every BLAS library at one thread while the block runs (re-entrant, thread-safe)."""
+    global _active, _saved_limits
+    controller = _blas_controller()
+    with _lock:
+        if _active == 0:
+            _saved_limits = [lib.num_threads for lib in controller.lib_controllers]
+            for lib in controller.lib_controllers:
+                lib.set_num_threads(1)
+        _active += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _active -= 1
+            if _active == 0:
+                for lib, n in zip(controller.lib_controllers, _saved_limits):
+                    lib.set_num_threads(n)
+
+
+def get_num_threads():
+    """Number of threads numbaconv's kernels use for a call made from this thread."""
+    return _num_threads if _num_threads is not None else numba.get_num_threads()
+
+
+def _check_count(n):
+    limit = numba.config.NUMBA_NUM_THREADS
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= limit:
+        raise ValueError(f"number of threads must be an int in [1, {limit}] "
+                         f"(NUMBA_NUM_THREADS), got {n!r}")
+
+
+def set_num_threads(n):
+    """Use ``n`` threads for numbaconv's kernels, and for BLAS calls made outside them.
+
+    Applies to calls from every Python thread. ``n`` is at most ``numba.config.NUMBA_NUM_THREADS``
+    (set by the ``NUMBA_NUM_THREADS`` environment variable before Numba starts).
+    """
+    global _num_threads
+    _check_count(n)
+    _num_threads = n
+    numba.set_num_threads(n)
+    for lib in _blas_controller().lib_controllers:
+        lib.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """Context manager: ``with numbaconv.num_threads(1): ...`` runs the block with ``n`` threads."""
+    global _num_threads
+    _check_count(n)
+    saved, saved_numba = _num_threads, numba.get_num_threads()
+    _num_threads = n
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        _num_threads = saved
+        numba.set_num_threads(saved_numba)
+
+
+@contextlib.contextmanager
+def launch():
+    """Set Numba's (thread-local) thread count for a kernel launch from the calling thread."""
+    n = _num_threads
+    if n is None or n == numba.get_num_threads():
+        yield
+        return
+    saved = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(saved)

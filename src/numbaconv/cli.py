@@ -1,0 +1,83 @@
+"""The ``numbaconv`` command.
+
+``numbaconv demo``: convolve the built-in real network layers and print, for each, the output
+shape, parameters, MACs and FLOPs, the algorithm ``auto`` picks, and the measured speed.
+"""
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def _median_seconds(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _inputs(problem, rng):
+    x = rng.standard_normal(problem.input_shape, dtype=np.float32)
+    w = rng.standard_normal(problem.weight_shape, dtype=np.float32)
+    b = rng.standard_normal(problem.out_channels, dtype=np.float32) if problem.bias else None
+    return x, w, b
+
+
+def _call(problem, x, w, b, algorithm="auto"):
+    import numbaconv
+
+    if problem.transposed:
+        return numbaconv.conv_transpose2d(x, w, b, problem.stride, problem.padding,
+                                          problem.output_padding, problem.groups,
+                                          problem.dilation, algorithm=algorithm)
+    return numbaconv.conv2d(x, w, b, problem.stride, problem.padding, problem.dilation,
+                            problem.groups, algorithm=algorithm)
+
+
+def demo(args):
+    import numbaconv
+    from numbaconv import suite
+
+    rng = np.random.default_rng(0)
+    layers = [suite.get(name) for name in args.layers] if args.layers else suite.LAYERS
+    print(f"numbaconv {numbaconv.__version__}: {len(layers)} real layers, batch 1, float32, "
+          f"{numbaconv.get_num_threads()} threads")
+    header = (f"{'layer':<30} {'output shape':>18} {'params':>9} {'MMACs':>8} {'GFLOP':>6} "
+              f"{'algorithm':>10} {'first ms':>9} {'ms':>8} {'GFLOP/s':>8}")
+    print(header)
+    print("-" * len(header))
+    for layer in layers:
+        p = layer.problem
+        x, w, b = _inputs(p, rng)
+        start = time.perf_counter()
+        y = _call(p, x, w, b)
+        first = time.perf_counter() - start
+        assert y.shape == p.output_shape
+        seconds = _median_seconds(lambda: _call(p, x, w, b), args.repeats)
+        choice = numbaconv.explain(x, w, b, p.stride, p.padding, p.dilation, p.groups,
+                                   transposed=p.transposed,
+                                   output_padding=p.output_padding).choice
+        shape = "x".join(map(str, p.output_shape))
+        print(f"{layer.name:<30} {shape:>18} {p.params:>9} {p.macs / 1e6:>8.1f} "
+              f"{p.flops / 1e9:>6.2f} {choice:>10} {first * 1e3:>9.1f} {seconds * 1e3:>8.2f} "
+              f"{p.flops / seconds / 1e9:>8.1f}")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="numbaconv", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_demo = sub.add_parser("demo", help="convolve real network layers: shapes, costs, speed")
+    p_demo.add_argument("layers", nargs="*", help="layer names (default: the whole suite)")
+    p_demo.add_argument("--repeats", type=int, default=5, help="timed calls per layer")
+    p_demo.set_defaults(func=demo)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""Public convolution functions: validate, normalise, dispatch, run.
+
+The front ends never loop over pixels: they turn the arguments into a
+:class:`~numbaconv.problem.ConvProblem` and contiguous arrays, ask :mod:`numbaconv.dispatch` for
+an algorithm and hand it plain arrays.
+"""
+
+import numpy as np
+
+from . import _threads, dispatch
+from ._front import as_array, compute_dtype, output_array, output_padding_for, prepare
+from .problem import ConvProblem
+
+_ALGORITHM_DOC = """algorithm : str, optional
+        ``'auto'`` (default) or the name of an algorithm (see :func:`explain` and
+        ``numbaconv.dispatch.ALGORITHMS``); a forced algorithm that cannot compute the problem
+        raises :class:`~numbaconv.dispatch.UnsupportedAlgorithm` with the reason."""
+
+
+def _run(prepared, algorithm, out):
+    result, batched = output_array(prepared, out)
+    problem, x, w, b = prepared.problem, prepared.x, prepared.w, prepared.b
+    if problem.nd == 1:
+        # 1-d runs through the 2-d kernels with a unit height: reshapes of contiguous arrays
+        problem = problem.lifted_to_2d()
+        x = x.reshape(x.shape[:2] + (1,) + x.shape[2:])
+        w = w.reshape(w.shape[:2] + (1,) + w.shape[2:])
+        batched = batched.reshape(problem.output_shape)
+    chosen = dispatch.get(algorithm, problem)
+    if problem.batch:
+        with _threads.launch():
+            chosen.run(problem, x, w, b, batched)
+    return result
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           algorithm="auto", out=None):
+    r"""2-D convolution (cross-correlation) over an input of several planes.
+
+    Same semantics, argument forms and result as ``torch.nn.functional.conv2d``:
+
+    .. math::
+        \text{out}(n, c_o, y, x) = \text{bias}(c_o) + \sum_{c_i, k_y, k_x}
+        \text{weight}(c_o, c_i, k_y, k_x)\,
+        \text{input}(n, g\,C_{in}/G + c_i,\; y s_h - p_t + k_y d_h,\; x s_w - p_l + k_x d_w)
+
+    where :math:`g` is the group of output channel :math:`c_o`, :math:`c_i` runs over the
+    :math:`C_{in}/G` input channels of that group, and input positions outside the image count as
+    zero. The output size per spatial dimension is
+
+    .. math::
+        H_{out} = \left\lfloor \frac{H + p_t + p_b - d_h (k_h - 1) - 1}{s_h} \right\rfloor + 1
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C_in, H, W) or (C_in, H, W)
+        Any array NumPy accepts, CPU torch tensors included (read without copying when
+        possible). Never modified.
+    weight : array_like, shape (C_out, C_in / groups, kH, kW)
+    bias : array_like, shape (C_out,), optional
+    stride : int or (int, int)
+    padding : int, (int, int), ((top, bottom), (left, right)), 'valid' or 'same'
+        Zero padding. ``'same'`` (stride 1 only) pads ``dilation * (k - 1)`` in total per
+        dimension, the odd element at the bottom/right, as torch does.
+    dilation : int or (int, int)
+    groups : int
+        Input and output channels are split into ``groups`` independent groups; both counts must
+        be divisible by it. ``groups == C_in`` is a depthwise convolution.
+    {algorithm}
+    out : numpy.ndarray, optional
+        Receives the result: the output shape, the computation dtype, C-contiguous, writeable,
+        not overlapping the inputs.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+        float64 if any operand is float64, integer or bool, else float32 (float16 counts as
+        float32).
+
+    Raises
+    ------
+    ValueError, TypeError
+        For invalid arguments, before any computation; the message names the argument and rule.
+
+    Examples
+    --------
+    >>> import numpy as np, numbaconv
+    >>> x = np.ones((1, 3, 8, 8), np.float32)
+    >>> w = np.ones((4, 3, 3, 3), np.float32)
+    >>> numbaconv.conv2d(x, w, padding=1).shape
+    (1, 4, 8, 8)
+    >>> float(numbaconv.conv2d(x, w, padding="same")[0, 0, 4, 4])
+    27.0
+    """
+    prepared = prepare("conv2d", 2, input, weight, bias, transposed=False, stride=stride,
+                       padding=padding, dilation=dilation, groups=groups)
+    return _run(prepared, algorithm, out)
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           algorithm="auto", out=None):
+    """1-D convolution, as ``torch.nn.functional.conv1d``.
+
+    ``input`` (N, C_in, L) or (C_in, L); ``weight`` (C_out, C_in / groups, k); ``padding`` an int,
+    ``(p,)``, ``((left, right),)``, ``'valid'`` or ``'same'``. Computed by the 2-D algorithms on a
+    unit-height image; see :func:`conv2d` for the rest.
+
+    >>> import numpy as np, numbaconv
+    >>> numbaconv.conv1d(np.arange(5.0)[None], np.ones((1, 1, 2)))
+    array([[1., 3., 5., 7.]])
+    """
+    prepared = prepare("conv1d", 1, input, weight, bias, transposed=False, stride=stride,
+                       padding=padding, dilation=dilation, groups=groups)
+    return _run(prepared, algorithm, out)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None, algorithm="auto", out=None):
+    r"""2-D transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose2d``.
+
+    The adjoint of :func:`conv2d` with respect to its input: every input element scatters
+    ``input(n, c_i, y, x) * weight(c_i, j, k_y, k_x)`` onto output channel ``g * C_out / G + j``
+    at position ``(y s_h - p_t + k_y d_h, x s_w - p_l + k_x d_w)``; positions outside the output
+    are dropped. The output size per spatial dimension is
+
+    .. math::
+        H_{out} = (H - 1) s_h - p_t - p_b + d_h (k_h - 1) + a_h + 1
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C_in, H, W) or (C_in, H, W)
+    weight : array_like, shape (C_in, C_out / groups, kH, kW)
+        torch's layout for transposed convolution.
+    bias : array_like, shape (C_out,), optional
+    stride, dilation : int or (int, int)
+    padding : int, (int, int) or ((top, bottom), (left, right))
+        Removes that many rows/columns from the borders of the full result (``'same'`` is refused).
+    output_padding : int or (int, int)
+        :math:`a`: extra rows/columns at the bottom/right, smaller than stride or dilation.
+    groups : int
+    output_size : tuple of int, optional
+        Requested (H_out, W_out) (or the full (N, C_out, H_out, W_out)); sets ``output_padding``
+        as ``torch.nn.ConvTranspose2d.forward`` does.
+    {algorithm}
+    out : numpy.ndarray, optional
+        As in :func:`conv2d`.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N, C_out, H_out, W_out) or (C_out, H_out, W_out)
+
+    Examples
+    --------
+    >>> import numpy as np, numbaconv
+    >>> x = np.ones((1, 32, 128, 128), np.float32)
+    >>> w = np.ones((32, 16, 3, 3), np.float32)
+    >>> numbaconv.conv_transpose2d(x, w, stride=2, padding=1).shape
+    (1, 16, 255, 255)
+    >>> numbaconv.conv_transpose2d(x, w, stride=2, padding=1, output_size=(256, 256)).shape
+    (1, 16, 256, 256)
+    """
+    prepared = prepare("conv_transpose2d", 2, input, weight, bias, transposed=True, stride=stride,
+                       padding=padding, dilation=dilation, groups=groups,
+                       output_padding=output_padding, output_size=output_size)
+    return _run(prepared, algorithm, out)
+
+
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None, algorithm="auto", out=None):
+    """1-D transposed convolution, as ``torch.nn.functional.conv_transpose1d``.
+
+    ``input`` (N, C_in, L) or (C_in, L); ``weight`` (C_in, C_out / groups, k). See
+    :func:`conv_transpose2d`.
+
+    >>> import numpy as np, numbaconv
+    >>> numbaconv.conv_transpose1d(np.ones((1, 3)), np.ones((1, 1, 2)), stride=2)
+    array([[1., 1., 1., 1., 1., 1.]])
+    """
+    prepared = prepare("conv_transpose1d", 1, input, weight, bias, transposed=True,
+                       stride=stride, padding=padding, dilation=dilation, groups=groups,
+                       output_padding=output_padding, output_size=output_size)
+    return _run(prepared, algorithm, out)
+
+
+for _f in (conv2d, conv1d, conv_transpose2d, conv_transpose1d):
+    _f.__doc__ = _f.__doc__.replace("{algorithm}", _ALGORITHM_DOC)
+
+
+class Explanation:
+    """What ``algorithm='auto'`` picks for a problem and why the others do or do not apply.
+
+    Attributes
+    ----------
+    problem : ConvProblem
+        The problem as the kernels see it (1-d problems lifted to 2-d).
+    choice : str
+        The algorithm ``'auto'`` runs.
+    reasons : dict
+        ``{name: None or reason}`` for every algorithm of the problem's kind.
+    """
+
+    def __init__(self, problem, choice, reasons):
+        self.problem, self.choice, self.reasons = problem, choice, reasons
+
+    def __repr__(self):
+        lines = [f"{self.problem}: auto picks {self.choice!r}"]
+        for name, reason in self.reasons.items():
+            mark = "*" if name == self.choice else " "
+            lines.append(f" {mark} {name:<12} {'can run' if reason is None else reason}")
+        return "\n".join(lines)
+
+
+def explain(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+            transposed=False, output_padding=0, output_size=None, dtype=None):
+    """Which algorithm ``'auto'`` would pick for these arguments, and why not the others.
+
+    Takes the arguments of :func:`conv2d` (or :func:`conv_transpose2d` with
+    ``transposed=True``; 1-D shapes work too). ``input`` and ``weight`` may be arrays or just
+    their shapes (tuples of ints); ``bias`` may be an array or a bool; ``dtype`` overrides the
+    computation dtype (default: from the arrays, float32 for shapes).
+
+    >>> import numbaconv
+    >>> numbaconv.explain((1, 64, 56, 56), (64, 64, 3, 3), padding=1).choice in numbaconv.algorithms()
+    True
+    """
+    def shape_of(value, name):
+        if isinstance(value, tuple) and all(isinstance(v, (int, np.integer)) for v in value):
+            return value, None
+        array = as_array(value, name)
+        return array.shape, array
+
+    x_shape, x = shape_of(input, "input")
+    w_shape, w = shape_of(weight, "weight")
+    has_bias = bool(bias) if isinstance(bias, bool) else bias is not None
+    if dtype is None:
+        arrays = [("input", x), ("weight", w)]
+        dtype = compute_dtype(arrays) if any(a is not None for _, a in arrays) else "float32"
+    nd = len(w_shape) - 2
+    if len(x_shape) == nd + 1:
+        x_shape = (1,) + tuple(x_shape)
+    if transposed:
+        if output_size is not None:
+            output_padding = output_padding_for(output_size, nd, x_shape, w_shape, stride,
+                                                 padding, dilation)
+        problem = ConvProblem.for_conv_transpose(
+            x_shape, w_shape, bias=has_bias, stride=stride, padding=padding,
+            output_padding=output_padding, groups=groups, dilation=dilation, dtype=dtype)
+    else:
+        problem = ConvProblem.for_conv(x_shape, w_shape, bias=has_bias, stride=stride,
+                                       padding=padding, dilation=dilation, groups=groups,
+                                       dtype=dtype)
+    if problem.nd == 1:
+        problem = problem.lifted_to_2d()
+    return Explanation(problem, dispatch.auto_choice(problem), dispatch.candidates(problem))
+
+
+def algorithms():
+    """Names accepted by ``algorithm=`` besides ``'auto'``."""
+    return dispatch.names()

@@ -1,0 +1,151 @@
+r"""The reference implementation: plain NumPy, written to be read, and the oracle of every kernel.
+
+The functions have the same signatures and results as :mod:`numbaconv`'s public functions and
+accept any number of spatial dimensions (1, 2 or 3) in :func:`conv_nd` and :func:`conv_transpose_nd`.
+
+Summation order (fixed, so results are reproducible to the bit)
+----------------------------------------------------------------
+Each output element starts at zero; the weight products are added one at a time, the input
+channel of the group outermost and the kernel offsets in row-major order innermost
+(``for ci: for ky: for kx:``); each product is rounded, then added and rounded (no fused
+multiply-add); the bias is added last. The transposed convolution uses the same order over
+``(ci, ky, kx)`` for the contributions that reach an output element.
+
+Examples
+--------
+>>> import numpy as np
+>>> x = np.arange(16.0).reshape(1, 1, 4, 4)
+>>> w = np.ones((1, 1, 2, 2))
+>>> conv2d(x, w, stride=2)
+array([[[[10., 18.],
+         [42., 50.]]]])
+"""
+
+import itertools
+
+import numpy as np
+
+from ._front import output_array, prepare
+
+__all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+           "conv_transpose3d", "conv_nd", "conv_transpose_nd"]
+
+
+def conv_nd(problem, x, w, b, out):
+    """Forward convolution of a validated problem, written into ``out``.
+
+    ``x`` (N, C_in, \\*in_size), ``w`` (C_out, C_in / groups, \\*kernel), ``b`` (C_out,) or None,
+    ``out`` (N, C_out, \\*out_size): arrays of ``problem.dtype``.
+    """
+    nd = problem.nd
+    padded = np.pad(x, ((0, 0), (0, 0)) + problem.padding)
+    cin_g = problem.in_channels // problem.groups
+    cout_g = problem.out_channels // problem.groups
+    acc = np.zeros(problem.output_shape, dtype=problem.dtype)
+    trailing = (None,) * nd
+    for g in range(problem.groups):
+        outputs = slice(g * cout_g, (g + 1) * cout_g)
+        for ci in range(cin_g):
+            channel = g * cin_g + ci
+            for offset in itertools.product(*(range(k) for k in problem.kernel_size)):
+                # the input elements that kernel offset `offset` meets, one per output element
+                window = padded[(slice(None), channel) + tuple(
+                    slice(k * d, k * d + (o - 1) * s + 1, s)
+                    for k, d, o, s in zip(offset, problem.dilation, problem.out_size,
+                                          problem.stride))]
+                weights = w[(outputs, ci) + offset]
+                acc[:, outputs] += weights[(None, slice(None)) + trailing] * window[:, None]
+    if b is not None:
+        acc += b[(slice(None),) + trailing]
+    out[...] = acc
+    return out
+
+
+def conv_transpose_nd(problem, x, w, b, out):
+    """Transposed convolution of a validated problem, written into ``out``.
+
+    ``x`` (N, C_in, \\*in_size), ``w`` (C_in, C_out / groups, \\*kernel), ``b`` (C_out,) or None,
+    ``out`` (N, C_out, \\*out_size). Input element ``i`` with kernel offset ``k`` lands on the
+    uncropped output position ``i * stride + k * dilation``; the padding then crops ``low``
+    elements at the start of each dimension, and ``output_padding`` extends the end.
+    """
+    nd = problem.nd
+    cin_g = problem.in_channels // problem.groups
+    cout_g = problem.out_channels // problem.groups
+    full = tuple(max((i - 1) * s + d * (k - 1) + 1, lo + o)
+                 for i, s, d, k, (lo, _), o in zip(problem.in_size, problem.stride,
+                                                   problem.dilation, problem.kernel_size,
+                                                   problem.padding, problem.out_size))
+    acc = np.zeros((problem.batch, problem.out_channels) + full, dtype=problem.dtype)
+    trailing = (None,) * nd
+    for g in range(problem.groups):
+        outputs = slice(g * cout_g, (g + 1) * cout_g)
+        for ci in range(cin_g):
+            channel = g * cin_g + ci
+            for offset in itertools.product(*(range(k) for k in problem.kernel_size)):
+                targets = tuple(slice(k * d, k * d + (i - 1) * s + 1, s)
+                                for k, d, i, s in zip(offset, problem.dilation, problem.in_size,
+                                                      problem.stride))
+                weights = w[(channel, slice(None)) + offset]
+                acc[(slice(None), outputs) + targets] += (
+                    weights[(None, slice(None)) + trailing] * x[:, channel][:, None])
+    crop = tuple(slice(lo, lo + o) for (lo, _), o in zip(problem.padding, problem.out_size))
+    result = acc[(slice(None), slice(None)) + crop]
+    if b is not None:
+        result = result + b[(slice(None),) + trailing]
+    out[...] = result
+    return out
+
+
+def _forward(func, nd, input, weight, bias, stride, padding, dilation, groups, out):
+    prepared = prepare(func, nd, input, weight, bias, transposed=False, stride=stride,
+                       padding=padding, dilation=dilation, groups=groups)
+    result, batched = output_array(prepared, out)
+    conv_nd(prepared.problem, prepared.x, prepared.w, prepared.b, batched)
+    return result
+
+
+def _transposed(func, nd, input, weight, bias, stride, padding, output_padding, groups, dilation,
+                output_size, out):
+    prepared = prepare(func, nd, input, weight, bias, transposed=True, stride=stride,
+                       padding=padding, dilation=dilation, groups=groups,
+                       output_padding=output_padding, output_size=output_size)
+    result, batched = output_array(prepared, out)
+    conv_transpose_nd(prepared.problem, prepared.x, prepared.w, prepared.b, batched)
+    return result
+
+
+def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, out=None):
+    """Reference :func:`numbaconv.conv1d`."""
+    return _forward("conv1d", 1, input, weight, bias, stride, padding, dilation, groups, out)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, out=None):
+    """Reference :func:`numbaconv.conv2d`."""
+    return _forward("conv2d", 2, input, weight, bias, stride, padding, dilation, groups, out)
+
+
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, out=None):
+    """Reference 3-D convolution, same semantics as ``torch.nn.functional.conv3d``."""
+    return _forward("conv3d", 3, input, weight, bias, stride, padding, dilation, groups, out)
+
+
+def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None, out=None):
+    """Reference :func:`numbaconv.conv_transpose1d`."""
+    return _transposed("conv_transpose1d", 1, input, weight, bias, stride, padding,
+                       output_padding, groups, dilation, output_size, out)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None, out=None):
+    """Reference :func:`numbaconv.conv_transpose2d`."""
+    return _transposed("conv_transpose2d", 2, input, weight, bias, stride, padding,
+                       output_padding, groups, dilation, output_size, out)
+
+
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None, out=None):
+    """Reference 3-D transposed convolution (``torch.nn.functional.conv_transpose3d``)."""
+    return _transposed("conv_transpose3d", 3, input, weight, bias, stride, padding,
+                       output_padding, groups, dilation, output_size, out)

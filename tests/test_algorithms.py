@@ -1,0 +1,147 @@
+"""Every algorithm of the dispatch table against the reference; new algorithms need no new code.
+
+Exact tier: integer-valued data in [-4, 4], small enough that every partial sum is exactly
+representable, so any summation order gives the reference's result to the bit (np.array_equal).
+Tolerance tier: standard normal data, |result - reference| bounded by forward error analysis.
+"""
+
+import threading
+import zlib
+
+import numpy as np
+import pytest
+
+import numbaconv
+from numbaconv import dispatch, reference
+from numbaconv.dispatch import UnsupportedAlgorithm
+
+from cases import all_cases
+
+CASES = all_cases()
+KERNELS = [a for a in dispatch.ALGORITHMS if a.name != "reference"]
+
+
+def _algo_id(a):
+    return f"{a.name}-{'transposed' if a.transposed else 'forward'}"
+
+
+def _call(algo, case, x, w, b, **kw):
+    fn = numbaconv.conv_transpose2d if case.transposed else numbaconv.conv2d
+    return fn(x, w, b, **case.kwargs, algorithm=algo, **kw)
+
+
+def _reference(case, x, w, b):
+    fn = reference.conv_transpose2d if case.transposed else reference.conv2d
+    return fn(x, w, b, **case.kwargs)
+
+
+def _pairs():
+    for a in KERNELS:
+        for i, case in enumerate(CASES):
+            if case.transposed == a.transposed:
+                yield pytest.param(a, case, id=f"{_algo_id(a)}-{i}-{case}")
+
+
+@pytest.mark.parametrize("algo,case", list(_pairs()))
+def test_exact_tier(algo, case):
+    rng = np.random.default_rng(zlib.crc32(str(case).encode()))
+    x, w, b = case.arrays(rng)
+    reason = algo.why_not(case.problem)
+    if reason is not None:
+        with pytest.raises(UnsupportedAlgorithm, match="cannot compute"):
+            _call(algo.name, case, x, w, b)
+        return
+    expected = _reference(case, x, w, b)
+    out = np.full(expected.shape, np.nan, dtype=expected.dtype)  # exposes unwritten cells
+    result = _call(algo.name, case, x, w, b, out=out)
+    assert result is out
+    assert np.array_equal(out, expected), (
+        f"{algo.name} differs from the reference on {case}: max abs difference "
+        f"{np.nanmax(np.abs(out - expected))}, NaN cells {int(np.isnan(out).sum())}")
+
+
+@pytest.mark.parametrize("algo", KERNELS, ids=_algo_id)
+def test_algorithm_covers_part_of_the_grid(algo):
+    """A `limits` that refuses everything would make the exact tier vacuous."""
+    mine = [c for c in CASES if c.transposed == algo.transposed]
+    supported = [c for c in mine if algo.why_not(c.problem) is None]
+    assert len(supported) >= 0.1 * len(mine), f"{algo.name} supports {len(supported)} cases"
+
+
+def _error_bound(case, x, w, b):
+    """2 * gamma_k * (|w| * |x| + |b|): bounds |fl(sum) - sum| for the reference and for any
+    other summation order (each within gamma_k of the exact sum), k terms per output."""
+    problem = case.problem
+    # products per output element: at most C_in / groups * kH * kW, transposed or not
+    k = problem.in_channels // problem.groups * problem.kernel_size[0] * problem.kernel_size[1]
+    k += 1 if b is not None else 0
+    u = np.finfo(np.dtype(case.dtype)).eps / 2
+    gamma = k * u / (1 - k * u)
+    magnitude = _reference(case, np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
+                           None if b is None else np.abs(b).astype(np.float64))
+    return 2 * gamma * magnitude
+
+
+TOLERANCE_CASES = [c for c in CASES if np.prod(c.x_shape) > 50][:120]
+
+
+@pytest.mark.parametrize("algo", KERNELS, ids=_algo_id)
+def test_tolerance_tier(algo):
+    rng = np.random.default_rng(7)
+    checked = 0
+    for case in TOLERANCE_CASES:
+        if case.transposed != algo.transposed or algo.why_not(case.problem):
+            continue
+        x, w, b = case.arrays(rng, kind="normal")
+        result = _call(algo.name, case, x, w, b)
+        expected = _reference(case, x, w, b)
+        excess = np.abs(result.astype(np.float64) - expected) - _error_bound(case, x, w, b)
+        assert excess.max() <= 0, f"{algo.name} exceeds the error bound on {case}"
+        checked += 1
+    assert checked > 0
+
+
+def _big_cases(algo):
+    mine = [c for c in CASES if c.transposed == algo.transposed and not algo.why_not(c.problem)]
+    return sorted(mine, key=lambda c: c.problem.macs)[-6:]
+
+
+@pytest.mark.parametrize("algo", KERNELS, ids=_algo_id)
+def test_same_bits_for_one_and_two_threads(algo):
+    rng = np.random.default_rng(3)
+    for case in _big_cases(algo):
+        x, w, b = case.arrays(rng, kind="normal")
+        with numbaconv.num_threads(1):
+            one = _call(algo.name, case, x, w, b)
+        with numbaconv.num_threads(2):
+            two = _call(algo.name, case, x, w, b)
+            again = _call(algo.name, case, x, w, b)
+        assert np.array_equal(one, two, equal_nan=True), f"{algo.name}: 1 vs 2 threads, {case}"
+        assert np.array_equal(two, again, equal_nan=True), f"{algo.name}: run to run, {case}"
+
+
+@pytest.mark.parametrize("algo", KERNELS, ids=_algo_id)
+def test_concurrent_calls_from_python_threads(algo):
+    rng = np.random.default_rng(5)
+    cases = _big_cases(algo)[-2:]
+    inputs = [case.arrays(rng, kind="normal") for case in cases]
+    expected = [_call(algo.name, c, *arrs) for c, arrs in zip(cases, inputs)]
+    results, errors = {}, []
+
+    def worker(t):
+        try:
+            for rep in range(3):
+                for i, (c, arrs) in enumerate(zip(cases, inputs)):
+                    results[t, rep, i] = _call(algo.name, c, *arrs)
+        except Exception as err:  # reported below, with the thread's exception
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == 4 * 3 * len(cases)
+    for (t, rep, i), r in results.items():
+        assert np.array_equal(r, expected[i]), f"thread {t} rep {rep} case {cases[i]}"
