@@ -1,5 +1,6 @@
 """The ``numbaconv`` command.
 
+``numbaconv bench``: numbaconv against NumPy, PyTorch and ONNX Runtime on real layers.
 ``numbaconv demo``: convolve the built-in real network layers and print, for each, the output
 shape, parameters, MACs and FLOPs, the algorithm ``auto`` picks, and the measured speed.
 """
@@ -68,9 +69,49 @@ def demo(args):
     return 0
 
 
+def bench(args):
+    from . import bench as runner
+
+    if args.layers:
+        layers = [runner.parse_layer(text) for text in args.layers]
+        layers = [layer if n == 1 else layer.with_batch(n) for n in args.batch for layer in layers]
+    else:
+        layers = runner.default_layers(quick=args.quick, batches=args.batch)
+    repeats = 5 if args.quick and args.repeats is None else (args.repeats or 15)
+    runner.run(layers, threads=args.threads, repeats=repeats,
+               min_seconds=0.1 if args.quick else args.min_time, rounds=args.rounds,
+               algorithms=args.algorithms, peer_names=args.peers, json_path=args.json,
+               plot_path=args.plot, progress=not args.no_progress)
+    return 0
+
+
 def main(argv=None):
+    from .bench import PEER_NAMES
+
     parser = argparse.ArgumentParser(prog="numbaconv", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    p_bench = sub.add_parser(
+        "bench", help="time numbaconv against NumPy, PyTorch and ONNX Runtime on real layers",
+        description="Checks every candidate against the reference, then times all of them in "
+                    "one process with the same thread count (median of interleaved rounds).")
+    p_bench.add_argument("layers", nargs="*",
+                         help="suite layer names or descriptors like mb1ic64ih56oc64kh3ph1 "
+                              "(default: the built-in suite)")
+    p_bench.add_argument("--quick", action="store_true",
+                         help="five representative layers, fewer repeats")
+    p_bench.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
+    p_bench.add_argument("--threads", type=int, default=2)
+    p_bench.add_argument("--repeats", type=int, default=None, help="timed calls per candidate")
+    p_bench.add_argument("--min-time", type=float, default=0.3,
+                         help="least seconds of timed calls per candidate")
+    p_bench.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    p_bench.add_argument("--algorithms", nargs="*", default=None,
+                         help="numbaconv algorithms to time besides auto (default: all)")
+    p_bench.add_argument("--peers", nargs="*", default=list(PEER_NAMES), choices=PEER_NAMES)
+    p_bench.add_argument("--json", metavar="FILE", help="write all figures as JSON")
+    p_bench.add_argument("--plot", metavar="FILE.png", help="draw GFLOP/s per layer")
+    p_bench.add_argument("--no-progress", action="store_true")
+    p_bench.set_defaults(func=bench)
     p_demo = sub.add_parser("demo", help="convolve real network layers: shapes, costs, speed")
     p_demo.add_argument("layers", nargs="*", help="layer names (default: the whole suite)")
     p_demo.add_argument("--repeats", type=int, default=5, help="timed calls per layer")

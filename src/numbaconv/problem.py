@@ -6,6 +6,7 @@ is a compact descriptor such as ``mb1ic64ih56iw56oc64kh3kw3ph1pw1``.
 """
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +14,7 @@ import numpy as np
 from . import _args
 
 _AXES = {1: "w", 2: "hw", 3: "dhw"}
+_TOKEN = re.compile(r"(mb|ic|oc|op[dhw]|i[dhw]|k[dhw]|s[dhw]|p[dhw]|d[dhw]|g)(\d+(?:_\d+)?)")
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,55 @@ class ConvProblem:
                              f"(C_in, C_out / groups, *kernel)) but the input has {c_in}")
         return cls(n, c_in, weight_shape[1] * groups, tuple(input_shape[2:]), kernel, stride,
                    padding, dilation, groups, True, output_padding, dtype, bool(bias))
+
+    @classmethod
+    def from_descriptor(cls, text):
+        """Parse a descriptor as written by ``str(problem)``, e.g. ``mb1ic64ih56oc64kh3ph1``.
+
+        Missing width entries copy the height ones (``ih56`` means 56x56, ``kh3`` a 3x3 kernel),
+        ``mb`` defaults to 1, a ``deconv_`` prefix makes it transposed, a trailing ``b`` adds a
+        bias and a ``_float64`` suffix sets the dtype. Only 2-d descriptors may omit the width.
+        """
+        body = text.strip()
+        transposed = body.startswith("deconv_")
+        body = body[len("deconv_"):] if transposed else body
+        dtype = "float32"
+        for name in ("float32", "float64"):
+            if body.endswith("_" + name):
+                body, dtype = body[:-len(name) - 1], name
+        bias = body.endswith("b")
+        body = body[:-1] if bias else body
+        fields = {}
+        pos = 0
+        for match in _TOKEN.finditer(body):
+            if match.start() != pos:
+                break
+            fields[match.group(1)] = match.group(2)
+            pos = match.end()
+        if pos != len(body) or "ic" not in fields or "oc" not in fields:
+            raise ValueError(f"cannot parse convolution descriptor {text!r}: expected tokens like "
+                             f"mb1ic64ih56iw56oc64kh3kw3sh1sw1ph1pw1dh1dw1g1, 'ic' and 'oc' "
+                             f"required")
+        axes = "".join(a for a in "dhw" if f"i{a}" in fields) or "hw"
+        if axes == "h":
+            axes = "hw"
+
+        def per_axis(prefix, default):
+            values = []
+            for a in axes:
+                raw = fields.get(prefix + a, fields.get(prefix + "h", default))
+                values.append(raw)
+            return values
+
+        ints = lambda vals: tuple(int(v) for v in vals)  # noqa: E731
+        pads = tuple((int(v.split("_")[0]), int(v.split("_")[-1]))
+                     for v in per_axis("p", "0"))
+        groups = int(fields.get("g", 1))
+        c_in, c_out = int(fields["ic"]), int(fields["oc"])
+        return cls(int(fields.get("mb", 1)), c_in, c_out, ints(per_axis("i", "1")),
+                   ints(per_axis("k", "1")), ints(per_axis("s", "1")), pads,
+                   ints(per_axis("d", "1")), groups, transposed,
+                   ints(per_axis("op", "0")) if transposed else None, dtype, bias)
 
     # ------------------------------------------------------------------ derived quantities
 

@@ -1,0 +1,98 @@
+"""Speed and memory of every algorithm on the real layers of numbaconv.suite (asv)."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+import numbaconv
+from numbaconv import dispatch, suite
+
+_LAYERS = [layer.name for layer in suite.LAYERS]
+_ALGORITHMS = ["auto"] + [name for name in dispatch.names() if name != "reference"]
+
+
+def _call(problem, x, w, b, algorithm):
+    if problem.transposed:
+        return numbaconv.conv_transpose2d(x, w, b, problem.stride, problem.padding,
+                                          problem.output_padding, problem.groups,
+                                          problem.dilation, algorithm=algorithm)
+    return numbaconv.conv2d(x, w, b, problem.stride, problem.padding, problem.dilation,
+                            problem.groups, algorithm=algorithm)
+
+
+class Layers:
+    params = (_LAYERS, _ALGORITHMS)
+    param_names = ["layer", "algorithm"]
+    timeout = 120
+
+    def setup(self, layer, algorithm):
+        problem = suite.get(layer).problem
+        if algorithm != "auto":
+            try:
+                dispatch.get(algorithm, problem)
+            except ValueError as err:  # not this algorithm's kind of problem
+                raise NotImplementedError(str(err)) from err
+        rng = np.random.default_rng(0)
+        self.problem = problem
+        self.x = rng.standard_normal(problem.input_shape, dtype=np.float32)
+        self.w = rng.standard_normal(problem.weight_shape, dtype=np.float32)
+        self.b = rng.standard_normal(problem.out_channels, dtype=np.float32)
+        _call(problem, self.x, self.w, self.b, algorithm)  # compile and touch memory
+
+    def time_conv(self, layer, algorithm):
+        _call(self.problem, self.x, self.w, self.b, algorithm)
+
+    def peakmem_conv(self, layer, algorithm):
+        _call(self.problem, self.x, self.w, self.b, algorithm)
+
+    def track_gflops(self, layer, algorithm):
+        import time
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            _call(self.problem, self.x, self.w, self.b, algorithm)
+            times.append(time.perf_counter() - start)
+        return self.problem.flops / float(np.median(times)) / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
+_FIRST_CALL = """
+import time, numpy as np
+start = time.perf_counter()
+import numbaconv
+x = np.ones((1, 64, 56, 56), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
+numbaconv.conv2d(x, w, padding=1)
+print(time.perf_counter() - start)
+"""
+
+
+class FirstCall:
+    """Import plus first conv2d of a ResNet layer in a fresh process: cold (empty Numba cache)
+    and warm (cache filled by a previous process)."""
+
+    timeout = 300
+    number = 1
+    repeat = 3
+
+    def setup(self):
+        self.cache = tempfile.mkdtemp(prefix="numbaconv-cache-")
+
+    def _run(self, cache_dir):
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+        out = subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env, check=True,
+                             capture_output=True, text=True)
+        return float(out.stdout.strip().splitlines()[-1])
+
+    def track_cold_seconds(self):
+        return self._run(tempfile.mkdtemp(prefix="numbaconv-cold-"))
+
+    def track_warm_seconds(self):
+        self._run(self.cache)
+        return self._run(self.cache)
+
+    track_cold_seconds.unit = "s"
+    track_warm_seconds.unit = "s"

@@ -1,0 +1,87 @@
+"""The benchmark machinery: peers agree with the reference, the bench command runs end to end."""
+
+import json
+
+import numpy as np
+import pytest
+
+from numbaconv import bench, cli, peers, reference, suite
+from numbaconv.problem import ConvProblem
+
+from cases import all_cases
+
+
+@pytest.mark.parametrize("peer", peers.PEERS, ids=lambda p: p.name)
+def test_peers_compute_the_same_convolution(peer):
+    if peer.unavailable():
+        pytest.skip(peer.unavailable())
+    rng = np.random.default_rng(0)
+    checked = 0
+    for case in all_cases(40):
+        p = case.problem
+        x, w, b = case.arrays(rng)
+        try:
+            run, to_numpy = peer.prepare(p, x, w, b, threads=1)
+        except NotImplementedError:
+            continue
+        fn = reference.conv_transpose_nd if p.transposed else reference.conv_nd
+        expected = fn(p, x, w, b, np.empty(p.output_shape, p.dtype))
+        assert np.array_equal(to_numpy(run()), expected), f"{peer.name} on {case}"
+        checked += 1
+    assert checked >= 50
+
+
+def test_descriptors_round_trip_and_shorthand():
+    for layer in suite.LAYERS:
+        assert ConvProblem.from_descriptor(str(layer.problem)) == layer.problem
+    short = ConvProblem.from_descriptor("mb2ic64ih56oc32kh3ph1sh2")
+    assert short == ConvProblem.for_conv((2, 64, 56, 56), (32, 64, 3, 3), stride=2, padding=1)
+    with pytest.raises(ValueError, match="cannot parse"):
+        ConvProblem.from_descriptor("ic64ih56kh3")   # no oc
+    with pytest.raises(ValueError, match="neither a suite layer nor a descriptor"):
+        bench.parse_layer("resnet9000")
+
+
+def test_suite_layers_are_valid_and_named_uniquely():
+    names = [layer.name for layer in suite.LAYERS]
+    assert len(names) == len(set(names)) >= 20
+    assert suite.get("resnet50_3x3_c128_28_b8").problem.batch == 8
+
+
+def test_bench_command_end_to_end(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = cli.main(["bench", "mb1ic8ih12oc8kh3ph1", "deconv_mb1ic4ih6oc4kh3sh2ph1b",
+                     "--repeats", "2", "--min-time", "0", "--rounds", "1", "--batch", "1", "2",
+                     "--peers", "numpy-im2col", "--json", str(out), "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "GEMM peak" in text and "numpy-im2col" in text and "geometric mean" in text
+    report = json.loads(out.read_text())
+    assert len(report["layers"]) == 4
+    for layer in report["layers"]:
+        auto = layer["results"]["numbaconv"]
+        assert auto["status"] == "ok" and len(auto["samples"]) >= 2 and auto["extra_bytes"] >= 0
+        assert layer["results"]["numpy-im2col"]["status"] == "ok"
+    assert report["summary"]["numpy-im2col"]["layers"] == 4
+
+
+def test_bench_reports_a_wrong_candidate_instead_of_timing_it(monkeypatch):
+    layer = bench.parse_layer("mb1ic4ih8oc4kh3ph1")
+
+    class Wrong(peers.Peer):
+        name = "numpy-im2col"
+
+        def prepare(self, problem, x, w, b, threads):
+            return (lambda: np.zeros(problem.output_shape, np.float32)), np.asarray
+
+    monkeypatch.setattr(peers, "PEERS", (Wrong(),))
+    results = bench.bench_layer(layer, 1, 1, 0.0, 1, None, ("numpy-im2col",),
+                                np.random.default_rng(0))
+    assert results["numpy-im2col"].status == "failed check"
+    assert not results["numpy-im2col"].samples
+    assert results["numbaconv"].status == "ok"
+
+
+def test_demo_command_runs(capsys):
+    assert cli.main(["demo", "resnet50_3x3_c128_28", "--repeats", "1"]) == 0
+    assert "1x128x28x28" in capsys.readouterr().out
