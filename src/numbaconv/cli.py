@@ -3,6 +3,8 @@
 ``numbaconv bench``: numbaconv against NumPy, PyTorch and ONNX Runtime on real layers.
 ``numbaconv demo``: convolve the built-in real network layers and print, for each, the output
 shape, parameters, MACs and FLOPs, the algorithm ``auto`` picks, and the measured speed.
+``numbaconv shape`` / ``numbaconv summary``: shapes and costs of layer specs or a built-in model
+(see :mod:`numbaconv.shape_cli`).
 """
 
 import argparse
@@ -116,6 +118,8 @@ def main(argv=None):
     p_demo.add_argument("layers", nargs="*", help="layer names (default: the whole suite)")
     p_demo.add_argument("--repeats", type=int, default=5, help="timed calls per layer")
     p_demo.set_defaults(func=demo)
+    from .shape_cli import register
+    register(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

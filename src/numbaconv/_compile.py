@@ -1,0 +1,60 @@
+"""Ahead-of-time compilation: run every kernel once on small problems that reach all its paths."""
+
+import time
+
+import numpy as np
+
+from . import dispatch
+from .problem import ConvProblem
+
+# Small problems that between them reach every code path of every kernel: dense, 1x1, strided
+# and dilated, few and many channels, depthwise with multiplier 1 and 2, grouped, transposed.
+_WARMUP = (
+    ("conv", (1, 16, 9, 9), (32, 16, 3, 3), dict(padding=1)),
+    ("conv", (1, 16, 9, 9), (32, 16, 1, 1), {}),
+    ("conv", (1, 3, 17, 17), (8, 3, 5, 5), dict(stride=2, dilation=2, padding=2)),
+    ("conv", (1, 1, 20, 20), (1, 1, 7, 7), dict(padding=3)),
+    ("conv", (1, 1, 20, 20), (16, 1, 5, 5), dict(padding=2)),
+    ("conv", (1, 8, 12, 12), (8, 1, 3, 3), dict(padding=1, groups=8)),
+    ("conv", (1, 8, 12, 12), (16, 1, 3, 3), dict(padding=1, groups=8, stride=2)),
+    ("conv", (1, 16, 12, 12), (16, 4, 3, 3), dict(padding=1, groups=4)),
+    ("conv", (1, 64, 8, 8), (64, 8, 3, 3), dict(padding=1, groups=8)),
+    ("tconv", (1, 8, 6, 6), (8, 8, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    ("tconv", (1, 16, 4, 4), (16, 16, 4, 4), dict(stride=2, padding=1)),
+    ("tconv", (1, 8, 6, 6), (8, 8, 1, 1), {}),
+    ("tconv", (1, 8, 6, 6), (8, 1, 3, 3), dict(stride=2, groups=8)),
+)
+
+
+def warmup_problems(dtype):
+    for kind, x_shape, w_shape, kwargs in _WARMUP:
+        make = ConvProblem.for_conv_transpose if kind == "tconv" else ConvProblem.for_conv
+        yield make(x_shape, w_shape, bias=True, dtype=dtype, **kwargs)
+
+
+def precompile(dtypes=("float32", "float64")):
+    """Compile every kernel for ``dtypes`` now, instead of on first use.
+
+    With Numba's on-disk cache this is paid once per installation; later processes load the
+    machine code from the cache. Returns ``{algorithm name: seconds}``.
+
+    >>> import numbaconv
+    >>> sorted(numbaconv.precompile(dtypes=("float32",))) == sorted(
+    ...     a for a in numbaconv.algorithms() if a != "reference")
+    True
+    """
+    spent = {}
+    rng = np.random.default_rng(0)
+    for dtype in dtypes:
+        for problem in warmup_problems(dtype):
+            x = rng.standard_normal(problem.input_shape).astype(dtype)
+            w = rng.standard_normal(problem.weight_shape).astype(dtype)
+            b = rng.standard_normal(problem.out_channels).astype(dtype)
+            for algorithm in dispatch.ALGORITHMS:
+                if algorithm.name == "reference" or algorithm.why_not(problem):
+                    continue
+                start = time.perf_counter()
+                algorithm.run(problem, x, w, b, np.empty(problem.output_shape, dtype))
+                spent[algorithm.name] = spent.get(algorithm.name, 0.0) + \
+                    time.perf_counter() - start
+    return spent
