@@ -98,10 +98,17 @@ def prepare(func, nd, input, weight, bias, *, transposed, stride, padding, dilat
         raise ValueError(f"{func}: bias must have shape ({problem.out_channels},) (one value per "
                          f"output channel), got {b.shape}")
 
-    xc = np.ascontiguousarray(x, dtype=dtype).reshape(x_shape)
-    wc = np.ascontiguousarray(w, dtype=dtype)
-    bc = None if b is None else np.ascontiguousarray(b, dtype=dtype)
+    xc = _operand(x, dtype).reshape(x_shape)
+    wc = _operand(w, dtype)
+    bc = None if b is None else _operand(b, dtype)
     return Prepared(problem, xc, wc, bc, unbatched, (x, w, b))
+
+
+def _operand(a, dtype):
+    """C-contiguous, native-endian, writeable ``a`` in ``dtype``: one Numba specialisation per
+    dtype. Read-only arrays are copied, since Numba compiles them as a separate array type."""
+    c = np.ascontiguousarray(a, dtype=dtype)
+    return c if c.flags.writeable else c.copy()
 
 
 def output_padding_for(output_size, nd, x_shape, w_shape, stride, padding, dilation):
