@@ -9,7 +9,7 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("ci", max_examples=200, deadline=None)
-settings.register_profile("long", max_examples=5000, deadline=None)
+settings.register_profile("long", max_examples=20000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

@@ -14,7 +14,7 @@ import numbaconv
 from numbaconv import dispatch, reference
 from numbaconv.problem import ConvProblem
 
-EXAMPLES = settings(max_examples=1500, deadline=None,
+EXAMPLES = settings(max_examples=max(1500, settings.default.max_examples), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
