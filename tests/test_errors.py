@@ -95,3 +95,13 @@ def test_errors_come_before_any_work(monkeypatch):
                               for a in dispatch.ALGORITHMS))
     with pytest.raises(ValueError, match="bias"):
         numbaconv.conv2d(X, W, np.zeros(5), groups=2)
+
+
+def test_output_that_cannot_fit_raises_memory_error_before_allocating():
+    x, w = np.ones((1, 1, 2, 2), np.float32), np.ones((1, 1, 3, 3), np.float32)
+    with pytest.raises(MemoryError, match=r"output \(1, 1, 1000003, 1000003\).*GiB"):
+        numbaconv.conv_transpose2d(x, w, stride=10**6)
+    big = np.lib.stride_tricks.as_strided(np.ones(1, np.float32), (1, 1, 400000, 400000),
+                                          (0, 0, 0, 0))  # 640 GB of input, 4 bytes of memory
+    with pytest.raises(MemoryError, match="contiguous float32 copy of the input needs"):
+        numbaconv.conv2d(big, w, padding=1)

@@ -6,6 +6,8 @@ float32; bool and integer arrays count as float64; if any array is float64 every
 object, string and extended-precision arrays raise TypeError.
 """
 
+import math
+
 import numpy as np
 
 from . import shapes
@@ -98,15 +100,17 @@ def prepare(func, nd, input, weight, bias, *, transposed, stride, padding, dilat
         raise ValueError(f"{func}: bias must have shape ({problem.out_channels},) (one value per "
                          f"output channel), got {b.shape}")
 
-    xc = _operand(x, dtype).reshape(x_shape)
-    wc = _operand(w, dtype)
-    bc = None if b is None else _operand(b, dtype)
+    xc = _operand(x, dtype, "input").reshape(x_shape)
+    wc = _operand(w, dtype, "weight")
+    bc = None if b is None else _operand(b, dtype, "bias")
     return Prepared(problem, xc, wc, bc, unbatched, (x, w, b))
 
 
-def _operand(a, dtype):
+def _operand(a, dtype, name):
     """C-contiguous, native-endian, writeable ``a`` in ``dtype``: one Numba specialisation per
     dtype. Read-only arrays are copied, since Numba compiles them as a separate array type."""
+    if not (a.flags.c_contiguous and a.dtype == dtype):
+        check_fits(a.size * dtype.itemsize, f"a contiguous {dtype} copy of the {name}")
     c = np.ascontiguousarray(a, dtype=dtype)
     return c if c.flags.writeable else c.copy()
 
@@ -131,6 +135,7 @@ def output_array(prepared, out):
     problem = prepared.problem
     shape, dtype = prepared.result_shape, np.dtype(problem.dtype)
     if out is None:
+        check_fits(math.prod(shape) * dtype.itemsize, f"the output {shape} ({dtype})")
         result = np.empty(shape, dtype=dtype)
     else:
         if not isinstance(out, np.ndarray):
@@ -148,3 +153,27 @@ def output_array(prepared, out):
                 raise ValueError(f"out must not overlap {name}")
         result = out
     return result, result.reshape(problem.output_shape)
+
+
+def available_memory():
+    """Bytes the kernel reports as available for new allocations (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(nbytes, what):
+    """Raise MemoryError, naming the size, if ``nbytes`` cannot be allocated here.
+
+    With memory overcommit an oversized ``np.empty`` succeeds and the process is killed later,
+    when the pages are touched; asking first turns that into an ordinary exception.
+    """
+    available = available_memory()
+    if available is not None and nbytes > available:
+        raise MemoryError(f"{what} needs {nbytes / 2**30:.2f} GiB but only "
+                          f"{available / 2**30:.2f} GiB of memory is available")
