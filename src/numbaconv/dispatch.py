@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import _threads, reference
-from .kernels import im2col
+from .kernels import im2col, transposed
 from .problem import ConvProblem
 
 
@@ -92,11 +92,29 @@ def _im2col_run(problem, x, w, b, out):
         im2col.conv2d_im2col(x, w, _bias(problem, b), out, *_geometry(problem), problem.groups)
 
 
+def _transposed_direct_run(problem, x, w, b, out):
+    transposed.conv_transpose2d_direct(x, w, _bias(problem, b), out, *_geometry(problem),
+                                       problem.groups)
+
+
+def _transposed_gemm_run(problem, x, w, b, out):
+    transposed.conv_transpose2d_gemm(x, w, _bias(problem, b), out, *_geometry(problem),
+                                     problem.groups)
+
+
 ALGORITHMS = (
     Algorithm(
         name="im2col", transposed=False, run=_im2col_run,
         summary="patches of a few output rows copied into a workspace (capped, 64 MiB by "
                 "default), then one BLAS GEMM per tile; 1x1 stride-1 is a GEMM with no copy"),
+    Algorithm(
+        name="direct", transposed=True, run=_transposed_direct_run,
+        summary="gather by stride phase (no multiplies on stuffed zeros), 16 output-channel x "
+                "pixel accumulators in registers"),
+    Algorithm(
+        name="gemm", transposed=True, run=_transposed_gemm_run,
+        summary="register-tiled GEMM of input pixels by (C_out, kH, kW) weight columns, then "
+                "col2im; for small images with many channels"),
     _reference(False),
     _reference(True),
 )

@@ -1,0 +1,604 @@
+"""Transposed 2-D convolution (``torch.nn.functional.conv_transpose2d``) kernels.
+
+Two algorithms, each with its own public driver; both take the plain-array interface described
+in :func:`conv_transpose2d_direct` and never build a zero-stuffed input.
+
+``conv_transpose2d_direct`` (gather by stride phase)
+    Output row ``oy`` and column ``ox`` belong to the stride phase ``((oy + pad_top) % stride_h,
+    (ox + pad_left) % stride_w)``. Within one phase the kernel taps that can reach the pixel are
+    fixed, and the input pixel of each tap moves by exactly one when the output moves by one
+    stride, so every phase is an ordinary stride-1 correlation of the input with a sub-kernel.
+    No multiply is spent on the structural zeros of the stuffed input.
+
+    Work item = (image, group, block of CB output channels, output row). For each column phase
+    the row is cut into tiles of TW phase pixels; a tile keeps CB x TW accumulators in vector
+    registers (CB*TW/16 zmm registers for float32: 16 of them) while it runs over input channels
+    and taps: per step one or two contiguous input vectors, CB broadcast weights and 16 FMAs.
+    Tiles go to a small per-item staging row (one segment per column phase), which is then
+    interleaved into the output row with contiguous stores.
+
+    To make that loop branch-free, the input is copied once per call into a zero-padded
+    "NHCW" buffer (rows of all channels of one image row adjacent, so a work item streams one
+    compact block) and the weights are repacked so the CB channels of one (tap, input channel)
+    are contiguous. Taps that fall outside the input vertically are skipped exactly; horizontally
+    the zero padding stands in for them. ``0 * w`` is an exact zero for finite weights, so this
+    is exact; if the weights hold Inf/NaN the affected border columns are recomputed by a plain
+    exact gather afterwards (Inf * 0 would otherwise create NaNs torch does not produce).
+
+    Two tile shapes (chosen per call from the lane efficiency): TW = 2 vectors x CB = 8 for wide
+    phase rows, TW = 1 vector x CB = 16 for rows of at most one vector (e.g. 16 phase pixels).
+
+``conv_transpose2d_gemm`` (GEMM + col2im)
+    ``cols[pixel, (co, ky, kx)] = sum_ci x[ci, pixel] * w[ci, (co, ky, kx)]`` with a register-
+    tiled AVX-512 micro-kernel (8 pixels x 2 vectors of (co, ky, kx), no BLAS) that reads the
+    weights in torch's own layout, then a col2im that scatter-adds the columns of a block of
+    output channels into a cache-resident tile. Meant for small spatial sizes with many
+    channels (DCGAN-style 4x4 inputs), where the weights dominate the memory traffic and a
+    repacking pass would cost more than the arithmetic.
+
+Choosing between them (measured float32, 2 threads, k in {2, 3, 4}, stride 2; see the sweep in
+the helper report): use ``gemm`` when the input is narrow, ``W < 16``, or when
+``W < 32 and C_in // groups >= 256``; use ``direct`` otherwise. ``direct`` loses up to ~10x on
+4x4 inputs (most vector lanes idle, weight repacking dominates); ``gemm`` loses 1.3-4x from
+32x32 inputs on (col2im and its temporary dominate).
+
+Performance notes that shaped the code (Numba 0.68 / LLVM, znver5):
+
+* The accumulator tile is a small local 2-D array indexed only with constants after unrolling;
+  LLVM keeps it in registers only if it can prove it does not alias the inputs. Numba gives the
+  body of a ``prange`` loop ``noalias`` array arguments only when that body creates no array
+  views at all, so the parallel bodies below never slice, reshape or index arrays partially:
+  every access is a full scalar index into a flat array (flattening happens in the Python
+  drivers).
+* Inside a tile, every memory access other than the tile itself goes to a ``prange``
+  argument (tap tables included), never to another local array: LLVM cannot tell two local
+  allocations apart, and one such access would keep the tile in memory between taps.
+* Hot indices are ``np.uint64`` so Numba emits no negative-index wraparound selects; they are
+  non-negative by construction.
+* Tile sizes are closure constants (one compiled kernel per dtype and tile shape): loops over
+  them must have compile-time trip counts to be unrolled and vectorised.
+
+Determinism: every output element is produced by exactly one work item with a fixed summation
+order, and the work split does not depend on the thread count, so results are bit-identical for
+any number of threads.
+"""
+
+import numpy as np
+from numba import prange
+
+from numbaconv._jit import parallel_kernel
+
+__all__ = ["conv_transpose2d_direct", "conv_transpose2d_gemm"]
+
+_U1 = np.uint64(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry helpers (plain Python, tiny tables)
+# ----------------------------------------------------------------------------------------------
+
+def _phase_taps(k, s, d):
+    """Taps of each stride phase along one axis.
+
+    For residue ``r = (o + pad) % s`` the taps are the ``kk`` with ``kk*d % s == r``; for each
+    one ``e = (kk*d - r) // s`` is the input offset: output phase index ``m = (o + pad) // s``
+    reads input ``m - e``. Returns (count[s], kk[s, k], e[s, k]).
+    """
+    nt = np.zeros(s, np.int64)
+    tk = np.zeros((s, max(k, 1)), np.int64)
+    te = np.zeros((s, max(k, 1)), np.int64)
+    for kk in range(k):
+        r = (kk * d) % s
+        tk[r, nt[r]] = kk
+        te[r, nt[r]] = (kk * d - r) // s
+        nt[r] += 1
+    return nt, tk, te
+
+
+def _phase_ranges(s, pad, n_out):
+    """First phase index m0[r] and count M[r] of the outputs ``o = m*s + r - pad`` in [0, n_out)."""
+    m0 = np.zeros(s, np.int64)
+    cnt = np.zeros(s, np.int64)
+    for r in range(s):
+        lo = -((r - pad) // s)                 # ceil((pad - r) / s), >= 0
+        hi = (n_out - 1 + pad - r) // s + 1
+        m0[r] = lo
+        cnt[r] = max(hi - lo, 0)
+    return m0, cnt
+
+
+# ----------------------------------------------------------------------------------------------
+# Direct (stride-phase gather) algorithm
+# ----------------------------------------------------------------------------------------------
+
+@parallel_kernel
+def _prepare(x, xp, w, wp, N, Cin, H, W, WP, PADL, groups, Cg_out, kH, kW, CgoutP):
+    """Both copies the direct kernel reads, in one parallel pass (one launch, one compile).
+
+    Items [0, N*H): xp[n, iy, ci, PADL + ix] = x[n, ci, iy, ix] with zeros around (flat
+    arrays). Items [N*H, N*H + C_in): wp[g, ky, kx, ci, co] = w[g*Cg_in + ci, co, ky, kx], co
+    padded with zeros to CgoutP. Returns the number of non-finite weights."""
+    Cg_in = Cin // groups
+    KK = kH * kW
+    nrows = N * H
+    bad = 0
+    for item in prange(nrows + Cin):
+        if item < nrows:
+            n = item // H
+            iy = item - n * H
+            for ci in range(Cin):
+                d = np.uint64((item * Cin + ci) * WP)
+                s = np.uint64(((n * Cin + ci) * H + iy) * W)
+                for i in range(PADL):
+                    xp[d + np.uint64(i)] = 0
+                d2 = d + np.uint64(PADL)
+                for i in range(W):
+                    xp[d2 + np.uint64(i)] = x[s + np.uint64(i)]
+                for i in range(PADL + W, WP):
+                    xp[d + np.uint64(i)] = 0
+        else:
+            cig = item - nrows
+            g = cig // Cg_in
+            ci = cig - g * Cg_in
+            for k in range(KK):
+                d = np.uint64(((g * KK + k) * Cg_in + ci) * CgoutP)
+                s = np.uint64(cig * Cg_out * KK + k)
+                for co in range(Cg_out):
+                    v = w[s + np.uint64(co * KK)]
+                    wp[d + np.uint64(co)] = v
+                    if not np.isfinite(v):
+                        bad += 1
+                for co in range(Cg_out, CgoutP):
+                    wp[d + np.uint64(co)] = 0
+    return bad
+
+
+def _make_direct(TW, CB):
+    """Compile-time tile shape: TW phase pixels (lanes) x CB output channels."""
+    UTW = np.uint64(TW)
+
+    @parallel_kernel
+    def _direct_rows(xp, wp, b, out, N, H, Cin, WP, PADL, Cg_in, Cg_out, groups, kH, kW,
+                     sh, sw, pt, pl, nty, tky, tey, ntx, tkx, tex, m0x, Mx, SL, OH, OW):
+        Cout = Cg_out * groups
+        ncb = (Cg_out + CB - 1) // CB
+        ustep_x = np.uint64(WP)        # next input channel, same row
+        ustep_w = np.uint64(ncb * CB)  # next input channel, same tap and channel block
+        nitems = N * groups * ncb * OH
+        for item in prange(nitems):
+            oy = item % OH
+            rest = item // OH
+            cb = rest % ncb
+            rest = rest // ncb
+            g = rest % groups
+            n = rest // groups
+            co0 = cb * CB
+            stage = np.empty(sw * CB * SL, xp.dtype)
+            acc = np.empty((CB, TW), xp.dtype)
+            # Taps of this row's phase whose input row exists: e grows with the tap index, so
+            # they form one contiguous range [a0, a1) of the phase's tap list.
+            qy = (oy + pt) % sh
+            my = (oy + pt) // sh
+            a0 = 0
+            while a0 < nty[qy] and my - tey[qy, a0] >= H:
+                a0 += 1
+            a1 = nty[qy]
+            while a1 > a0 and my - tey[qy, a1 - 1] < 0:
+                a1 -= 1
+            for qx in range(sw):
+                for j0 in range(0, Mx[qx], TW):
+                    for c in range(CB):
+                        for t in range(TW):
+                            acc[c, t] = 0
+                    for a in range(a0, a1):
+                        ky = tky[qy, a]
+                        iy = my - tey[qy, a]
+                        for bb in range(ntx[qx]):
+                            kx = tkx[qx, bb]
+                            xb = np.uint64(((n * H + iy) * Cin + g * Cg_in) * WP
+                                           + m0x[qx] + j0 - tex[qx, bb] + PADL)
+                            wb = np.uint64(((((g * kH + ky) * kW + kx) * Cg_in) * ncb + cb) * CB)
+                            for ci in range(Cg_in):
+                                # Spelled out: a loop over CB here is not unrolled by LLVM
+                                # and the tile would live in memory.
+                                if CB == 8:
+                                    w0 = wp[wb]; w1 = wp[wb + np.uint64(1)]
+                                    w2 = wp[wb + np.uint64(2)]; w3 = wp[wb + np.uint64(3)]
+                                    w4 = wp[wb + np.uint64(4)]; w5 = wp[wb + np.uint64(5)]
+                                    w6 = wp[wb + np.uint64(6)]; w7 = wp[wb + np.uint64(7)]
+                                    for t in range(UTW):
+                                        xv = xp[xb + t]
+                                        acc[0, t] += xv * w0
+                                        acc[1, t] += xv * w1
+                                        acc[2, t] += xv * w2
+                                        acc[3, t] += xv * w3
+                                        acc[4, t] += xv * w4
+                                        acc[5, t] += xv * w5
+                                        acc[6, t] += xv * w6
+                                        acc[7, t] += xv * w7
+                                else:
+                                    w0 = wp[wb]; w1 = wp[wb + np.uint64(1)]
+                                    w2 = wp[wb + np.uint64(2)]; w3 = wp[wb + np.uint64(3)]
+                                    w4 = wp[wb + np.uint64(4)]; w5 = wp[wb + np.uint64(5)]
+                                    w6 = wp[wb + np.uint64(6)]; w7 = wp[wb + np.uint64(7)]
+                                    w8 = wp[wb + np.uint64(8)]; w9 = wp[wb + np.uint64(9)]
+                                    w10 = wp[wb + np.uint64(10)]; w11 = wp[wb + np.uint64(11)]
+                                    w12 = wp[wb + np.uint64(12)]; w13 = wp[wb + np.uint64(13)]
+                                    w14 = wp[wb + np.uint64(14)]; w15 = wp[wb + np.uint64(15)]
+                                    for t in range(UTW):
+                                        xv = xp[xb + t]
+                                        acc[0, t] += xv * w0
+                                        acc[1, t] += xv * w1
+                                        acc[2, t] += xv * w2
+                                        acc[3, t] += xv * w3
+                                        acc[4, t] += xv * w4
+                                        acc[5, t] += xv * w5
+                                        acc[6, t] += xv * w6
+                                        acc[7, t] += xv * w7
+                                        acc[8, t] += xv * w8
+                                        acc[9, t] += xv * w9
+                                        acc[10, t] += xv * w10
+                                        acc[11, t] += xv * w11
+                                        acc[12, t] += xv * w12
+                                        acc[13, t] += xv * w13
+                                        acc[14, t] += xv * w14
+                                        acc[15, t] += xv * w15
+                                xb += ustep_x
+                                wb += ustep_w
+                    for c in range(CB):
+                        so = np.uint64((qx * CB + c) * SL + j0)
+                        for t in range(UTW):
+                            stage[so + t] = acc[c, t]
+            # Interleave the column phases into the output row (+ bias).
+            for c in range(min(CB, Cg_out - co0)):
+                oc = g * Cg_out + co0 + c
+                bv = b[oc]
+                ob = np.uint64(((n * Cout + oc) * OH + oy) * OW)
+                if sw == 1:
+                    sa = np.uint64(c * SL)      # m0x[0] == pad_left: phase index m == ox
+                    for u in range(OW):
+                        uu = np.uint64(u)
+                        out[ob + uu] = stage[sa + uu] + bv
+                elif sw == 2:
+                    # ox = 2u -> phase qa, ox = 2u + 1 -> phase qb, both at phase index u.
+                    qa = pl % 2
+                    sa = np.uint64((qa * CB + c) * SL)
+                    sb = np.uint64(((1 - qa) * CB + c) * SL)
+                    half = OW // 2
+                    for u in range(half):
+                        uu = np.uint64(u)
+                        u2 = np.uint64(2 * u)
+                        out[ob + u2] = stage[sa + uu] + bv
+                        out[ob + u2 + _U1] = stage[sb + uu] + bv
+                    if OW % 2 == 1:
+                        out[ob + np.uint64(OW - 1)] = stage[sa + np.uint64(half)] + bv
+                else:
+                    for qx in range(sw):
+                        ox0 = m0x[qx] * sw + qx - pl
+                        sq = (qx * CB + c) * SL
+                        for m in range(Mx[qx]):
+                            out[ob + np.uint64(ox0 + sw * m)] = stage[sq + m] + bv
+
+    return _direct_rows
+
+
+# One kernel per (itemsize, shape); each compiles on first use only.
+_DIRECT = {}
+
+
+def _direct_kernel(itemsize, TW, CB):
+    key = (itemsize, TW, CB)
+    k = _DIRECT.get(key)
+    if k is None:
+        k = _DIRECT[key] = _make_direct(TW, CB)
+    return k
+
+
+@parallel_kernel
+def _fix_columns(x, w, b, out, N, Cin, H, W, groups, Cg_out, kH, kW, sh, sw, pt, pl, dh, dw,
+                 OH, OW, cols, ncols):
+    """Exact gather for the output columns listed in cols[:ncols] (all rows, channels, images).
+
+    Used only when the weights hold Inf/NaN: there the zero padding of the fast kernel would
+    add 0*Inf = NaN terms that torch never forms."""
+    Cg_in = Cin // groups
+    Cout = Cg_out * groups
+    for item in prange(N * Cout * OH):
+        zero = np.zeros(1, out.dtype)
+        oy = item % OH
+        rest = item // OH
+        oc = rest % Cout
+        n = rest // Cout
+        g = oc // Cg_out
+        j = oc - g * Cg_out
+        for ic in range(ncols):
+            ox = cols[ic]
+            acc = zero[0]
+            for ci in range(g * Cg_in, (g + 1) * Cg_in):
+                for ky in range(kH):
+                    ty = oy + pt - ky * dh
+                    if ty < 0 or ty % sh != 0:
+                        continue
+                    iy = ty // sh
+                    if iy >= H:
+                        continue
+                    for kx in range(kW):
+                        tx = ox + pl - kx * dw
+                        if tx < 0 or tx % sw != 0:
+                            continue
+                        ix = tx // sw
+                        if ix >= W:
+                            continue
+                        acc += (x[((n * Cin + ci) * H + iy) * W + ix]
+                                * w[((ci * Cg_out + j) * kH + ky) * kW + kx])
+            out[((n * Cout + oc) * OH + oy) * OW + ox] = acc + b[oc]
+
+
+def _aligned_empty(n, dt):
+    """Uninitialised flat array of n elements whose data starts on a 64-byte boundary."""
+    raw = np.empty(n + 64 // dt.itemsize, dt)
+    off = (-raw.ctypes.data % 64) // dt.itemsize
+    return raw[off:off + n]
+
+
+def _check_dtype(x):
+    if x.dtype != np.float32 and x.dtype != np.float64:
+        raise TypeError(f"transposed kernels support float32/float64, got {x.dtype}")
+
+
+def conv_transpose2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+                            groups):
+    """Transposed 2-D convolution by stride-phase gather with register-tiled vector kernels.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+        Input, C-contiguous float32 or float64.
+    w : ndarray, shape (C_in, C_out // groups, kH, kW)
+        Weights in torch's transposed-convolution layout, same dtype.
+    b : ndarray, shape (C_out,)
+        Bias, same dtype.
+    out : ndarray, shape (N, C_out, OH, OW)
+        Output, overwritten entirely. ``OH``/``OW`` include output_padding and any extra
+        bottom/right padding. Must not overlap ``x``, ``w`` or ``b``.
+    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups : int
+        Hyper-parameters (validated by the caller; strides and dilations >= 1, pads >= 0).
+
+    Returns
+    -------
+    None
+
+    Notes
+    -----
+    ``out[n, co, oy, ox] = b[co] + sum x[n, ci, iy, ix] * w[ci, co % Cg_out, ky, kx]`` over
+    the ``ci`` of the group of ``co`` and all ``(iy, ix, ky, kx)`` with
+    ``oy == iy*stride_h - pad_top + ky*dil_h`` and ``ox == ix*stride_w - pad_left + kx*dil_w``.
+    Best for layers with a phase row of at least ~16 pixels (input width >= ~16); allocates a
+    padded copy of ``x`` and a repacked copy of ``w`` per call.
+    """
+    _check_dtype(x)
+    N, Cin, H, W = x.shape
+    Cg_out, kH, kW = w.shape[1], w.shape[2], w.shape[3]
+    OH, OW = out.shape[2], out.shape[3]
+    Cg_in = Cin // groups
+    dt = x.dtype
+    isz = dt.itemsize
+    vec = 64 // isz                     # lanes of one zmm register
+    if out.size == 0:
+        return
+    if x.size == 0 or w.size == 0:
+        out[...] = b.reshape(1, -1, 1, 1)
+        return
+    nty, tky, tey = _phase_taps(kH, stride_h, dil_h)
+    ntx, tkx, tex = _phase_taps(kW, stride_w, dil_w)
+    m0x, Mx = _phase_ranges(stride_w, pad_left, OW)
+
+    # Tile shape: two vectors x 8 channels unless one vector x 16 channels wastes fewer lanes.
+    def efficiency(TW, CB):
+        lanes = sum(int(m) for m in Mx) / max(1, sum(-(-int(m) // TW) * TW for m in Mx))
+        return lanes * Cg_out / (-(-Cg_out // CB) * CB)
+    TW, CB = 2 * vec, 8
+    if efficiency(vec, 16) > 1.15 * efficiency(2 * vec, 8):
+        TW, CB = vec, 16
+
+    SL = max(TW, -(-int(Mx.max()) // TW) * TW)         # staging length per phase
+    PADL = int(tex.max())
+    WP = PADL + max(W, int((m0x + SL).max()))          # tiles may run past the row: zeros
+    WP = -(-WP // vec) * vec                           # rows start on a cache line
+    xp = _aligned_empty(N * H * Cin * WP, dt)
+    ncb = -(-Cg_out // CB)
+    wp = np.empty(groups * kH * kW * Cg_in * ncb * CB, dt)
+    bad = _prepare(x.reshape(-1), xp, w.reshape(-1), wp, N, Cin, H, W, WP, PADL,
+                   groups, Cg_out, kH, kW, ncb * CB)
+    outf = out.reshape(-1)
+    _direct_kernel(isz, TW, CB)(
+        xp, wp, b, outf, N, H, Cin, WP, PADL, Cg_in, Cg_out, groups, kH, kW,
+        stride_h, stride_w, pad_top, pad_left, nty, tky, tey, ntx, tkx, tex, m0x, Mx, SL, OH, OW)
+    if bad:
+        # Output columns whose phase tile read horizontal padding for some tap.
+        fix = []
+        for ox in range(OW):
+            r = (ox + pad_left) % stride_w
+            m = (ox + pad_left) // stride_w
+            if any(not 0 <= m - tex[r, i] < W for i in range(ntx[r])):
+                fix.append(ox)
+        if fix:
+            cols = np.array(fix, np.int64)
+            _fix_columns(x.reshape(-1), w.reshape(-1), b, outf, N, Cin, H, W, groups, Cg_out,
+                         kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, OH, OW,
+                         cols, len(fix))
+
+
+# ----------------------------------------------------------------------------------------------
+# GEMM + col2im algorithm
+# ----------------------------------------------------------------------------------------------
+
+_GP = 8   # pixels per GEMM register tile (rows of the tile; 8 broadcasts per input channel)
+
+
+def _make_gemm(JW):
+    """GEMM micro-kernel with JW lanes (two vectors) of the (co, ky, kx) axis per tile."""
+    UJW = np.uint64(JW)
+
+    @parallel_kernel
+    def _gemm(x2, w2, cols, N, groups, Cg_in, HWc, J):
+        """cols[(n*groups + g), p, j] = sum_ci x2[n, g*Cg_in + ci, p] * w2[g*Cg_in + ci, j].
+
+        x2: (N, C_in, HWc) flat, HWc >= 8; w2: (C_in, J) flat, J >= JW. The last pixel block
+        and the last lane block are shifted back to stay in range (they recompute a few
+        entries with identical results instead of needing padded copies)."""
+        Cin = Cg_in * groups
+        nj = (J + JW - 1) // JW
+        npb = (HWc + _GP - 1) // _GP
+        ustep_x = np.uint64(HWc)
+        ustep_w = np.uint64(J)
+        for item in prange(N * groups * nj):
+            jc = item % nj
+            rest = item // nj
+            g = rest % groups
+            n = rest // groups
+            j0 = min(jc * JW, J - JW)
+            acc = np.empty((_GP, JW), cols.dtype)
+            for pb in range(npb):
+                p0 = min(pb * _GP, HWc - _GP)
+                for p in range(_GP):
+                    for t in range(JW):
+                        acc[p, t] = 0
+                xb = np.uint64((n * Cin + g * Cg_in) * HWc + p0)
+                wb = np.uint64((g * Cg_in) * J + j0)
+                for ci in range(Cg_in):
+                    x0 = x2[xb]; x1 = x2[xb + np.uint64(1)]
+                    x2_ = x2[xb + np.uint64(2)]; x3 = x2[xb + np.uint64(3)]
+                    x4 = x2[xb + np.uint64(4)]; x5 = x2[xb + np.uint64(5)]
+                    x6 = x2[xb + np.uint64(6)]; x7 = x2[xb + np.uint64(7)]
+                    for t in range(UJW):
+                        wv = w2[wb + t]
+                        acc[0, t] += x0 * wv
+                        acc[1, t] += x1 * wv
+                        acc[2, t] += x2_ * wv
+                        acc[3, t] += x3 * wv
+                        acc[4, t] += x4 * wv
+                        acc[5, t] += x5 * wv
+                        acc[6, t] += x6 * wv
+                        acc[7, t] += x7 * wv
+                    xb += ustep_x
+                    wb += ustep_w
+                cb = np.uint64(((n * groups + g) * HWc + p0) * J + j0)
+                for p in range(_GP):
+                    for t in range(UJW):
+                        cols[cb + t] = acc[p, t]
+                    cb += ustep_w
+
+    return _gemm
+
+
+_GEMM = {}
+
+
+def _gemm_kernel(itemsize, JW):
+    key = (itemsize, JW)
+    k = _GEMM.get(key)
+    if k is None:
+        k = _GEMM[key] = _make_gemm(JW)
+    return k
+
+
+@parallel_kernel
+def _col2im(cols, b, out, N, groups, Cg_out, H, W, HWc, J, kH, kW, sh, sw, pt, pl, dh, dw,
+            OH, OW, CBc, kylo, kyhi, kxlo, kxhi):
+    """out = bias + scatter-add of cols, one block of CBc output channels per work item.
+
+    The block's output planes live in a local tile (sized to stay in L1/L2) that is filled with
+    the bias, receives every contribution in input-pixel order, then is copied out.
+    kylo/kyhi[iy] (kxlo/kxhi[ix]): the kernel rows (columns) whose target is inside the output."""
+    Cout = Cg_out * groups
+    KK = kH * kW
+    ncb = (Cg_out + CBc - 1) // CBc
+    plane = OH * OW
+    for item in prange(N * groups * ncb):
+        cb = item % ncb
+        rest = item // ncb
+        g = rest % groups
+        n = rest // groups
+        co0 = cb * CBc
+        nc = min(CBc, Cg_out - co0)
+        tile = np.empty(nc * plane, out.dtype)
+        for c in range(nc):
+            bv = b[g * Cg_out + co0 + c]
+            for i in range(plane):
+                tile[c * plane + i] = bv
+        cbase = (n * groups + g) * HWc
+        for iy in range(H):
+            for ix in range(W):
+                src = (cbase + iy * W + ix) * J + co0 * KK
+                for c in range(nc):
+                    for ky in range(kylo[iy], kyhi[iy]):
+                        trow = c * plane + (iy * sh - pt + ky * dh) * OW + ix * sw - pl
+                        srow = src + c * KK + ky * kW
+                        for kx in range(kxlo[ix], kxhi[ix]):
+                            tile[trow + kx * dw] += cols[srow + kx]
+        ob = ((n * Cout + g * Cg_out + co0) * OH) * OW
+        for i in range(nc * plane):
+            out[ob + i] = tile[i]
+
+
+def _krange(k, s, p, d, n_in, n_out):
+    """For each input index i: the kernel indices [lo, hi) with 0 <= i*s - p + k*d < n_out."""
+    lo = np.zeros(n_in, np.int64)
+    hi = np.zeros(n_in, np.int64)
+    for i in range(n_in):
+        ks = [kk for kk in range(k) if 0 <= i * s - p + kk * d < n_out]
+        if ks:
+            lo[i] = ks[0]
+            hi[i] = ks[-1] + 1
+    return lo, hi
+
+
+def conv_transpose2d_gemm(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+                          groups):
+    """Transposed 2-D convolution as a register-tiled GEMM followed by col2im.
+
+    Same interface and semantics as :func:`conv_transpose2d_direct`. Reads the weights in
+    their own layout (no repacking), so it is the better choice when the weights dominate:
+    small spatial sizes with many channels (e.g. 4x4 inputs, hundreds of channels). Needs a
+    temporary of ``N * groups * H * W * (C_out // groups) * kH * kW`` elements.
+    """
+    _check_dtype(x)
+    N, Cin, H, W = x.shape
+    Cg_out, kH, kW = w.shape[1], w.shape[2], w.shape[3]
+    OH, OW = out.shape[2], out.shape[3]
+    Cg_in = Cin // groups
+    dt = x.dtype
+    JW = 128 // dt.itemsize
+    if out.size == 0:
+        return
+    if x.size == 0 or w.size == 0:
+        out[...] = b.reshape(1, -1, 1, 1)
+        return
+    HW = H * W
+    J = Cg_out * kH * kW
+    if HW >= _GP:
+        HWc = HW
+        x2 = x.reshape(-1)
+    else:                                   # tiny images: pad the pixel axis (cheap)
+        HWc = _GP
+        xx = np.zeros((N, Cin, _GP), dt)
+        xx[:, :, :HW] = x.reshape(N, Cin, HW)
+        x2 = xx.reshape(-1)
+    if J >= JW:
+        Jc = J
+        w2 = w.reshape(-1)
+    else:                                   # tiny kernels: pad the (co, ky, kx) axis (cheap)
+        Jc = JW
+        ww = np.zeros((Cin, JW), dt)
+        ww[:, :J] = w.reshape(Cin, J)
+        w2 = ww.reshape(-1)
+    cols = np.empty(N * groups * HWc * Jc, dt)
+    _gemm_kernel(dt.itemsize, JW)(x2, w2, cols, N, groups, Cg_in, HWc, Jc)
+    kylo, kyhi = _krange(kH, stride_h, pad_top, dil_h, H, OH)
+    kxlo, kxhi = _krange(kW, stride_w, pad_left, dil_w, W, OW)
+    # Channels per col2im item: tile of <= 32K elements, and at least ~8 items per group.
+    CBc = max(1, min(32768 // (OH * OW), -(-Cg_out // 8)))
+    _col2im(cols, b, out.reshape(-1), N, groups, Cg_out, H, W, HWc, Jc, kH, kW,
+            stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, OH, OW, CBc,
+            kylo, kyhi, kxlo, kxhi)
