@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import _threads, reference
-from .kernels import im2col, transposed
+from .kernels import depthwise, im2col, transposed
 from .problem import ConvProblem
 
 
@@ -92,6 +92,17 @@ def _im2col_run(problem, x, w, b, out):
         im2col.conv2d_im2col(x, w, _bias(problem, b), out, *_geometry(problem), problem.groups)
 
 
+def _depthwise_run(problem, x, w, b, out):
+    depthwise.conv2d_depthwise(x, w, _bias(problem, b), out, *_geometry(problem))
+
+
+def _depthwise_limits(problem):
+    if not problem.is_depthwise:
+        return (f"computes depthwise convolutions only (groups == in_channels), got "
+                f"groups={problem.groups}, in_channels={problem.in_channels}")
+    return None
+
+
 def _transposed_direct_run(problem, x, w, b, out):
     transposed.conv_transpose2d_direct(x, w, _bias(problem, b), out, *_geometry(problem),
                                        problem.groups)
@@ -103,6 +114,10 @@ def _transposed_gemm_run(problem, x, w, b, out):
 
 
 ALGORITHMS = (
+    Algorithm(
+        name="depthwise", transposed=False, run=_depthwise_run, limits=_depthwise_limits,
+        summary="one stencil pass per channel plane, vectorised along rows; any channel "
+                "multiplier, stride, dilation"),
     Algorithm(
         name="im2col", transposed=False, run=_im2col_run,
         summary="patches of a few output rows copied into a workspace (capped, 64 MiB by "
