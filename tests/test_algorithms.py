@@ -145,3 +145,26 @@ def test_concurrent_calls_from_python_threads(algo):
     assert len(results) == 4 * 3 * len(cases)
     for (t, rep, i), r in results.items():
         assert np.array_equal(r, expected[i]), f"thread {t} rep {rep} case {cases[i]}"
+
+
+@pytest.mark.parametrize("algo", [a for a in dispatch.ALGORITHMS if a.size_invariant],
+                         ids=_algo_id)
+def test_size_invariant_algorithms_give_the_same_bits_on_tiles(algo):
+    """What the flag promises: a tile computed with its halo (numbaconv.dask cuts them) equals the
+    whole-image result bit for bit on random data, for several tilings."""
+    da = pytest.importorskip("dask.array")
+    import numbaconv.dask as ncd
+
+    rng = np.random.default_rng(11)
+    checked = 0
+    for case in _big_cases(algo):
+        x, w, b = case.arrays(rng, kind="normal")
+        full = _call(algo.name, case, x, w, b)
+        fn = ncd.conv_transpose2d if case.transposed else ncd.conv2d
+        h, wd = case.x_shape[2:]
+        for tile in [(max(1, h // 2), max(1, wd // 3)), (3, 5), (h, 2)]:
+            lazy = fn(da.from_array(x, chunks=(1, case.x_shape[1]) + tile), w, b, **case.kwargs,
+                      algorithm=algo.name)
+            assert np.array_equal(lazy.compute(scheduler="sync"), full), (case, tile)
+            checked += 1
+    assert checked

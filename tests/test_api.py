@@ -193,7 +193,9 @@ def test_nan_and_inf_propagate(rng):
     w[w == 0] = 1  # every product involving x[0, 0, 2, 2] is then non-zero
     x[0, 0, 2, 2] = np.nan
     x[0, 1, 5, 5] = np.inf
-    for algorithm in ["auto"] + list(numbaconv.algorithms()):
+    usable = [n for n, why in numbaconv.explain(x, w, padding=1).reasons.items() if why is None]
+    assert len(usable) >= 3
+    for algorithm in ["auto"] + usable:
         y = numbaconv.conv2d(x, w, padding=1, algorithm=algorithm)
         assert np.isnan(y[0, :, 1:4, 1:4]).all()
         assert np.isnan(y[0, :, 0, 0]).sum() == 0

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import _threads, reference
-from .kernels import depthwise, im2col, transposed
+from .kernels import depthwise, direct, gemm, im2col, transposed
 from .problem import ConvProblem
 
 
@@ -44,6 +44,10 @@ class Algorithm:
         problem of its kind.
     spatial_dims : tuple of int
         The numbers of spatial dimensions it computes.
+    size_invariant : bool
+        Whether each output element is summed in an order that depends only on the channels and
+        kernel, never on the image size or tiling: then a tile computed on its own (with halo),
+        as :mod:`numbaconv.dask` does, equals the whole-image result bit for bit on any data.
     """
 
     name: str
@@ -53,6 +57,7 @@ class Algorithm:
     exact: bool = True
     limits: Optional[Callable] = None
     spatial_dims: tuple = (2,)
+    size_invariant: bool = False
 
     def why_not(self, problem: ConvProblem):
         """``None`` if this algorithm can compute ``problem``, else the reason it cannot."""
@@ -74,6 +79,7 @@ def _reference_run(problem, x, w, b, out):
 def _reference(transposed):
     return Algorithm(
         name="reference", transposed=transposed, run=_reference_run, spatial_dims=(1, 2, 3),
+        size_invariant=True,
         summary="pure NumPy, fixed summation order; the oracle of the others (slow)")
 
 
@@ -103,6 +109,14 @@ def _depthwise_limits(problem):
     return None
 
 
+def _direct_run(problem, x, w, b, out):
+    direct.conv2d_direct(x, w, _bias(problem, b), out, *_geometry(problem), problem.groups)
+
+
+def _gemm_run(problem, x, w, b, out):
+    gemm.conv2d_implicit_gemm(x, w, _bias(problem, b), out, *_geometry(problem), problem.groups)
+
+
 def _transposed_direct_run(problem, x, w, b, out):
     transposed.conv_transpose2d_direct(x, w, _bias(problem, b), out, *_geometry(problem),
                                        problem.groups)
@@ -115,19 +129,27 @@ def _transposed_gemm_run(problem, x, w, b, out):
 
 ALGORITHMS = (
     Algorithm(
-        name="depthwise", transposed=False, run=_depthwise_run, limits=_depthwise_limits,
+        name="depthwise", transposed=False, run=_depthwise_run, limits=_depthwise_limits, size_invariant=True,
         summary="one stencil pass per channel plane, vectorised along rows; any channel "
                 "multiplier, stride, dilation"),
+    Algorithm(
+        name="gemm", transposed=False, run=_gemm_run, size_invariant=True,
+        summary="implicit GEMM: im2col panels packed on the fly for a 12x32 register-tiled "
+                "AVX-512 micro-kernel; 1x1 stride-1 reads the input in place"),
+    Algorithm(
+        name="direct", transposed=False, run=_direct_run,
+        summary="output pixels in the vector lanes over a zero-padded, stride-phase-split "
+                "copy of a band of input rows; suits few channels, big kernels, narrow groups"),
     Algorithm(
         name="im2col", transposed=False, run=_im2col_run,
         summary="patches of a few output rows copied into a workspace (capped, 64 MiB by "
                 "default), then one BLAS GEMM per tile; 1x1 stride-1 is a GEMM with no copy"),
     Algorithm(
-        name="direct", transposed=True, run=_transposed_direct_run,
+        name="direct", transposed=True, run=_transposed_direct_run, size_invariant=True,
         summary="gather by stride phase (no multiplies on stuffed zeros), 16 output-channel x "
                 "pixel accumulators in registers"),
     Algorithm(
-        name="gemm", transposed=True, run=_transposed_gemm_run,
+        name="gemm", transposed=True, run=_transposed_gemm_run, size_invariant=True,
         summary="register-tiled GEMM of input pixels by (C_out, kH, kW) weight columns, then "
                 "col2im; for small images with many channels"),
     _reference(False),
@@ -145,12 +167,49 @@ def candidates(problem):
     return {a.name: a.why_not(problem) for a in ALGORITHMS if a.transposed == problem.transposed}
 
 
+def rule(problem):
+    """The algorithm ``'auto'`` prefers, by kernel size, groups, channels and image size.
+
+    Forward convolution:
+
+    1. ``depthwise`` when ``groups == C_in > 1`` (one channel per group).
+    2. ``direct`` for other grouped convolutions with narrow groups (``C_out / groups < 32``):
+       a GEMM per group would be too small to run fast.
+    3. ``gemm`` for 1x1 kernels (a plain matrix product) and for small images
+       (``H_out * W_out < 256``, where direct tiles waste lanes on row padding).
+    4. ``direct`` otherwise: dense 3x3 and larger kernels, strided or dilated, and images with few
+       input or output channels.
+
+    Transposed convolution: ``gemm`` for narrow inputs (``W < 16``, or ``W < 32`` with at least
+    256 input channels per group: the weights dominate and a GEMM reads them once), else
+    ``direct``. These thresholds come from ``numbaconv bench`` sweeps on a 2-core AVX-512 machine.
+    """
+    oh, ow = problem.out_size[-2:]
+    if problem.transposed:
+        w_in = problem.in_size[-1]
+        cin_g = problem.in_channels // problem.groups
+        return "gemm" if w_in < 16 or (w_in < 32 and cin_g >= 256) else "direct"
+    if problem.is_depthwise and problem.groups > 1:
+        return "depthwise"
+    if problem.groups > 1 and problem.out_channels // problem.groups < 32:
+        return "direct"
+    if all(k == 1 for k in problem.kernel_size) or oh * ow < 256:
+        return "gemm"
+    return "direct"
+
+
 def auto_choice(problem):
-    """The algorithm ``'auto'`` picks for ``problem`` (the first in table order that can run it)."""
+    """The algorithm ``'auto'`` runs: :func:`rule`'s choice when it can compute the problem,
+    else the first algorithm in table order that can (the reference handles everything)."""
+    preferred = rule(problem)
+    for a in ALGORITHMS:
+        if a.name == preferred and a.transposed == problem.transposed and \
+                a.why_not(problem) is None:
+            return a.name
     for a in ALGORITHMS:
         if a.why_not(problem) is None:
             return a.name
-    raise AssertionError(f"no algorithm for {problem}")  # the reference handles everything
+    raise AssertionError(f"no algorithm for {problem}")
 
 
 def get(name, problem):

@@ -26,7 +26,8 @@ _workspace_limit = 64 << 20
 
 # A tile should give BLAS enough columns to run at speed but leave several tiles to share out.
 _TARGET_TILE_PIXELS = 1024
-_MIN_TILES = 8
+_MIN_TILE_PIXELS = 256
+_MIN_TILES = 4
 
 _xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
     types.char, types.char, types.char,           # kind, transa, transb
@@ -133,14 +134,16 @@ def _conv2d_im2col(x, w, b, out, sh, sw, pt, pl, dh, dw, groups, rows, cblk, ws)
 def tiling(batch, groups, out_channels_per_group, oh, ow, k, itemsize):
     """Tile shape ``(rows, channel block)`` of a problem: a function of the problem alone.
 
-    Rows per tile aim at about ``_TARGET_TILE_PIXELS`` output pixels, fewer when that leaves less
-    than ``_MIN_TILES`` tiles, and few enough that all threads' ``col`` workspaces fit the limit.
-    When rows alone cannot make enough tiles (small images), output channels are split too.
+    Rows per tile aim at about ``_TARGET_TILE_PIXELS`` output pixels, fewer (down to about
+    ``_MIN_TILE_PIXELS``: narrower GEMMs run slowly) when that leaves less than ``_MIN_TILES``
+    tiles, and few enough that all threads' ``col`` workspaces fit the limit. When rows alone
+    cannot make enough tiles (small images), output channels are split too.
     """
     max_threads = numba.config.NUMBA_NUM_THREADS
     rows = max(1, min(oh, -(-_TARGET_TILE_PIXELS // ow)))
-    while rows > 1 and batch * groups * -(-oh // rows) < _MIN_TILES:
-        rows = (rows + 1) // 2
+    min_rows = max(1, -(-_MIN_TILE_PIXELS // ow))
+    while rows > min_rows and batch * groups * -(-oh // rows) < _MIN_TILES:
+        rows = max(min_rows, (rows + 1) // 2)
     budget_rows = _workspace_limit // max(1, max_threads * k * ow * itemsize)
     rows = max(1, min(rows, budget_rows))
     tiles = batch * groups * -(-oh // rows)

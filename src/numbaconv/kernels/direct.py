@@ -1,0 +1,829 @@
+"""Register-tiled direct 2-D convolution (forward), for any groups, stride, dilation, padding.
+
+What it computes
+----------------
+``out[n, co] = b[co] + sum_{ci, ky, kx} w[co, ci, ky, kx] * x[n, g*Cg_in + ci, iy, ix]`` with
+``iy = oy*stride_h - pad_top + ky*dil_h`` (likewise ``ix``), zeros outside the input, i.e.
+``torch.nn.functional.conv2d``. Every output element is the bias followed by one fused
+multiply-add per tap in an order fixed by the layer's shape alone - (ci, ky, kx), or (ci, kx, ky)
+for the row-reuse kernel below - so results do not depend on the tiling or the thread count.
+
+Tiling strategy (and why)
+-------------------------
+*Output pixels live in the SIMD lanes.* A parallel work item takes a band of output rows of one
+image and one group. It copies the input rows the band needs into a per-thread scratch buffer,
+zero padded and split into ``stride_h * stride_w`` phase planes (plane ``(ph, pw)`` holds padded
+input pixel ``(a*stride_h + ph, b*stride_w + pw)`` at ``(a, b)``) of row pitch
+``Wq = OW + ((kW-1)*dil_w) // stride_w``. There the input under output pixel ``(oy, ox)`` for tap
+``(ci, ky, kx)`` is at ``q + off[ci, ky, kx]``, with the flat index ``q = oy*Wq + ox``: consecutive
+``q`` are consecutive in memory for *every* stride, dilation and padding. So
+
+* the hot loop has no border tests and no gathers (padding is materialised, strides are undone
+  by the phase split), and a table ``off`` covers every kernel size;
+* ``q`` runs across row ends, so narrow outputs (7x7, 14x14) still fill whole vectors; the price
+  is ``Wq - OW`` padding columns per row (computed, never stored);
+* the copy is per band and stays in cache; it costs O(input) against O(MACs).
+
+The micro-kernel ``_microkernel`` is written in LLVM IR (a Numba intrinsic) so the accumulators
+are guaranteed to be SSA values, i.e. registers, and the FMAs packed (LLVM does not reliably keep
+an accumulator tile held in arrays in registers). It holds ``V`` vectors of consecutive ``q``
+(``V*L`` pixels, ``L`` lanes per 64-byte register) times ``C`` output channels: per tap it loads
+``V`` input vectors and broadcasts ``C`` weights for ``V*C`` FMAs, ``V*C = 24`` of the 32 AVX-512
+registers. ``C`` (8, 4 or 1) comes from the channels per group, so narrow groups (ResNeXt: 4) or
+single output channels use more pixel vectors rather than waste lanes. The weights are read in
+place: the ``C`` rows of ``w`` are ``C`` sequential streams, as fast as a packed copy.
+
+With one output channel per tile each tap costs a vector load per FMA, and loads become the
+limit. For stride_h = dil_h = 1 and kH >= 3, ``_microkernel_rows`` holds 4 output rows x 6 vectors
+instead and loads each input row once for the up to 4 output rows it feeds (with different ky),
+about 0.4 loads per FMA for a 7x7 kernel.
+
+Tiles are stored straight from the registers when a vector lies inside one output row, and with
+one masked store per row segment otherwise (vectors crossing a row end or the band end).
+"""
+
+import collections
+import math
+import threading
+
+import llvmlite.binding as _llb
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from numbaconv import _threads
+from numbaconv._jit import kernel, parallel_kernel
+
+
+def _vector_bytes():
+    # Width of the vectors the micro-kernels are written for: the widest the target CPU has.
+    # Wider vectors would still be correct elsewhere (LLVM splits them) but would spill.
+    features = numba.config.CPU_FEATURES
+    if not features:
+        if numba.config.CPU_NAME:
+            return 16
+        features = _llb.get_host_cpu_features().flatten()
+    feats = set(f.strip() for f in features.split(","))
+    if "+avx512f" in feats:
+        return 64
+    if "+avx" in feats:
+        return 32
+    return 16
+
+
+_VBYTES = _vector_bytes()
+# Accumulator registers of a tile: 24 of the 32 zmm registers with AVX-512, leaving room for
+# the loaded input vectors and a broadcast weight; 12 of 16 otherwise.
+_NACC = 24 if _VBYTES == 64 else 12
+# Row-reuse tile: _ROWS output rows x _NACC // _ROWS vectors, for kH >= _ROWS - 1.
+_ROWS = 4
+
+
+# ---------------------------------------------------------------------------------------------
+# LLVM-IR code generation helpers
+# ---------------------------------------------------------------------------------------------
+
+class _LoopID(ir.values.MDValue):
+    """Self-referential loop-ID metadata node (``!0 = !{!0, !1}``), compared by identity."""
+
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
+
+
+def _loop_metadata(module, *flags):
+    props = [module.add_metadata([ir.MetaDataString(module, f)]) for f in flags]
+    node = _LoopID(module, [], name=str(len(module.metadata)))
+    node.operands = tuple([node] + props)
+    return node
+
+
+class _Gen:
+    """Vector code generation for one micro-kernel call (``dtype`` = the arrays' dtype)."""
+
+    def __init__(self, context, builder, dtype):
+        self.context = context
+        self.b = builder
+        self.fty = context.get_value_type(dtype)
+        self.isz = context.get_abi_sizeof(self.fty)
+        self.lanes = _VBYTES // self.isz
+        self.vty = ir.VectorType(self.fty, self.lanes)
+        self.i64 = ir.IntType(64)
+        self.i32 = ir.IntType(32)
+        self.zeros_mask = ir.Constant(ir.VectorType(self.i32, self.lanes), [0] * self.lanes)
+        sfx = "v%d%s" % (self.lanes, "f32" if self.isz == 4 else "f64")
+        mod = builder.module
+        self._fma = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(self.vty, [self.vty] * 3), "llvm.fma." + sfx)
+        mty = ir.VectorType(ir.IntType(1), self.lanes)
+        self._mstore = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(ir.VoidType(), [self.vty, self.vty.as_pointer(), self.i32, mty]),
+            "llvm.masked.store.%s.p0" % sfx)
+
+    def const(self, n):
+        return ir.Constant(self.i64, n)
+
+    def int64(self, v):
+        return self.b.sext(v, self.i64) if v.type != self.i64 else v
+
+    def data(self, aty, val):
+        return self.context.make_array(aty)(self.context, self.b, val).data
+
+    def gep(self, ptr, idx, inbounds=True):
+        return self.b.gep(ptr, [idx], inbounds=inbounds)
+
+    def smin(self, a, c):
+        return self.b.select(self.b.icmp_signed("<", a, c), a, c)
+
+    def splat(self, s, vty=None):
+        vty = vty or self.vty
+        undef = ir.Constant(vty, ir.Undefined)
+        v = self.b.insert_element(undef, s, ir.Constant(self.i32, 0))
+        return self.b.shuffle_vector(v, undef, self.zeros_mask)
+
+    def bcast(self, ptr):
+        """Broadcast the scalar at ``ptr``."""
+        return self.splat(self.b.load(ptr, typ=self.fty))
+
+    def vptr(self, ptr):
+        return self.b.bitcast(ptr, self.vty.as_pointer())
+
+    def vload(self, ptr):
+        return self.b.load(self.vptr(ptr), align=self.isz, typ=self.vty)
+
+    def fma(self, a, c, acc):
+        return self.b.call(self._fma, [a, c, acc])
+
+    def no_unroll(self, branch):
+        # A second copy of a tap-loop body would need a second set of loaded input vectors
+        # and broadcasts; with 24 live accumulators LLVM then spills.
+        branch.set_metadata("llvm.loop", _loop_metadata(self.b.module, "llvm.loop.unroll.disable"))
+
+    def loop(self, start, stop, state, body):
+        """Emit ``for i in range(start, stop)`` carrying the SSA values ``state``.
+
+        ``body(i, state) -> state``. Returns the state after the loop (also if it ran 0 times).
+        """
+        b = self.b
+        pre = b.block
+        head = b.append_basic_block("loop")
+        done = b.append_basic_block("loop.done")
+        b.cbranch(b.icmp_signed("<", start, stop), head, done)
+        b.position_at_end(head)
+        i = b.phi(self.i64)
+        i.add_incoming(start, pre)
+        phis = []
+        for s in state:
+            p = b.phi(s.type)
+            p.add_incoming(s, pre)
+            phis.append(p)
+        new = body(i, phis)
+        latch = b.block
+        inext = b.add(i, self.const(1))
+        i.add_incoming(inext, latch)
+        for p, s in zip(phis, new):
+            p.add_incoming(s, latch)
+        self.no_unroll(b.cbranch(b.icmp_signed("<", inext, stop), head, done))
+        b.position_at_end(done)
+        out = []
+        for s, n in zip(state, new):
+            p = b.phi(s.type)
+            p.add_incoming(s, pre)
+            p.add_incoming(n, latch)
+            out.append(p)
+        return out
+
+    def store_tile(self, res, nc, nrow, nv, q0, q1, wq, ow, optr, obase, ostride):
+        """Store a tile of ``nc`` channels x ``nrow`` rows x ``nv`` vectors.
+
+        ``res[(c*nrow + r)*nv + v]`` holds flat pixels ``qa .. qa+L-1`` of channel ``c`` with
+        ``qa = q0 + r*wq + v*L``; pixel ``q = row*wq + col`` goes to
+        ``out[obase + c*ostride + row*ow + col]`` if ``q < q1`` and ``col < ow``.
+        Vectors inside one output row are stored straight from the registers; the others are
+        marked in a bit mask and stored afterwards, by one loop (not an unrolled copy per
+        vector: that would double the compile time) that reads the tile back from a stack
+        buffer and issues one masked store per row segment.
+        """
+        b = self.b
+        L = self.lanes
+        lanes_c = self.const(L)
+        nvec = nrow * nv
+        slowmask = self.const(0)
+        for r in range(nrow):
+            qr = b.add(q0, b.mul(self.const(r), wq)) if r else q0
+            for v in range(nv):
+                qa = b.add(qr, self.const(v * L))
+                row = b.sdiv(qa, wq)
+                col = b.sub(qa, b.mul(row, wq))
+                fast = b.and_(b.icmp_signed("<=", b.add(col, lanes_c), ow),
+                              b.icmp_signed("<=", b.add(qa, lanes_c), q1))
+                slow = b.and_(b.icmp_signed("<", qa, q1), b.not_(fast))
+                slowmask = b.or_(slowmask, b.shl(b.zext(slow, self.i64), self.const(r * nv + v)))
+                with b.if_then(fast):
+                    orow = b.add(obase, b.add(b.mul(row, ow), col))
+                    for c in range(nc):
+                        idx = b.add(orow, b.mul(self.const(c), ostride))
+                        b.store(res[c * nvec + r * nv + v], self.vptr(self.gep(optr, idx)),
+                                align=self.isz)
+
+        with b.if_then(b.icmp_signed("!=", slowmask, self.const(0)), likely=False):
+            buf = cgutils.alloca_once(b, ir.ArrayType(self.vty, nc * nvec))
+            zero32 = ir.Constant(self.i32, 0)
+            for i, r in enumerate(res):
+                b.store(r, b.gep(buf, [zero32, ir.Constant(self.i32, i)], inbounds=True),
+                        align=self.isz)
+            ity = self.i64
+            iota = ir.Constant(ir.VectorType(ity, L), list(range(L)))
+            vity = ir.VectorType(ity, L)
+            with cgutils.for_range(b, self.const(nvec)) as loop_i:
+                i = loop_i.index
+                with b.if_then(b.trunc(b.lshr(slowmask, i), ir.IntType(1))):
+                    r = b.udiv(i, self.const(nv))
+                    v = b.sub(i, b.mul(r, self.const(nv)))
+                    qa = b.add(q0, b.add(b.mul(r, wq), b.mul(v, lanes_c)))
+                    row = b.sdiv(qa, wq)
+                    col = b.sub(qa, b.mul(row, wq))
+                    pre = b.block
+                    seg_head = b.append_basic_block("st.seg")
+                    seg_store = b.append_basic_block("st.segst")
+                    seg_next = b.append_basic_block("st.segnext")
+                    seg_done = b.append_basic_block("st.segdone")
+                    b.branch(seg_head)
+
+                    b.position_at_end(seg_head)
+                    lane = b.phi(ity)
+                    srow = b.phi(ity)
+                    scol = b.phi(ity)
+                    lane.add_incoming(self.const(0), pre)
+                    srow.add_incoming(row, pre)
+                    scol.add_incoming(col, pre)
+                    q = b.add(qa, lane)
+                    seg = self.smin(self.smin(b.sub(lanes_c, lane), b.sub(wq, scol)),
+                                    b.sub(q1, q))
+                    nvalid = self.smin(seg, b.sub(ow, scol))
+                    b.cbranch(b.icmp_signed(">", nvalid, self.const(0)), seg_store, seg_next)
+
+                    b.position_at_end(seg_store)
+                    lo = self.splat(lane, vity)
+                    hi = self.splat(b.add(lane, nvalid), vity)
+                    mask = b.and_(b.icmp_signed(">=", iota, lo), b.icmp_signed("<", iota, hi))
+                    # Element index of lane 0 (masked-off lanes are never touched, so it may
+                    # lie outside the array).
+                    base = b.sub(b.add(obase, b.add(b.mul(srow, ow), scol)), lane)
+                    for c in range(nc):
+                        val = b.load(b.gep(buf, [zero32, b.add(self.const(c * nvec), i)],
+                                           inbounds=True), typ=self.vty, align=self.isz)
+                        idx = b.add(base, b.mul(self.const(c), ostride))
+                        b.call(self._mstore, [val, self.vptr(self.gep(optr, idx, False)),
+                                              ir.Constant(self.i32, self.isz), mask])
+                    b.branch(seg_next)
+
+                    b.position_at_end(seg_next)
+                    lane_n = b.add(lane, seg)
+                    lane.add_incoming(lane_n, seg_next)
+                    srow.add_incoming(b.add(srow, self.const(1)), seg_next)
+                    scol.add_incoming(self.const(0), seg_next)
+                    more = b.and_(b.icmp_signed("<", lane_n, lanes_c),
+                                  b.icmp_signed("<", b.add(qa, lane_n), q1))
+                    b.cbranch(more, seg_head, seg_done)
+                    b.position_at_end(seg_done)
+
+
+@intrinsic
+def _no_inline(typingctx):
+    """Mark the calling compiled function ``noinline`` for LLVM (it is called per work item)."""
+    def codegen(context, builder, signature, args):
+        builder.function.attributes.add("noinline")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
+def _lanes_of(typingctx, arr):
+    """Number of lanes of the micro-kernels' vectors for ``arr``'s dtype (a compile-time int)."""
+    lanes = _VBYTES // (arr.dtype.bitwidth // 8)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, lanes)
+
+    return types.intp(arr), codegen
+
+
+# ---------------------------------------------------------------------------------------------
+# The micro-kernels
+# ---------------------------------------------------------------------------------------------
+
+@intrinsic
+def _microkernel(typingctx, xs, offs, w, wbase, b, boff, out, obase, ostride, q0, q1, wq, ow,
+                 V, C):
+    """Compute and store one tile of ``C`` output channels x ``V`` vectors (``V*L`` pixels).
+
+    For channel ``c < C`` and tile pixel ``j < V*L``, with ``K = offs.size`` taps::
+
+        b[boff + c] + sum_{k < K} w[wbase + c*K + k] * xs[q0 + offs[k] + j]
+
+    (one fused multiply-add per k, k ascending) is stored as pixel ``q = q0 + j`` (see
+    ``_Gen.store_tile``). ``V`` and ``C`` are compile-time ints.
+    """
+    if not (isinstance(V, types.IntegerLiteral) and isinstance(C, types.IntegerLiteral)):
+        return None
+    nv, nc = V.literal_value, C.literal_value
+    sig = types.void(xs, offs, w, wbase, b, boff, out, obase, ostride, q0, q1, wq, ow, V, C)
+
+    def codegen(context, builder, signature, args):
+        g = _Gen(context, builder, signature.args[0].dtype)
+        at = signature.args
+        (xs_v, offs_v, w_v, wbase_v, b_v, boff_v, out_v, obase_v, ostride_v,
+         q0_v, q1_v, wq_v, ow_v) = args[:13]
+        q0_v = g.int64(q0_v)
+        xptr = g.gep(g.data(at[0], xs_v), q0_v)
+        offs_a = context.make_array(at[1])(context, builder, offs_v)
+        optr = offs_a.data
+        ntap = builder.extract_value(offs_a.shape, 0)
+        oty = context.get_value_type(at[1].dtype)
+        wptr = g.gep(g.data(at[2], w_v), g.int64(wbase_v))
+        bptr = g.gep(g.data(at[4], b_v), g.int64(boff_v))
+        # Weight row c of the tile (the C rows are C sequential streams).
+        wrow = [g.gep(wptr, builder.mul(g.const(c), ntap)) for c in range(nc)]
+
+        # Accumulators start at the bias; index c*nv + v.
+        init = []
+        for c in range(nc):
+            init.extend([g.bcast(g.gep(bptr, g.const(c)))] * nv)
+
+        def tap(k, acc):
+            off = g.int64(builder.load(g.gep(optr, k), typ=oty))
+            xk = g.gep(xptr, off)
+            xv = [g.vload(g.gep(xk, g.const(v * g.lanes))) for v in range(nv)]
+            new = list(acc)
+            for c in range(nc):
+                wc = g.bcast(g.gep(wrow[c], k))
+                for v in range(nv):
+                    new[c * nv + v] = g.fma(xv[v], wc, acc[c * nv + v])
+            return new
+
+        res = g.loop(g.const(0), ntap, init, tap)
+        g.store_tile(res, nc, 1, nv, q0_v, g.int64(q1_v), g.int64(wq_v), g.int64(ow_v),
+                     g.data(at[6], out_v), g.int64(obase_v), g.int64(ostride_v))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _microkernel_rows(typingctx, xs, offs, wofs, w, wbase, kh, kw, b, boff, out, obase,
+                      ostride, q0, q1, wq, ow, R, V):
+    """Compute and store one single-channel tile of ``R`` rows x ``V`` vectors, reusing rows.
+
+    For tile row ``r < R`` and pixel ``j < V*L`` (flat ``q = q0 + r*wq + j``), with column taps
+    ``i < offs.size`` (one per (ci, kx)) and ``ky < kh``::
+
+        b[boff] + sum_i sum_ky w[wbase + wofs[i] + ky*kw] * xs[q + offs[i] + ky*wq]
+
+    (i outer, ky inner, one FMA each). Input row ``t`` of a column tap is loaded once and used
+    for every tile row ``r`` with ``ky = t - r`` in range. Needs ``kh >= R - 1``. ``R`` and ``V``
+    are compile-time ints.
+    """
+    if not (isinstance(R, types.IntegerLiteral) and isinstance(V, types.IntegerLiteral)):
+        return None
+    nr, nv = R.literal_value, V.literal_value
+    sig = types.void(xs, offs, wofs, w, wbase, kh, kw, b, boff, out, obase, ostride, q0, q1,
+                     wq, ow, R, V)
+
+    def codegen(context, builder, signature, args):
+        g = _Gen(context, builder, signature.args[0].dtype)
+        at = signature.args
+        (xs_v, offs_v, wofs_v, w_v, wbase_v, kh_v, kw_v, b_v, boff_v, out_v, obase_v,
+         ostride_v, q0_v, q1_v, wq_v, ow_v) = args[:16]
+        q0_v, wq_v, kh_v, kw_v = g.int64(q0_v), g.int64(wq_v), g.int64(kh_v), g.int64(kw_v)
+        xptr = g.gep(g.data(at[0], xs_v), q0_v)
+        offs_a = context.make_array(at[1])(context, builder, offs_v)
+        ncol = builder.extract_value(offs_a.shape, 0)
+        oty = context.get_value_type(at[1].dtype)
+        wofs_p = g.data(at[2], wofs_v)
+        wptr = g.gep(g.data(at[3], w_v), g.int64(wbase_v))
+        bias = g.bcast(g.gep(g.data(at[7], b_v), g.int64(boff_v)))
+        init = [bias] * (nr * nv)   # index r*nv + v
+
+        def col_tap(i, acc):
+            xo = g.gep(xptr, g.int64(builder.load(g.gep(offs_a.data, i), typ=oty)))
+            wo = g.gep(wptr, g.int64(builder.load(g.gep(wofs_p, i), typ=oty)))
+
+            def step(acc, t, rows, ky_of):
+                # Input row t feeds tile rows ``rows`` with ky = ky_of(r).
+                xrow = g.gep(xo, builder.mul(t, wq_v))
+                xv = [g.vload(g.gep(xrow, g.const(v * g.lanes))) for v in range(nv)]
+                new = list(acc)
+                for r in rows:
+                    wr = g.bcast(g.gep(wo, builder.mul(ky_of(r), kw_v)))
+                    for v in range(nv):
+                        new[r * nv + v] = g.fma(xv[v], wr, acc[r * nv + v])
+                return new
+
+            # Ramp-up t < R-1: rows r <= t (ky = t - r <= R-2 <= kh-1).
+            for t in range(nr - 1):
+                acc = step(acc, g.const(t), range(t + 1),
+                           lambda r, t=t: g.const(t - r))
+            # Steady state R-1 <= t < kh: all rows.
+            acc = g.loop(g.const(nr - 1), kh_v, acc,
+                         lambda t, a: step(a, t, range(nr), lambda r: builder.sub(t, g.const(r))))
+            # Ramp-down t = kh + s: rows r > s (ky = kh + s - r).
+            for s in range(nr - 1):
+                t = builder.add(kh_v, g.const(s))
+                acc = step(acc, t, range(s + 1, nr),
+                           lambda r, t=t: builder.sub(t, g.const(r)))
+            return acc
+
+        res = g.loop(g.const(0), g.int64(ncol), init, col_tap)
+        g.store_tile(res, 1, nr, nv, q0_v, g.int64(q1_v), wq_v, g.int64(ow_v),
+                     g.data(at[9], out_v), g.int64(obase_v), g.int64(ostride_v))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# ---------------------------------------------------------------------------------------------
+# Tile shapes and "packing"
+# ---------------------------------------------------------------------------------------------
+
+# Output channels per tile, each with _NACC // C pixel vectors. Every shape is one more copy of
+# the micro-kernel in the compiled module, so the set is small (compile time).
+_TILE_CS = (8, 4, 1)
+_RV = _NACC // _ROWS          # vectors per row of the row-reuse tile
+_V8, _V4, _V1 = (_NACC // c for c in _TILE_CS)
+
+PackedDirectWeights = collections.namedtuple(
+    "PackedDirectWeights", "data groups cout_g cin_g kh kw tile_c")
+PackedDirectWeights.__doc__ = """Weights prepared for :func:`conv2d_direct_packed`.
+
+``data`` is the (C_out, C_in/groups, kH, kW) weight array itself, C-contiguous: the micro-kernel
+reads the ``tile_c`` weight rows of a tile as ``tile_c`` sequential streams, which is as fast as
+a blocked copy and costs no packing time. ``tile_c`` is the number of output channels per
+register tile."""
+
+
+def _tile_shape(cout_g):
+    """Output channels ``C`` per register tile (the tile is ``V = _NACC // C`` pixel vectors).
+
+    ``C <= cout_g``: a group's last block of channels overlaps the previous one instead of being
+    padded. Per tap a tile issues ``V*C`` FMAs (2 per cycle), ``V`` unaligned vector loads (each
+    usually splits over two cache lines) and ``C`` broadcasts; the overlap recomputes
+    ``ceil(cout_g/C)*C - cout_g`` channels. Minimise the estimated cycles per useful FMA; ties go
+    to the larger ``C`` (less input traffic per FMA).
+    """
+    best = None
+    for c in _TILE_CS:
+        v = _NACC // c
+        if c > cout_g or v < 1:
+            continue
+        waste = math.ceil(cout_g / c) * c / cout_g
+        cost = waste * (0.5 * v * c + 0.1 * (2 * v + c)) / (v * c)
+        if best is None or cost < best[0] - 1e-9:
+            best = (cost, c)
+    return best[1]
+
+
+def pack_weights_direct(w, groups):
+    """Prepare conv weights for :func:`conv2d_direct_packed` (choose the register tile).
+
+    Parameters
+    ----------
+    w : ndarray, shape (C_out, C_in // groups, kH, kW)
+        Float32 or float64 weights.
+    groups : int
+        Number of groups (divides C_out).
+
+    Returns
+    -------
+    PackedDirectWeights
+        Reusable for any input size, stride, padding and dilation with the same ``w`` and
+        ``groups``. Holds ``w`` itself (no copy) when ``w`` is C-contiguous, so ``w`` must not
+        be modified while the result is in use.
+    """
+    cout, cin_g, kh, kw = w.shape
+    cout_g = cout // groups
+    return PackedDirectWeights(np.ascontiguousarray(w), groups, cout_g, cin_g, kh, kw,
+                               _tile_shape(cout_g))
+
+
+def _use_rows(tile_c, stride_h, dil_h, kh, ow, wq, lanes):
+    """Whether the row-reuse micro-kernel applies and pays: it needs one channel per tile,
+    unit vertical stride and dilation and kH >= _ROWS - 1, and its tiles span whole 6-vector
+    column chunks of single rows, which wastes lanes on narrow outputs."""
+    tq = _RV * lanes
+    return (tile_c == 1 and stride_h == 1 and dil_h == 1 and kh >= _ROWS - 1
+            and -(-ow // tq) * tq <= 1.6 * wq)
+
+
+# ---------------------------------------------------------------------------------------------
+# The parallel driver
+# ---------------------------------------------------------------------------------------------
+
+@kernel
+def _scratch_len(cin_g, nphase, band, halo, wq, tq, lanes):
+    """Elements of one band buffer: the phase planes, then slack so that the last tile's
+    vector loads stay inside it (those lanes only feed pixels that are never stored)."""
+    return cin_g * nphase * (band + halo) * wq + tq + wq + lanes
+
+
+@parallel_kernel
+def _direct_driver(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+                   groups, tile_c, rows, band, n_cc, tchunk, scratch):
+    """Parallel driver; see the module docstring.
+
+    A work item is (image, group, band of ``band`` output rows, chunk of output-channel
+    blocks). With ``tchunk > 0`` it does ``tchunk`` tiles for all its channel blocks before
+    moving on (input reuse in cache). ``rows`` selects the row-reuse kernel (``band`` is then a
+    multiple of _ROWS). ``scratch`` holds one band buffer per thread; items on other thread ids
+    allocate their own.
+    """
+    n_img, cin, h, wd = x.shape
+    cout, cin_g, kh, kw = w.shape
+    oh = out.shape[2]
+    ow = out.shape[3]
+    cout_g = cout // groups
+    lanes = _lanes_of(x)
+    halo = ((kh - 1) * dil_h) // stride_h
+    wq = ow + ((kw - 1) * dil_w) // stride_w
+    plane = (band + halo) * wq
+    nphase = stride_h * stride_w
+    ntap = cin_g * kh * kw
+    tq = (_RV if rows else _NACC // tile_c) * lanes
+    slot = _scratch_len(cin_g, nphase, band, halo, wq, tq, lanes)
+    n_slots = scratch.size // slot
+
+    # Generic kernel: tap k = (ci, ky, kx) reads the scratch at q + offs[k].
+    # Row kernel: column tap i = (ci, kx) reads at q + offs[i] + ky*wq, weight wofs[i] + ky*kw.
+    nt = cin_g * kw if rows else ntap
+    offs = np.empty(nt, dtype=np.int64)
+    wofs = np.empty(nt, dtype=np.int64)
+    for ci in range(cin_g):
+        for ky in range(1 if rows else kh):
+            ty = ky * dil_h
+            for kx in range(kw):
+                tx = kx * dil_w
+                p = (ci * stride_h + ty % stride_h) * stride_w + tx % stride_w
+                k = ci * kw + kx if rows else (ci * kh + ky) * kw + kx
+                offs[k] = p * plane + (ty // stride_h) * wq + tx // stride_w
+                wofs[k] = ci * kh * kw + kx
+
+    n_cob = -(-cout_g // tile_c)
+    n_bands = -(-oh // band)
+    cob_per = -(-n_cob // n_cc)
+    xf = x.ravel()
+    wf = w.ravel()
+    of = out.ravel()
+    n_items = n_img * groups * n_bands * n_cc
+    for item in prange(n_items):
+        cc = item % n_cc
+        r = item // n_cc
+        bnd = r % n_bands
+        r = r // n_bands
+        g = r % groups
+        n = r // groups
+        oy0 = bnd * band
+        nb = min(band, oh - oy0)
+        cob0 = cc * cob_per
+        cob1 = min(n_cob, cob0 + cob_per)
+        if cob0 < cob1:
+            tid = numba.get_thread_id()
+            if tid < n_slots:
+                xs = scratch[tid * slot:(tid + 1) * slot]
+            else:
+                xs = np.empty(slot, dtype=x.dtype)
+            _fill_band(xf, xs, n, g, cin, cin_g, h, wd, oy0, nb + halo, wq, plane,
+                       stride_h, stride_w, pad_top, pad_left)
+            obase_n = n * cout * oh * ow
+            # The micro-kernels are expanded right here, one copy per tile shape (compile-time
+            # constants): a call per tile would cost ~100 cycles of argument passing.
+            if rows:
+                ncc = -(-ow // tq)
+                for cob in range(cob0, cob1):
+                    co0 = g * cout_g + cob
+                    obase = obase_n + (co0 * oh + oy0) * ow
+                    for rg in range(-(-nb // _ROWS)):
+                        for ccol in range(ncc):
+                            _microkernel_rows(xs, offs, wofs, wf, co0 * ntap, kh, kw, b, co0,
+                                              of, obase, oh * ow, rg * _ROWS * wq + ccol * tq,
+                                              nb * wq, wq, ow, _ROWS, _RV)
+            else:
+                nq = nb * wq
+                ntiles = -(-nq // tq)
+                tch = ntiles if tchunk <= 0 else tchunk
+                for t0 in range(0, ntiles, tch):
+                    for cob in range(cob0, cob1):
+                        # The last block of a group overlaps the previous one (same values).
+                        co0 = g * cout_g + min(cob * tile_c, cout_g - tile_c)
+                        obase = obase_n + (co0 * oh + oy0) * ow
+                        for t in range(t0, min(t0 + tch, ntiles)):
+                            if tile_c == 8:
+                                _microkernel(xs, offs, wf, co0 * ntap, b, co0, of, obase,
+                                             oh * ow, t * tq, nq, wq, ow, _V8, 8)
+                            elif tile_c == 4:
+                                _microkernel(xs, offs, wf, co0 * ntap, b, co0, of, obase,
+                                             oh * ow, t * tq, nq, wq, ow, _V4, 4)
+                            else:
+                                _microkernel(xs, offs, wf, co0 * ntap, b, co0, of, obase,
+                                             oh * ow, t * tq, nq, wq, ow, _V1, 1)
+
+
+@kernel
+def _fill_band(xf, xs, n, g, cin, cin_g, h, w, oy0, nrows, wq, plane,
+               stride_h, stride_w, pad_top, pad_left):
+    """Write all of scratch ``xs``: the input under one band as zero-padded phase planes.
+
+    Plane rows past ``nrows`` and the slack after the last plane are only read by lanes that
+    are never stored; they are zeroed anyway so no stale NaN or subnormal slows the FMAs.
+    Indices are cast to unsigned so Numba adds no negative-index fix-up and LLVM vectorises
+    the row copies (array views would cost two atomic reference-count updates per row).
+    """
+    _no_inline()
+    zero = xs.dtype.type(0)
+    u = np.uintp
+    for ci in range(cin_g):
+        xc = ((n * cin + g * cin_g + ci) * h) * w
+        for ph in range(stride_h):
+            for pw in range(stride_w):
+                pbase = ((ci * stride_h + ph) * stride_w + pw) * plane
+                # columns b of this plane with 0 <= b*stride_w + pw - pad_left < w
+                blo = min(wq, max(0, -(-(pad_left - pw) // stride_w)))
+                bhi = max(blo, min(wq, -(-(w + pad_left - pw) // stride_w)))
+                for a in range(plane // wq):
+                    dst = pbase + a * wq
+                    iy = (oy0 + a) * stride_h + ph - pad_top
+                    if a >= nrows or iy < 0 or iy >= h:
+                        for j in range(wq):
+                            xs[u(dst + j)] = zero
+                        continue
+                    for j in range(blo):
+                        xs[u(dst + j)] = zero
+                    src = xc + iy * w + pw - pad_left
+                    if stride_w == 1:
+                        for j in range(blo, bhi):
+                            xs[u(dst + j)] = xf[u(src + j)]
+                    else:
+                        for j in range(blo, bhi):
+                            xs[u(dst + j)] = xf[u(src + j * stride_w)]
+                    for j in range(bhi, wq):
+                        xs[u(dst + j)] = zero
+    for j in range(cin_g * stride_h * stride_w * plane, xs.size):
+        xs[u(j)] = zero
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning and the public functions
+# ---------------------------------------------------------------------------------------------
+
+_tls = threading.local()
+_KEEP_BYTES = 64 << 20
+
+
+def _get_scratch(n, dtype):
+    """A buffer of at least ``n`` elements, reused across calls from the same Python thread
+    (fresh memory would be page-faulted in on every call)."""
+    cache = getattr(_tls, "scratch", None)
+    if cache is None:
+        cache = _tls.scratch = {}
+    buf = cache.get(dtype)
+    if buf is None or buf.size < n:
+        buf = np.empty(n, dtype=dtype)
+        if buf.nbytes <= _KEEP_BYTES:
+            cache[dtype] = buf
+    return buf
+
+
+def _plan_work(n_img, groups, oh, ow, wq, halo, cin_g, nphase, n_cob, tile_c, rows, ntap,
+               lanes, itemsize, nthreads):
+    """Choose the prange work items: band height, output-channel chunks per band, tile chunk.
+
+    Results do not depend on this choice (every output is one fixed-order sum), so it may
+    depend on the thread count. The estimated cost of an item (in cycles) is its tiles' FMAs,
+    padding lanes included, plus the band copy, which is repeated for each channel chunk;
+    prange hands each thread an equal share of consecutive items, so the makespan is
+    ceil(items/threads) items. Returns ``(band, n_cc, tchunk)``.
+    """
+    row_bytes = cin_g * nphase * wq * itemsize
+    # Scratch size cap: a band read by several channel blocks may be big (fewer duplicated
+    # copies and halo rows); one read once should stay in a core's L2.
+    b_cap = max(1, ((4 << 20) if n_cob > 1 else (384 << 10)) // max(1, row_bytes) - halo)
+    step = _ROWS if rows else 1
+    tq = (_RV if rows else _NACC // tile_c) * lanes
+    best = None
+    for n_bands in range(1, oh + 1):
+        band = -(-(-(-oh // n_bands)) // step) * step
+        if band > b_cap and band > step:
+            continue
+        if best is not None and -(-oh // band) != n_bands:
+            continue
+        if rows:
+            lanes_done = band * -(-ow // tq) * tq
+        else:
+            lanes_done = -(-(band * wq) // tq) * tq
+        fma_cost = lanes_done * ntap * tile_c / 32.0          # 2 FMAs of 16 lanes per cycle
+        copy_cost = cin_g * nphase * (band + halo) * wq * 0.5
+        for n_cc in range(1, n_cob + 1):
+            cob_per = -(-n_cob // n_cc)
+            if -(-n_cob // cob_per) != n_cc:
+                continue
+            items = n_img * groups * n_bands * n_cc
+            per_item = cob_per * fma_cost + copy_cost + 3000.0
+            cost = -(-items // nthreads) * per_item
+            if best is None or cost < best[0] * 0.99:
+                best = (cost, band, n_cc, fma_cost)
+            if items >= 16 * nthreads:
+                break
+        if n_img * groups * n_bands >= 64 * nthreads:
+            break
+    _, band, n_cc, block_cycles = best
+    # A band too big for a core's L2 is re-read from L3 for every channel block; if that
+    # traffic is not negligible next to a block's FMAs, do two tiles for all blocks before
+    # moving on, which keeps their input window in L2 (the weights then stream instead).
+    band_bytes = (band + halo) * row_bytes
+    tchunk = 2 if band_bytes > (512 << 10) and band_bytes / 16.0 > 0.05 * block_cycles else 0
+    return band, n_cc, tchunk
+
+
+def conv2d_direct_packed(x, packed, b, out, stride_h, stride_w, pad_top, pad_left,
+                         dil_h, dil_w):
+    """Direct convolution with weights prepared by :func:`pack_weights_direct`.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+        C-contiguous input, float32 or float64.
+    packed : PackedDirectWeights
+        From ``pack_weights_direct(w, groups)``, same dtype as ``x``.
+    b : ndarray, shape (C_out,)
+        Bias, same dtype (pass zeros for none).
+    out : ndarray, shape (N, C_out, OH, OW)
+        C-contiguous output, fully overwritten. ``OH``/``OW`` encode the bottom/right padding.
+    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w : int
+        Stride (>= 1), top/left zero padding (>= 0) and dilation (>= 1).
+
+    Returns
+    -------
+    None
+    """
+    n_img = x.shape[0]
+    oh, ow = out.shape[2], out.shape[3]
+    if out.size == 0:
+        return
+    p = packed
+    lanes = _VBYTES // x.dtype.itemsize
+    halo = ((p.kh - 1) * dil_h) // stride_h
+    wq = ow + ((p.kw - 1) * dil_w) // stride_w
+    rows = _use_rows(p.tile_c, stride_h, dil_h, p.kh, ow, wq, lanes)
+    nthreads = _threads.get_num_threads()
+    nphase = stride_h * stride_w
+    band, n_cc, tchunk = _plan_work(n_img, p.groups, oh, ow, wq, halo, p.cin_g, nphase,
+                                    -(-p.cout_g // p.tile_c), p.tile_c, rows,
+                                    p.cin_g * p.kh * p.kw, lanes, x.dtype.itemsize, nthreads)
+    tq = (_RV if rows else _NACC // p.tile_c) * lanes
+    slot = _scratch_len(p.cin_g, nphase, band, halo, wq, tq, lanes)
+    scratch = _get_scratch(nthreads * slot, x.dtype)
+    with _threads.launch():
+        _direct_driver(x, p.data, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+                       p.groups, p.tile_c, rows, band, n_cc, tchunk, scratch)
+
+
+def conv2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
+    """Direct 2-D convolution (``torch.nn.functional.conv2d`` semantics) into ``out``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+        C-contiguous input, float32 or float64.
+    w : ndarray, shape (C_out, C_in // groups, kH, kW)
+        C-contiguous weights, same dtype.
+    b : ndarray, shape (C_out,)
+        Bias, same dtype (pass zeros for none).
+    out : ndarray, shape (N, C_out, OH, OW)
+        C-contiguous output, same dtype; every element is written. ``OH``/``OW`` are taken
+        from it and so encode the bottom/right padding.
+    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w : int
+        Stride (>= 1), top/left zero padding (>= 0), dilation (>= 1).
+    groups : int
+        Number of groups (divides C_in and C_out).
+
+    Returns
+    -------
+    None
+
+    Notes
+    -----
+    Any groups, kernel size, stride, dilation and padding (including padding larger than the
+    kernel and kernels larger than the input). Each output is ``b[co]`` plus one FMA per tap in
+    an order fixed by the layer's shape, independent of the thread count. Packs nothing: see
+    :func:`pack_weights_direct` / :func:`conv2d_direct_packed` to reuse the tile choice.
+    """
+    conv2d_direct_packed(x, pack_weights_direct(w, groups), b, out, stride_h, stride_w,
+                         pad_top, pad_left, dil_h, dil_w)

@@ -1,0 +1,1068 @@
+"""Register-blocked GEMM in Numba, and the implicit-GEMM convolution built on it.
+
+What it computes
+----------------
+* :func:`gemm`: ``c += a @ b`` for row-major float32/float64 matrices (``c`` may be a view with
+  a row stride). Every element of ``c`` is its old value followed by one fused multiply-add per
+  ``k`` in ascending order, so the result does not depend on blocking or on the thread count.
+* :func:`conv2d_implicit_gemm`: ``torch.nn.functional.conv2d`` (any stride, padding, dilation,
+  groups) as the product ``out[n, g] = W_g @ col(x[n, g])`` with ``W_g`` the group's
+  ``(C_out/groups, C_in/groups*kH*kW)`` weight matrix and ``col`` the im2col matrix
+  (``K = (ci, ky, kx)`` rows, output pixels as columns). Each output is the bias followed by one FMA
+  per ``k`` in ascending ``(ci, ky, kx)`` order. The ``col`` matrix never exists as a whole: each
+  work tile writes the few K x NC pieces it needs, straight in the micro-kernel's panel layout.
+
+Tiling strategy (and why)
+-------------------------
+*Micro-kernel* (``_mk``, an LLVM-IR intrinsic): a ``MR x NR`` tile of ``C`` (``MR`` = 12 rows =
+output channels, ``NR`` = 2 vectors = 32 float32 / 16 float64 columns = output pixels) lives in
+24 of the 32 AVX-512 registers for the whole K loop. Per ``k`` it loads two vectors of B, broadcasts
+12 values of A and issues 24 FMAs: 2 FMAs per cycle is the machine's peak and loads stay below one
+per FMA. Written as Numba loops, LLVM keeps such a tile in memory (3-8 GFLOP/s measured); as IR the
+accumulators are SSA values, and the kernel runs at ~230 GFLOP/s on one core (float32). Partial
+tiles use AVX-512 masked loads/stores, so edge tiles need no copies and never touch memory outside
+the valid rows and columns. B loads are masked too (free on this CPU), which lets the 1x1 path read
+B straight from the input image.
+
+*Packing* (BLIS style): A is packed as ``[MR-row panel][k][MR]`` (zero rows pad the last panel),
+B as ``[NR-column panel][k][NR]``, so each micro-kernel call streams two contiguous buffers. Loops
+around the micro-kernel: K blocks of ``KC``, then B panels (one ``KC x NR`` panel, <= 48 KiB, stays in
+L1 while it meets every A panel of the tile), then A panels (the ``MC x KC`` A block stays in L2).
+
+*Convolution*: the weights are packed once (:func:`pack_weights`) as the A operand; each tile
+fills its B block (``KC`` rows x ``NC`` pixels) directly from the input image, one im2col row at a
+time (zero padding, stride and dilation handled while copying), then scatters it into panels.
+The cost of that fill is ``K*NC`` copies against ``C_out*K*NC`` FMAs. 1x1, stride 1, unpadded
+convolutions skip it: the input already is the ``(C_in, H*W)`` B matrix.
+
+*Parallelism*: ``prange`` over independent tiles ``(image, group, M block, N block)``; each tile runs
+the whole K loop itself, so no sum is ever split between threads. Tile shapes depend only on the
+problem shape. Workspace is per thread (indexed by Numba's thread id) and cache sized.
+"""
+
+import collections
+import functools
+
+import llvmlite.binding as _llb
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from numbaconv._jit import FASTMATH, kernel, parallel_kernel
+
+
+def _detect_vector_bytes():
+    """Width (bytes) of the widest vector registers of the CPU Numba compiles for."""
+    features = numba.config.CPU_FEATURES
+    if not features:
+        if numba.config.CPU_NAME:       # a named generic target without feature list
+            return 16
+        features = _llb.get_host_cpu_features().flatten()
+    feats = {f.strip() for f in features.split(",")}
+    if "+avx512f" in feats:
+        return 64
+    if "+avx" in feats:
+        return 32
+    return 16
+
+
+_VBYTES = _detect_vector_bytes()
+# Register tile: MR rows x NV vectors. 24 accumulators + 2 B vectors + 1 broadcast fit the
+# 32 AVX-512 registers; with 16 registers (AVX2/SSE) use 6 x 2 (12 accumulators).
+MR = 8 if _VBYTES == 64 else 6
+NV = 2
+
+_KC_BYTES = 32 * 1024          # B panel (KC x NR) streamed by one micro-kernel call: in L1
+_A_BLOCK_BYTES = 384 * 1024    # A block (MC x KC) revisited for every B panel: in L2
+_B_BLOCK_BYTES = 256 * 1024    # B block (KC x NC) of one tile: in L2
+_MIN_TILES = 8                 # parallel tiles wanted (2 cores; balance)
+_IN_PLACE = True               # read single-row B panels from the band (no packing)
+_BAND_BYTES = 512 * 1024       # input band (all channels of a group) of a conv tile: in L2
+
+
+# ---------------------------------------------------------------------------------------------
+# The micro-kernel
+# ---------------------------------------------------------------------------------------------
+
+@intrinsic
+def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc, m_valid,
+        n_valid, bias, bias_off, init, mr_, nv_, btab_):
+    """``C[i, j] (+)= sum_k A[k, i] * B[k, j]`` for ``i < m_valid``, ``j < n_valid``.
+
+    ``A[k, i] = a[aoff + k*lda + i*sia]`` (``i < mr_``; rows past ``m_valid`` are not read),
+    ``B[k, j] = b[boff + k*ldb + j]``, or with ``btab_`` ``b[boff + boffs[bk0 + k] + j]``
+    (``j < nv_*lanes``), ``C[i, j] = c[coff + i*ldc + j]``. Start value of ``C[i, j]``:
+    ``init == 0``: ``C`` itself; ``init == 1``: ``bias[bias_off + i]``; else 0. Then one FMA per
+    ``k`` ascending. ``mr_``, ``nv_``, ``btab_`` are compile-time constants. B columns
+    ``>= n_valid`` and C rows/columns outside the valid part are never read or written (masked
+    vector accesses).
+    """
+    if not all(isinstance(v, (types.IntegerLiteral, types.BooleanLiteral))
+               for v in (mr_, nv_, btab_)):
+        return None
+    mr, nv, btab = mr_.literal_value, nv_.literal_value, bool(btab_.literal_value)
+    sig = types.void(kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc, m_valid,
+                     n_valid, bias, bias_off, init, mr_, nv_, btab_)
+
+    def codegen(context, builder, signature, args):
+        (kc_v, a_v, aoff_v, lda_v, sia_v, b_v, boff_v, ldb_v, boffs_v, bk0_v, c_v, coff_v,
+         ldc_v, mv_v, nv_v, bias_v, bo_v, init_v) = args[:18]
+        aty = signature.args
+        fty = context.get_value_type(aty[1].dtype)
+        isz = context.get_abi_sizeof(fty)
+        lanes = _VBYTES // isz
+        vty = ir.VectorType(fty, lanes)
+        vptr_ty = vty.as_pointer()
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        i1v = ir.VectorType(ir.IntType(1), lanes)
+        i32v = ir.VectorType(i32, lanes)
+        sfx = "v%d%s" % (lanes, "f32" if isz == 4 else "f64")
+        align = ir.Constant(i32, isz)
+
+        def data(i, v):
+            return context.make_array(aty[i])(context, builder, v).data
+
+        def as64(v):
+            return builder.sext(v, i64) if v.type.width < 64 else v
+
+        def k64(n):
+            return ir.Constant(i64, n)
+
+        def splat(s, ty):
+            u = ir.Constant(ty, ir.Undefined)
+            v = builder.insert_element(u, s, ir.Constant(i32, 0))
+            return builder.shuffle_vector(v, u, ir.Constant(i32v, [0] * lanes))
+
+        def vaddr(base, n):
+            return builder.bitcast(builder.gep(base, [n]), vptr_ty)
+
+        mod = builder.module
+        fma = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(vty, [vty, vty, vty]), "llvm.fma." + sfx)
+        mload = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(vty, [vptr_ty, i32, i1v, vty]), "llvm.masked.load.%s.p0" % sfx)
+        mstore = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(ir.VoidType(), [vty, vptr_ty, i32, i1v]),
+            "llvm.masked.store.%s.p0" % sfx)
+
+        aptr = builder.gep(data(1, a_v), [as64(aoff_v)])
+        bptr = builder.gep(data(5, b_v), [as64(boff_v)])
+        tptr = builder.gep(data(8, boffs_v), [as64(bk0_v)])
+        tty = context.get_value_type(aty[8].dtype)
+        cptr = builder.gep(data(10, c_v), [as64(coff_v)])
+        biasp = builder.gep(data(15, bias_v), [as64(bo_v)])
+        lda, ldb, ldc = as64(lda_v), as64(ldb_v), as64(ldc_v)
+        kc = as64(kc_v)
+        mvalid = as64(mv_v)
+        nvalid = builder.trunc(as64(nv_v), i32)
+        init = as64(init_v)
+        zero = ir.Constant(vty, [0.0] * lanes)
+        none = ir.Constant(i1v, [0] * lanes)
+
+        # Lane masks: column masks per vector, and per (row, vector) for C.
+        lane = ir.Constant(i32v, list(range(lanes)))
+        nsplat = splat(nvalid, i32v)
+        colmask = [builder.icmp_signed("<", builder.add(lane, ir.Constant(i32v, [v * lanes] * lanes)),
+                                       nsplat) for v in range(nv)]
+        sia = as64(sia_v)
+        cmask, crow, arow = [], [], []
+        for i in range(mr):
+            ok = builder.icmp_signed("<", k64(i), mvalid)
+            crow.append(builder.gep(cptr, [builder.mul(k64(i), ldc)]))
+            # rows past m_valid re-read row 0 (their results are never stored)
+            arow.append(builder.gep(aptr, [builder.mul(builder.select(ok, k64(i), k64(0)), sia)]))
+            cmask.extend(builder.select(ok, colmask[v], none) for v in range(nv))
+
+        # Start values (outside the K loop, so the branch costs nothing).
+        b_c = builder.append_basic_block("mk.init_c")
+        b_b = builder.append_basic_block("mk.init_bias")
+        b_z = builder.append_basic_block("mk.init_zero")
+        b_j = builder.append_basic_block("mk.start")
+        sw = builder.switch(init, b_z)
+        sw.add_case(k64(0), b_c)
+        sw.add_case(k64(1), b_b)
+        builder.position_at_end(b_c)
+        from_c = [builder.call(mload, [vaddr(crow[i], k64(v * lanes)), align,
+                                       cmask[i * nv + v], zero])
+                  for i in range(mr) for v in range(nv)]
+        builder.branch(b_j)
+        builder.position_at_end(b_b)
+        from_b = []
+        for i in range(mr):
+            row = builder.select(builder.icmp_signed("<", k64(i), mvalid), k64(i), k64(0))
+            s = splat(builder.load(builder.gep(biasp, [row]), typ=fty), vty)
+            from_b.extend([s] * nv)
+        builder.branch(b_j)
+        builder.position_at_end(b_z)
+        builder.branch(b_j)
+        builder.position_at_end(b_j)
+        start = []
+        for t in range(mr * nv):
+            p = builder.phi(vty)
+            p.add_incoming(from_c[t], b_c)
+            p.add_incoming(from_b[t], b_b)
+            p.add_incoming(zero, b_z)
+            start.append(p)
+
+        # The K loop: accumulators are loop-carried SSA values, i.e. registers.
+        pre = builder.block
+        loop = builder.append_basic_block("mk.loop")
+        done = builder.append_basic_block("mk.done")
+        builder.cbranch(builder.icmp_signed(">", kc, k64(0)), loop, done)
+        builder.position_at_end(loop)
+        kphi = builder.phi(i64)
+        kphi.add_incoming(k64(0), pre)
+        acc = []
+        for t in range(mr * nv):
+            p = builder.phi(vty)
+            p.add_incoming(start[t], pre)
+            acc.append(p)
+        if btab:
+            bk = builder.gep(bptr, [as64(builder.load(builder.gep(tptr, [kphi]), typ=tty))])
+        else:
+            bk = builder.gep(bptr, [builder.mul(kphi, ldb)])
+        bv = [builder.call(mload, [vaddr(bk, k64(v * lanes)), align, colmask[v], zero])
+              for v in range(nv)]
+        ka = builder.mul(kphi, lda)
+        new = [None] * (mr * nv)
+        for i in range(mr):
+            av = splat(builder.load(builder.gep(arow[i], [ka]), typ=fty), vty)
+            for v in range(nv):
+                t = i * nv + v
+                new[t] = builder.call(fma, [av, bv[v], acc[t]])
+        knext = builder.add(kphi, k64(1))
+        kphi.add_incoming(knext, loop)
+        for t in range(mr * nv):
+            acc[t].add_incoming(new[t], loop)
+        builder.cbranch(builder.icmp_signed("<", knext, kc), loop, done)
+
+        builder.position_at_end(done)
+        res = []
+        for t in range(mr * nv):
+            p = builder.phi(vty)
+            p.add_incoming(start[t], pre)
+            p.add_incoming(new[t], loop)
+            res.append(p)
+        for i in range(mr):
+            for v in range(nv):
+                t = i * nv + v
+                builder.call(mstore, [res[t], vaddr(crow[i], k64(v * lanes)), align, cmask[t]])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _lanes(typingctx, arr):
+    """Lanes of one vector register for ``arr``'s dtype (a compile-time constant)."""
+    n = _VBYTES // (arr.dtype.bitwidth // 8)
+    sig = types.intp(arr)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, n)
+
+    return sig, codegen
+
+
+def _make_vector_copy(store_all, stride=1):
+    """Build ``copy(src, soff, dst, doff, n)``: one vector's worth, ``0 <= n <= lanes``.
+
+    ``dst[doff + i] = src[soff + i*stride]`` for ``i < n``, read with masked loads (nothing
+    past the last needed element is touched; ``stride`` 2 loads two vectors and keeps the even
+    lanes). With ``store_all`` it writes a whole vector ``dst[doff:doff+lanes]`` (zeros past
+    ``n``), else only ``dst[doff:doff+n]`` (masked store). Written as IR because LLVM does not
+    vectorise the equivalent short loops here (it cannot rule out that ``src`` and ``dst``
+    overlap).
+    """
+    @intrinsic
+    def copy(typingctx, src, soff, dst, doff, n):
+        sig = types.void(src, soff, dst, doff, n)
+
+        def codegen(context, builder, signature, args):
+            src_v, soff_v, dst_v, doff_v, n_v = args
+            aty = signature.args
+            fty = context.get_value_type(aty[0].dtype)
+            isz = context.get_abi_sizeof(fty)
+            lanes = _VBYTES // isz
+            vty = ir.VectorType(fty, lanes)
+            i32 = ir.IntType(32)
+            i32v = ir.VectorType(i32, lanes)
+            i1v = ir.VectorType(ir.IntType(1), lanes)
+            sfx = "v%d%s" % (lanes, "f32" if isz == 4 else "f64")
+            mload = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vty, [vty.as_pointer(), i32, i1v, vty]),
+                "llvm.masked.load.%s.p0" % sfx)
+            zero = ir.Constant(vty, [0.0] * lanes)
+            align = ir.Constant(i32, isz)
+
+            def addr(i, arr, off, extra=0):
+                base = context.make_array(aty[i])(context, builder, arr).data
+                off = builder.sext(off, ir.IntType(64)) if off.type.width < 64 else off
+                if extra:
+                    off = builder.add(off, ir.Constant(ir.IntType(64), extra))
+                return builder.bitcast(builder.gep(base, [off]), vty.as_pointer())
+
+            def lanes_below(limit):
+                u = ir.Constant(i32v, ir.Undefined)
+                spl = builder.shuffle_vector(builder.insert_element(u, limit, ir.Constant(i32, 0)),
+                                             u, ir.Constant(i32v, [0] * lanes))
+                return builder.icmp_signed("<", ir.Constant(i32v, list(range(lanes))), spl)
+
+            cnt = builder.trunc(n_v, i32) if n_v.type.width > 32 else n_v
+            mask = lanes_below(cnt)
+            if stride == 1:
+                v = builder.call(mload, [addr(0, src_v, soff_v), align, mask, zero])
+            else:
+                # elements 0 .. 2n-2 of two consecutive vectors, then the even ones
+                last = builder.sub(builder.mul(cnt, ir.Constant(i32, 2)), ir.Constant(i32, 1))
+                lo = builder.call(mload, [addr(0, src_v, soff_v), align, lanes_below(last), zero])
+                hi_lim = builder.sub(last, ir.Constant(i32, lanes))
+                hi = builder.call(mload, [addr(0, src_v, soff_v, lanes), align,
+                                          lanes_below(hi_lim), zero])
+                v = builder.shuffle_vector(lo, hi, ir.Constant(i32v, list(range(0, 2 * lanes, 2))))
+            if store_all:
+                builder.store(v, addr(2, dst_v, doff_v), align=isz)
+            else:
+                mstore = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, i1v]),
+                    "llvm.masked.store.%s.p0" % sfx)
+                builder.call(mstore, [v, addr(2, dst_v, doff_v), align, mask])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return copy
+
+
+@intrinsic
+def _vzero(typingctx, dst, doff, n):
+    """``dst[doff:doff+n] = 0`` for ``0 <= n <= lanes`` (one masked store)."""
+    sig = types.void(dst, doff, n)
+
+    def codegen(context, builder, signature, args):
+        dst_v, doff_v, n_v = args
+        fty = context.get_value_type(signature.args[0].dtype)
+        isz = context.get_abi_sizeof(fty)
+        lanes = _VBYTES // isz
+        vty = ir.VectorType(fty, lanes)
+        i32 = ir.IntType(32)
+        i32v = ir.VectorType(i32, lanes)
+        i1v = ir.VectorType(ir.IntType(1), lanes)
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, i1v]),
+            "llvm.masked.store.v%d%s.p0" % (lanes, "f32" if isz == 4 else "f64"))
+        cnt = builder.trunc(n_v, i32) if n_v.type.width > 32 else n_v
+        u = ir.Constant(i32v, ir.Undefined)
+        spl = builder.shuffle_vector(builder.insert_element(u, cnt, ir.Constant(i32, 0)), u,
+                                     ir.Constant(i32v, [0] * lanes))
+        mask = builder.icmp_signed("<", ir.Constant(i32v, list(range(lanes))), spl)
+        base = context.make_array(signature.args[0])(context, builder, dst_v).data
+        off = builder.sext(doff_v, ir.IntType(64)) if doff_v.type.width < 64 else doff_v
+        builder.call(mstore, [ir.Constant(vty, [0.0] * lanes),
+                              builder.bitcast(builder.gep(base, [off]), vty.as_pointer()),
+                              ir.Constant(i32, isz), mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _vgather(typingctx, src, soff, stride, dst, doff, n):
+    """``dst[doff + i] = src[soff + i*stride]`` for ``i < n <= lanes``: lane-by-lane loads
+    (lanes past ``n`` re-read element 0) and one masked store. For rare strides (>= 3)."""
+    sig = types.void(src, soff, stride, dst, doff, n)
+
+    def codegen(context, builder, signature, args):
+        src_v, soff_v, st_v, dst_v, doff_v, n_v = args
+        aty = signature.args
+        fty = context.get_value_type(aty[0].dtype)
+        isz = context.get_abi_sizeof(fty)
+        lanes = _VBYTES // isz
+        vty = ir.VectorType(fty, lanes)
+        i32 = ir.IntType(32)
+        i64 = ir.IntType(64)
+        i32v = ir.VectorType(i32, lanes)
+        i1v = ir.VectorType(ir.IntType(1), lanes)
+        mstore = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [vty, vty.as_pointer(), i32, i1v]),
+            "llvm.masked.store.v%d%s.p0" % (lanes, "f32" if isz == 4 else "f64"))
+
+        def as64(v):
+            return builder.sext(v, i64) if v.type.width < 64 else v
+
+        cnt = as64(n_v)
+        stride = as64(st_v)
+        sbase = builder.gep(context.make_array(aty[0])(context, builder, src_v).data,
+                            [as64(soff_v)])
+        v = ir.Constant(vty, ir.Undefined)
+        for i in range(lanes):
+            ok = builder.icmp_signed("<", ir.Constant(i64, i), cnt)
+            idx = builder.select(ok, builder.mul(ir.Constant(i64, i), stride), ir.Constant(i64, 0))
+            x = builder.load(builder.gep(sbase, [idx]), typ=fty)
+            v = builder.insert_element(v, x, ir.Constant(i32, i))
+        u = ir.Constant(i32v, ir.Undefined)
+        c32 = builder.trunc(cnt, i32)
+        spl = builder.shuffle_vector(builder.insert_element(u, c32, ir.Constant(i32, 0)), u,
+                                     ir.Constant(i32v, [0] * lanes))
+        mask = builder.icmp_signed("<", ir.Constant(i32v, list(range(lanes))), spl)
+        dbase = context.make_array(aty[3])(context, builder, dst_v).data
+        dptr = builder.bitcast(builder.gep(dbase, [as64(doff_v)]), vty.as_pointer())
+        builder.call(mstore, [v, dptr, ir.Constant(i32, isz), mask])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_vmove = _make_vector_copy(True)            # whole vector stored, zero filled past n
+_vcopy = _make_vector_copy(False)           # only n elements stored
+_vcopy_s2 = _make_vector_copy(False, 2)     # every other source element, n stored
+
+
+@intrinsic
+def _noinline(typingctx):
+    """Mark the calling kernel ``noinline`` for LLVM.
+
+    A ``prange`` driver links in the code of the kernels it calls and LLVM re-optimises what it
+    inlines: a tile kernel called from a driver would be compiled twice. Kept out of line, it is
+    compiled once (the call costs nothing next to a tile's work).
+    """
+    def codegen(context, builder, signature, args):
+        builder.function.attributes.add("noinline")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing
+# ---------------------------------------------------------------------------------------------
+
+@kernel
+def _pack_b(b, boff, ldb, k, n, dst):
+    """``dst[(j//NR)*k*NR + kk*NR + j%NR] = b[boff + kk*ldb + j]`` (columns ``n..`` zero)."""
+    lanes = _lanes(dst)
+    nr = NV * lanes
+    npan = (n + nr - 1) // nr
+    for kk in range(k):
+        src = boff + kk * ldb
+        for p in range(npan):
+            d = p * k * nr + kk * nr
+            for v in range(NV):
+                j = p * nr + v * lanes
+                _vmove(b, src + j, dst, d + v * lanes, max(0, min(lanes, n - j)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Strips: one B panel against a run of A micro-panels
+# ---------------------------------------------------------------------------------------------
+
+@kernel
+def _strip(kc, a, aoff, a_mt, lda, sia, b, boff, ldb, c, coff, ldc, m, n_valid, bias, bias_off,
+           init):
+    """``C[0:m, 0:n_valid] (+)= A[0:m, k-block] @ B[k-block, panel]``, MR rows at a time.
+
+    Row block ``i`` reads A at ``aoff + i*a_mt`` and writes C rows from ``coff + i*MR*ldc``.
+    Kept out of line (one compiled copy shared by the GEMM and the convolution, and no loop
+    unswitching in the callers duplicating the micro-kernel).
+    """
+    _noinline()
+    for i in range((m + MR - 1) // MR):
+        _mk(kc, a, aoff + i * a_mt, lda, sia, b, boff, ldb, c, 0, c, coff + i * MR * ldc, ldc,
+            min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, False)
+
+
+@kernel
+def _strip_tab(kc, a, aoff, a_mt, lda, sia, b, boff, boffs, bk0, c, coff, ldc, m, n_valid,
+               bias, bias_off, init):
+    """:func:`_strip` with B row ``k`` at ``b[boff + boffs[bk0 + k]]`` (read in place)."""
+    _noinline()
+    for i in range((m + MR - 1) // MR):
+        _mk(kc, a, aoff + i * a_mt, lda, sia, b, boff, 0, boffs, bk0, c, coff + i * MR * ldc,
+            ldc, min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# GEMM
+# ---------------------------------------------------------------------------------------------
+
+@kernel
+def _gemm_tile(t, af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b, bpk):
+    _noinline()
+    nr = NV * _lanes(cf)
+    n_nb = (n + nc - 1) // nc
+    mb = t // n_nb
+    nb = t - mb * n_nb
+    m0 = mb * mc
+    mcur = min(mc, m - m0)
+    n0 = nb * nc
+    ncur = min(nc, n - n0)
+    n_np = (ncur + nr - 1) // nr
+    for k0 in range(0, k, kc):
+        kcur = min(kc, k - k0)
+        if pack_b:
+            _pack_b(bf, k0 * ldb + n0, ldb, kcur, ncur, bpk)
+            bsrc, bld, bstep, bbase = bpk, nr, kcur * nr, 0
+        else:
+            bsrc, bld, bstep, bbase = bf, ldb, nr, k0 * ldb + n0
+        for jp in range(n_np):
+            _strip(kcur, af, m0 * lda + k0, MR * lda, 1, lda, bsrc, bbase + jp * bstep, bld,
+                   cf, m0 * ldc + n0 + jp * nr, ldc, mcur, min(nr, ncur - jp * nr), cf, 0, 0)
+
+
+@parallel_kernel
+def _gemm_driver(af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b, ws_b):
+    n_tiles = ((m + mc - 1) // mc) * ((n + nc - 1) // nc)
+    for t in prange(n_tiles):
+        _gemm_tile(np.int64(t), af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b,
+                   ws_b[numba.get_thread_id()])
+
+
+def _flat_rows(arr):
+    """A 1-d view of a 2-d array with unit column stride, and its row stride (elements)."""
+    rows, cols = arr.shape
+    isz = arr.itemsize
+    ld = arr.strides[0] // isz if rows > 1 else cols
+    length = (rows - 1) * ld + cols if rows and cols else 0
+    return np.lib.stride_tricks.as_strided(arr, shape=(length,), strides=(isz,)), ld
+
+
+def _split(total, parts, unit):
+    """Block size (a multiple of ``unit``) that cuts ``total`` into at most ``parts`` blocks."""
+    units = -(-total // unit)
+    return -(-units // max(1, min(parts, units))) * unit
+
+
+def _k_block(k, itemsize):
+    """KC: K cut into equal blocks of at most ``_KC_BYTES / (NR*itemsize)`` rows, so that the
+    B panel a micro-kernel call streams (KC x NR) stays in L1."""
+    kmax = max(16, _KC_BYTES // (NV * _VBYTES))
+    return -(-k // -(-k // kmax))
+
+
+def _l1_hostile(ld, itemsize):
+    """Whether rows ``ld`` elements apart map to so few L1 sets that a KC x NR panel read in
+    place would evict itself (48 KiB, 12-way, 64 sets of 64-byte lines)."""
+    stride = ld * itemsize
+    if stride % 64:
+        return False
+    step = (stride // 64) % 64
+    sets = 64 // np.gcd(step, 64) if step else 1
+    return sets < 16
+
+
+def _gemm_blocks(m, n, k, itemsize):
+    """Blocks ``(MC, NC, KC)`` of a GEMM: a function of the shape alone (never of threads)."""
+    nr = NV * (_VBYTES // itemsize)
+    kc = _k_block(k, itemsize)
+    # A block (MC x KC) and B block (KC x NC) each within a fraction of the 1 MiB L2.
+    n_mb = -(-m // max(MR, (_A_BLOCK_BYTES // (kc * itemsize)) // MR * MR))
+    n_nb = -(-n // max(nr, (_B_BLOCK_BYTES // (kc * itemsize)) // nr * nr))
+    # Enough tiles to share out: split N first (each tile keeps all of its B panel's reuse).
+    n_mt, n_np = -(-m // MR), -(-n // nr)
+    while n_mb * n_nb < _MIN_TILES:
+        if n_nb < n_np:
+            n_nb += 1
+        elif n_mb < n_mt:
+            n_mb += 1
+        else:
+            break
+    return _split(m, n_mb, MR), _split(n, n_nb, nr), kc
+
+
+def gemm(a, b, c):
+    """``c += a @ b`` for 2-d float32 or float64 arrays, computed in place.
+
+    Parameters
+    ----------
+    a : ndarray, shape (M, K)
+    b : ndarray, shape (K, N)
+    c : ndarray, shape (M, N)
+        Same dtype. ``c`` may be a view with any row stride; columns of ``a``, ``b``, ``c``
+        should be contiguous (other layouts are copied; ``c`` then through a temporary).
+
+    Notes
+    -----
+    Element ``c[i, j]`` becomes ``fma(a[i, K-1], b[K-1, j], ... fma(a[i, 0], b[0, j], c[i, j]))``:
+    one fixed order, so results are identical for any thread count.
+    """
+    m, k = a.shape
+    n = b.shape[1]
+    if m == 0 or n == 0 or k == 0:
+        return
+    dt = c.dtype
+    if a.strides[1] != a.itemsize or a.dtype != dt:
+        a = np.ascontiguousarray(a, dtype=dt)
+    if b.strides[1] != b.itemsize or b.dtype != dt:
+        b = np.ascontiguousarray(b, dtype=dt)
+    if c.strides[1] != c.itemsize or c.strides[0] < 0:
+        tmp = np.ascontiguousarray(c)
+        gemm(a, b, tmp)
+        c[...] = tmp
+        return
+    af, lda = _flat_rows(a)
+    bf, ldb = _flat_rows(b)
+    cf, ldc = _flat_rows(c)
+    mc, nc, kc = _gemm_blocks(m, n, k, c.itemsize)
+    nthreads = numba.config.NUMBA_NUM_THREADS
+    nr = NV * (_VBYTES // c.itemsize)
+    pack_b = _l1_hostile(ldb, c.itemsize) or n < nr
+    ws_b = np.empty((nthreads, -(-nc // nr) * nr * kc if pack_b else 1), dtype=dt)
+    _gemm_driver(af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b, ws_b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Implicit-GEMM convolution
+# ---------------------------------------------------------------------------------------------
+
+PackedGemmWeights = collections.namedtuple(
+    "PackedGemmWeights", "data groups cout cin_g kh kw panels")
+PackedGemmWeights.__doc__ = """Convolution weights prepared as the GEMM's A operand.
+
+``data`` is 1-d. With ``panels`` true it holds, per group, ``ceil(cout_g / MR)`` panels of
+``K x MR`` values (``K = cin_g*kh*kw``, ``k = (ci*kh + ky)*kw + kx``; rows past ``cout_g``
+zero): the ``MR`` weights one micro-kernel step broadcasts are adjacent, so each call streams
+one contiguous block. Otherwise it is the ``(C_out, K)`` weight matrix itself."""
+
+
+@kernel
+def _pack_weight_panels(wf, cout, groups, k, dst):
+    zero = dst.dtype.type(0)
+    cog = cout // groups
+    n_mt = (cog + MR - 1) // MR
+    for g in range(groups):
+        for mt in range(n_mt):
+            base = (g * n_mt + mt) * k * MR
+            for r in range(MR):
+                co = mt * MR + r
+                if co < cog:
+                    src = (g * cog + co) * k
+                    for kk in range(k):
+                        dst[base + kk * MR + r] = wf[src + kk]
+                else:
+                    for kk in range(k):
+                        dst[base + kk * MR + r] = zero
+
+
+def pack_weights(w, groups):
+    """Pack convolution weights once for :func:`conv2d_implicit_gemm_packed`.
+
+    Parameters
+    ----------
+    w : ndarray, shape (C_out, C_in // groups, kH, kW)
+        Float32 or float64.
+    groups : int
+        Number of groups (divides ``C_out``).
+
+    Returns
+    -------
+    PackedGemmWeights
+        Reusable for any input size, stride, padding and dilation with the same ``w`` and
+        ``groups``; a copy (``w`` may change afterwards). Costs one pass over ``w``.
+    """
+    cout, cin_g, kh, kw = w.shape
+    k = cin_g * kh * kw
+    n_mt = -(-(cout // groups) // MR)
+    data = np.empty(groups * n_mt * k * MR, dtype=w.dtype)
+    _pack_weight_panels(np.ascontiguousarray(w).reshape(-1), cout, groups, k, data)
+    return PackedGemmWeights(data, groups, cout, cin_g, kh, kw, True)
+
+
+def _unpacked_weights(w, groups):
+    cout, cin_g, kh, kw = w.shape
+    return PackedGemmWeights(np.ascontiguousarray(w).reshape(-1), groups, cout, cin_g, kh, kw,
+                             False)
+
+
+@kernel
+def _copy_row(src, soff, dst, doff, n):
+    """``dst[doff:doff+n] = src[soff:soff+n]`` by vectors; touches nothing outside."""
+    lanes = _lanes(dst)
+    for j in range(0, n, lanes):
+        _vcopy(src, soff + j, dst, doff + j, min(lanes, n - j))
+
+
+@kernel
+def _zero_row(dst, doff, n):
+    """``dst[doff:doff+n] = 0`` by vectors."""
+    lanes = _lanes(dst)
+    for j in range(0, n, lanes):
+        _vzero(dst, doff + j, min(lanes, n - j))
+
+
+@kernel
+def _fill_band(xf, xbase, h, wd, cin_g, oy0, nrows, sh, sw, pt, pl, phases, wq, plane, band):
+    """Copy the input under output rows ``oy0..`` into ``band`` as zero-padded phase planes.
+
+    ``band[(ci*nph + p)*plane + a*wq + c]`` = padded input pixel
+    ``((oy0 + a)*sh + ph, c*sw + pw)`` of channel ``ci`` (``(ph, pw) = phases[p]``) for
+    ``a < nrows``, ``c < wq``; i.e. input ``(iy - pad_top, ix - pad_left)`` or 0 outside.
+    """
+    lanes = _lanes(band)
+    nph = phases.shape[0]
+    for ci in range(cin_g):
+        xc = xbase + ci * h * wd
+        for p in range(nph):
+            ph = phases[p, 0]
+            pw = phases[p, 1]
+            # plane columns c with 0 <= c*sw + pw - pl < wd
+            clo = min(wq, max(0, -(-(pl - pw) // sw)))
+            chi = max(clo, min(wq, -(-(wd + pl - pw) // sw)))
+            for a in range(nrows):
+                dst = (ci * nph + p) * plane + a * wq
+                iy = (oy0 + a) * sh + ph - pt
+                if iy < 0 or iy >= h:
+                    _zero_row(band, dst, wq)
+                    continue
+                _zero_row(band, dst, clo)
+                src = xc + iy * wd + pw - pl
+                if sw == 1:
+                    _copy_row(xf, src + clo, band, dst + clo, chi - clo)
+                elif sw == 2:
+                    for c in range(clo, chi, lanes):
+                        _vcopy_s2(xf, src + c * 2, band, dst + c, min(lanes, chi - c))
+                else:
+                    for c in range(clo, chi, lanes):
+                        _vgather(xf, src + c * sw, sw, band, dst + c, min(lanes, chi - c))
+                _zero_row(band, dst + chi, wq - chi)
+
+
+@kernel
+def _panel_chunks(q, n, ow, wq, oyb, cdst, csrc, clen):
+    """Split output pixels ``q..q+n`` (flat index, rows of ``ow``) into vector-sized chunks.
+
+    Chunk ``i`` is ``clen[i] <= lanes`` pixels of one output row; they go to panel column
+    ``cdst[i]`` and sit in a band plane at flat position ``csrc[i]`` (row pitch ``wq``, rows
+    counted from output row ``oyb``). Returns the number of chunks.
+    """
+    lanes = _lanes(cdst)
+    oy = q // ow
+    ox = q - oy * ow
+    j = 0
+    cnt = 0
+    while j < n:
+        seg = min(ow - ox, n - j)
+        src = (oy - oyb) * wq + ox
+        for t in range(0, seg, lanes):
+            cdst[cnt] = j + t
+            csrc[cnt] = src + t
+            clen[cnt] = min(lanes, seg - t)
+            cnt += 1
+        j += seg
+        oy += 1
+        ox = 0
+    return cnt
+
+
+@kernel
+def _pack_panel(band, offs, k0, kc, cdst, csrc, clen, nch, bp):
+    """B panel rows ``k0..k0+kc``: ``bp[kk*NR + cdst[i] + j] = band[offs[k0+kk] + csrc[i] + j]``.
+
+    Tap ``k``'s input under output pixel ``(oy, ox)`` is at ``offs[k] + (oy - oyb)*wq + ox`` of
+    the band, so a panel row is a few contiguous chunks (one vector copy each) whose positions
+    are the same for every ``k``. The usual chunk counts get straight-line code with the chunk
+    positions in registers (about 1.7x faster than the generic loop, which reloads them).
+    """
+    nr = NV * _lanes(bp)
+    if nch == 2:
+        d0, s0, l0 = cdst[0], csrc[0], clen[0]
+        d1, s1, l1 = cdst[1], csrc[1], clen[1]
+        for kk in range(kc):
+            base = offs[k0 + kk]
+            d = kk * nr
+            _vcopy(band, base + s0, bp, d + d0, l0)
+            _vcopy(band, base + s1, bp, d + d1, l1)
+    elif nch == 3:
+        d0, s0, l0 = cdst[0], csrc[0], clen[0]
+        d1, s1, l1 = cdst[1], csrc[1], clen[1]
+        d2, s2, l2 = cdst[2], csrc[2], clen[2]
+        for kk in range(kc):
+            base = offs[k0 + kk]
+            d = kk * nr
+            _vcopy(band, base + s0, bp, d + d0, l0)
+            _vcopy(band, base + s1, bp, d + d1, l1)
+            _vcopy(band, base + s2, bp, d + d2, l2)
+    else:
+        for i in range(nch):
+            di, si, li = cdst[i], csrc[i], clen[i]
+            for kk in range(kc):
+                _vcopy(band, offs[k0 + kk] + si, bp, kk * nr + di, li)
+
+
+# Integer parameters of a convolution call, in the order of the ``prm`` array.
+_PRM = ("n_img cin h wd cout oh ow sh sw pt pl groups k wq halo rows_max n_pb n_mb kc "
+        "plain w_panels in_place len_x len_w len_b len_out len_offs n_phases len_band len_bp "
+        "len_chunks").split()
+_NPRM = len(_PRM)
+
+
+def _conv_tile(t, xp, wp, bp_, op, prmp, offsp, php, bandp, bpp, pcp):
+    """Work tile ``t``: one image, one group, a range of panels, a range of micro-tiles.
+
+    A C-callable function (see :func:`_tile_cfunc`): pointers in, arrays rebuilt from ``prm``.
+    """
+    prm = numba.carray(prmp, _NPRM)
+    xf = numba.carray(xp, prm[22])
+    wf = numba.carray(wp, prm[23])
+    bias = numba.carray(bp_, prm[24])
+    of = numba.carray(op, prm[25])
+    offs = numba.carray(offsp, prm[26])
+    phases = numba.carray(php, (prm[27], 2))
+    band = numba.carray(bandp, prm[28])
+    bp = numba.carray(bpp, prm[29])
+    pc = numba.carray(pcp, (3, prm[30]))
+    cdst, csrc, clen = pc[0], pc[1], pc[2]
+    (n_img, cin, h, wd, cout, oh, ow, sh, sw, pt, pl, groups, k, wq, halo, rows_max, n_pb, n_mb,
+     kc, plain, w_panels, in_place) = (
+        prm[0], prm[1], prm[2], prm[3], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10],
+        prm[11], prm[12], prm[13], prm[14], prm[15], prm[16], prm[17], prm[18], prm[19] != 0,
+        prm[20] != 0, prm[21] != 0)
+    nr = NV * _lanes(of)
+    cog = cout // groups
+    cin_g = cin // groups
+    npix = oh * ow
+    n_pan = (npix + nr - 1) // nr            # NR-pixel panels per image
+    n_mt = (cog + MR - 1) // MR              # MR-channel micro-tiles per group
+    plane = (rows_max + halo) * wq           # one phase plane of a band
+    # A[k, i] of micro-tile mt of group g is wf[g*a_g + mt*a_mt + k*a_k + i*a_i]
+    if w_panels:
+        a_g, a_mt, a_k, a_i = n_mt * k * MR, k * MR, MR, 1
+    else:
+        a_g, a_mt, a_k, a_i = cog * k, MR * k, 1, k
+    per_img = groups * n_pb * n_mb
+    img = t // per_img
+    r = t - img * per_img
+    g = r // (n_pb * n_mb)
+    r = r - g * (n_pb * n_mb)
+    pb = r // n_mb
+    mb = r - pb * n_mb
+    # balanced partitions of the panels and of the micro-tiles
+    pan0 = pb * n_pan // n_pb
+    pan1 = (pb + 1) * n_pan // n_pb
+    mt0 = mb * n_mt // n_mb
+    mt1 = (mb + 1) * n_mt // n_mb
+    if pan1 <= pan0 or mt1 <= mt0:
+        return
+    xbase = (img * cin + g * cin_g) * h * wd
+    obase = (img * cout + g * cog) * npix
+    oyb = pan0 * nr // ow
+    if not plain:
+        oye = (min(npix, pan1 * nr) - 1) // ow
+        _fill_band(xf, xbase, h, wd, cin_g, oyb, oye - oyb + 1 + halo, sh, sw, pt, pl,
+                   phases, wq, plane, band)
+    for jp in range(pan0, pan1):
+        q = jp * nr
+        nvalid = min(nr, npix - q)
+        # A panel within one output row is read from the band in place (B[k] at
+        # offs[k] + its position); others are packed, a few contiguous chunks per k.
+        in_row = in_place and not plain and q // ow == (q + nvalid - 1) // ow
+        nch = 0
+        if not plain:
+            nch = _panel_chunks(q, nvalid, ow, wq, oyb, cdst, csrc, clen)
+        for k0 in range(0, k, kc):
+            kcur = min(kc, k - k0)
+            if plain:
+                # 1x1, stride 1, no padding: B is the input itself, (C_in, H*W) row-major
+                bsrc, bbase, bld = xf, xbase + k0 * npix + q, npix
+            elif in_row:
+                bsrc, bbase, bld = band, csrc[0], 0
+            else:
+                _pack_panel(band, offs, k0, kcur, cdst, csrc, clen, nch, bp)
+                bsrc, bbase, bld = bp, 0, nr
+            aoff = g * a_g + mt0 * a_mt + k0 * a_k
+            coff = obase + mt0 * MR * npix + q
+            m = min(cog, mt1 * MR) - mt0 * MR
+            co = g * cog + mt0 * MR
+            init = 1 if k0 == 0 else 0
+            if in_row:
+                _strip_tab(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, offs, k0, of, coff, npix,
+                           m, nvalid, bias, co, init)
+            else:
+                _strip(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, bld, of, coff, npix,
+                       m, nvalid, bias, co, init)
+
+
+_tile_cfuncs = {}
+
+
+def _tile_cfunc(dtype):
+    """The compiled tile function for ``dtype``, as a C function pointer.
+
+    Why not a plain call from the driver: a ``prange`` driver links in the IR of every kernel it
+    calls and LLVM optimises all of it again, which doubled the cold compile time (7 s against
+    4 s here). Called through a pointer, the driver's own module stays tiny. Same compile
+    options as :mod:`numbaconv._jit`; compiled on first use of a dtype and cached on disk.
+    """
+    f = _tile_cfuncs.get(dtype)
+    if f is None:
+        fp = types.CPointer(numba.from_dtype(dtype))
+        ip = types.CPointer(types.int64)
+        sig = types.void(types.int64, fp, fp, fp, fp, ip, ip, ip, fp, fp, ip)
+        f = _tile_cfuncs[dtype] = numba.cfunc(sig, cache=True, fastmath=set(FASTMATH),
+                                              error_model="numpy")(_conv_tile)
+    return f
+
+
+@parallel_kernel
+def _conv_driver(tile, xf, wf, bias, of, prm, offs, phases, ws_band, ws_b, ws_pc):
+    n_tiles = prm[0] * prm[11] * prm[16] * prm[17]      # images x groups x panel blocks x M blocks
+    for t in prange(n_tiles):
+        tid = numba.get_thread_id()
+        tile(np.int64(t), xf.ctypes, wf.ctypes, bias.ctypes, of.ctypes, prm.ctypes, offs.ctypes,
+             phases.ctypes, ws_band[tid].ctypes, ws_b[tid].ctypes, ws_pc[tid].ctypes)
+
+
+def _is_plain_gemm(kh, kw, sh, sw, pt, pl, oh, ow, h, wd):
+    return kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and \
+        oh == h and ow == wd
+
+
+_ConvPlan = collections.namedtuple(
+    "_ConvPlan", "plain phases offs wq halo rows_max n_pb n_mb kc band_len")
+
+# Cost model (cycles) used to pick the tiling; only relative values matter.
+_C_FMA = MR * NV / 2.0   # one micro-kernel k step (MR*NV FMAs at 2 per cycle)
+_C_CHUNK = 2.5       # one chunk of a B panel row (masked load + store; lines split)
+_C_FILL = 0.25       # one band element (vector copy), x4 for strided gathers
+_C_TILE = 3000.0     # fixed cost of a tile (set-up, pipeline warm-up)
+
+
+def _split_sizes(total, parts):
+    return np.diff(np.arange(parts + 1) * total // parts)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(n_img, cin, h, wd, cout, oh, ow, kh, kw, groups, sh, sw, pt, pl, dh, dw, itemsize):
+    """Geometry and tiling of one convolution shape: a function of the shape alone."""
+    lanes = _VBYTES // itemsize
+    nr = NV * lanes
+    cin_g, cog = cin // groups, cout // groups
+    k = cin_g * kh * kw
+    npix = oh * ow
+    plain = _is_plain_gemm(kh, kw, sh, sw, pt, pl, oh, ow, h, wd)
+    ty = np.arange(kh) * dh
+    tx = np.arange(kw) * dw
+    used = sorted({(int(a % sh), int(c % sw)) for a in ty for c in tx})
+    phases = np.array(used, dtype=np.int64).reshape(-1, 2)
+    wq = ow + ((kw - 1) * dw) // sw
+    halo = ((kh - 1) * dh) // sh
+    kc = _k_block(k, itemsize)
+    n_pan = -(-npix // nr)
+    n_mt = -(-cog // MR)
+
+    # Choose (panel blocks, M blocks) minimising the modelled time on two threads (prange
+    # hands each thread one contiguous half of the tiles), plus a little of the total work.
+    row_cost = 0.0 if plain else cin_g * len(used) * wq * _C_FILL * {1: 1, 2: 2}.get(sw, 8)
+    chunks_per_panel = 0.0 if plain else NV + min(nr, ow) / ow
+    max_band = _BAND_BYTES // max(1, cin_g * len(used) * wq * itemsize)
+    cand_pb = set(range(1, min(n_pan, 64) + 1)) | {-(-n_pan // m) for m in range(1, 65)}
+    cand_mb = range(1, min(n_mt, 32) + 1)
+    n_outer = n_img * groups
+    best = None
+    for n_pb in sorted(cand_pb):
+        pans = _split_sizes(n_pan, n_pb)
+        rows = np.minimum(oh, -(-(pans * nr) // ow) + 1) + halo
+        if not plain and rows.max() > max(max_band, 2 + halo):
+            continue
+        for n_mb in cand_mb:
+            if n_outer * n_pb * n_mb > 4096:
+                break
+            mts = _split_sizes(n_mt, n_mb)
+            tile = (pans[:, None] * k * (mts[None, :] * _C_FMA + chunks_per_panel * _C_CHUNK)
+                    + (rows * row_cost)[:, None] + _C_TILE).ravel()
+            seq = np.tile(tile, n_outer)
+            half = -(-seq.size // 2)
+            span = max(seq[:half].sum(), seq[half:].sum())
+            score = span + 0.05 * seq.sum()
+            if best is None or score < best[0] - 1e-9:
+                best = (score, n_pb, n_mb)
+    _, n_pb, n_mb = best
+    rows_max = int(min(oh, -(-(-(-n_pan // n_pb) * nr) // ow) + 1))
+    plane = (rows_max + halo) * wq
+    offs = np.zeros(k, dtype=np.int64)
+    band_len = 0
+    if not plain:
+        pidx = {pq: i for i, pq in enumerate(used)}
+        tap = np.array([pidx[(int(a % sh), int(c % sw))] * plane + (a // sh) * wq + c // sw
+                        for a in ty for c in tx], dtype=np.int64)
+        offs[:] = (np.arange(cin_g, dtype=np.int64)[:, None] * (len(used) * plane)
+                   + tap[None, :]).reshape(-1)
+        band_len = cin_g * len(used) * plane
+    offs.setflags(write=False)
+    phases.setflags(write=False)
+    return _ConvPlan(plain, phases, offs, wq, halo, rows_max, n_pb, n_mb, kc, band_len)
+
+
+def workspace_bytes(n_img, cin, h, wd, cout, oh, ow, kh, kw, groups, stride_h, stride_w,
+                    pad_top, pad_left, dil_h, dil_w, itemsize):
+    """Peak extra memory (bytes) of one :func:`conv2d_implicit_gemm_packed` call."""
+    p = _plan(n_img, cin, h, wd, cout, oh, ow, kh, kw, groups, stride_h, stride_w, pad_top,
+              pad_left, dil_h, dil_w, itemsize)
+    nr = NV * (_VBYTES // itemsize)
+    per_thread = p.band_len + (0 if p.plain else p.kc * nr) + 6 * nr
+    return numba.config.NUMBA_NUM_THREADS * per_thread * itemsize + p.offs.nbytes
+
+
+def conv2d_implicit_gemm_packed(x, pw, b, out, stride_h, stride_w, pad_top, pad_left,
+                                dil_h, dil_w):
+    """:func:`conv2d_implicit_gemm` with weights prepared by :func:`pack_weights`.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    pw : PackedGemmWeights
+    b : ndarray, shape (C_out,)
+    out : ndarray, shape (N, C_out, OH, OW)
+        C-contiguous, same dtype as ``x`` and ``pw.data`` (float32 or float64). Every element is
+        written.
+    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w : int
+    """
+    n_img, cin, h, wd = x.shape
+    cout, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    groups, kh, kw = pw.groups, pw.kh, pw.kw
+    if out.size == 0:
+        return
+    p = _plan(n_img, cin, h, wd, cout, oh, ow, kh, kw, groups, stride_h, stride_w, pad_top,
+              pad_left, dil_h, dil_w, x.itemsize)
+    nthreads = numba.config.NUMBA_NUM_THREADS
+    nr = NV * (_VBYTES // x.itemsize)
+    ws_band = np.empty((nthreads, max(1, p.band_len)), dtype=x.dtype)
+    ws_b = np.empty((nthreads, 1 if p.plain else p.kc * nr), dtype=x.dtype)
+    ws_pc = np.empty((nthreads, 3, 2 * nr), dtype=np.int64)
+    xf, of = x.reshape(-1), out.reshape(-1)
+    prm = np.array([n_img, cin, h, wd, cout, oh, ow, stride_h, stride_w, pad_top, pad_left,
+                    groups, pw.cin_g * kh * kw, p.wq, p.halo, p.rows_max, p.n_pb, p.n_mb, p.kc,
+                    p.plain, pw.panels, _IN_PLACE, xf.size, pw.data.size, b.size, of.size,
+                    p.offs.size, p.phases.shape[0], ws_band.shape[1], ws_b.shape[1],
+                    ws_pc.shape[2]], dtype=np.int64)
+    _conv_driver(_tile_cfunc(x.dtype), xf, pw.data, b, of, prm, p.offs, p.phases,
+                 ws_band, ws_b, ws_pc)
+
+
+def conv2d_implicit_gemm(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+                         groups):
+    """Forward 2-D convolution by implicit GEMM, written into ``out``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    w : ndarray, shape (C_out, C_in // groups, kH, kW)
+    b : ndarray, shape (C_out,)
+    out : ndarray, shape (N, C_out, OH, OW)
+        All C-contiguous, one dtype (float32 or float64). ``OH, OW`` imply the bottom and
+        right padding. Every element is written.
+    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups : int
+
+    Notes
+    -----
+    ``out[n, co, oy, ox] = b[co] + sum_{ci, ky, kx} w[co, ci, ky, kx] * x[n, g*Cg + ci, iy, ix]``
+    accumulated bias first, then one FMA per ``(ci, ky, kx)`` in lexicographic order, whatever the
+    thread count.
+    """
+    # The weights as they are: packing them would cost more than it saves in a single call
+    # when there are few output pixels (one pass over w against oh*ow FMAs per weight).
+    conv2d_implicit_gemm_packed(x, _unpacked_weights(w, groups), b, out, stride_h, stride_w,
+                                pad_top, pad_left, dil_h, dil_w)
