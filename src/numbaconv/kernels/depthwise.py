@@ -44,7 +44,7 @@ from numba import prange
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
-from numbaconv._jit import kernel, parallel_kernel
+from numbaconv._jit import kernel, parallel_kernel, prefer_wide_vectors
 
 __all__ = ["conv2d_depthwise"]
 
@@ -75,6 +75,7 @@ def _pass(acc, abase, buf, bbase, offs, w, wb, tlo, thi, n, bias):
     """acc[abase + i] = bias + sum_{t in [tlo, thi)} w[wb + t] * buf[bbase + offs[t] + i],
     for i in [0, n), taps summed in order. Chunks of 9, 3 or 1 taps, each one loop; the
     first chunk starts from the bias, later ones from acc."""
+    prefer_wide_vectors()
     if n <= 0:
         return
     if thi <= tlo:
@@ -167,6 +168,7 @@ def _work(xf, wf, b, of, offs, prm, zero, buf_o, acc_o, toffs_o, tlo, thi):
     Every flat pass of a tile goes through the one call of :func:`_pass` below (a "job"
     loop): each call site would get its own inlined copy of the pass loops, and compile time
     grows with every copy."""
+    prefer_wide_vectors()
     buf = _unowned(buf_o)
     acc = _unowned(acc_o)
     toffs = _unowned(toffs_o)
@@ -391,6 +393,7 @@ def _work(xf, wf, b, of, offs, prm, zero, buf_o, acc_o, toffs_o, tlo, thi):
 def _driver(xf, wf, b, of, offs, prm, zero, nthreads, ntiles, nbuf, nacc):
     # one contiguous range of tiles per thread, each with its own scratch buffers
     for p in prange(nthreads):
+        prefer_wide_vectors()
         buf = np.empty(nbuf, dtype=xf.dtype)
         acc = np.empty(nacc, dtype=xf.dtype)
         toffs = np.empty(prm[_KH] * prm[_KW], dtype=np.int64)

@@ -66,7 +66,7 @@ any number of threads.
 import numpy as np
 from numba import prange
 
-from numbaconv._jit import parallel_kernel
+from numbaconv._jit import prefer_wide_vectors, parallel_kernel
 
 __all__ = ["conv_transpose2d_direct", "conv_transpose2d_gemm"]
 
@@ -123,6 +123,7 @@ def _prepare(x, xp, w, wp, N, Cin, H, W, WP, PADL, groups, Cg_out, kH, kW, Cgout
     nrows = N * H
     bad = 0
     for item in prange(nrows + Cin):
+        prefer_wide_vectors()
         if item < nrows:
             n = item // H
             iy = item - n * H
@@ -166,6 +167,7 @@ def _make_direct(TW, CB):
         ustep_w = np.uint64(ncb * CB)  # next input channel, same tap and channel block
         nitems = N * groups * ncb * OH
         for item in prange(nitems):
+            prefer_wide_vectors()
             oy = item % OH
             rest = item // OH
             cb = rest % ncb
@@ -304,6 +306,7 @@ def _fix_columns(x, w, b, out, N, Cin, H, W, groups, Cg_out, kH, kW, sh, sw, pt,
     Cg_in = Cin // groups
     Cout = Cg_out * groups
     for item in prange(N * Cout * OH):
+        prefer_wide_vectors()
         zero = np.zeros(1, out.dtype)
         oy = item % OH
         rest = item // OH
@@ -453,6 +456,7 @@ def _make_gemm(JW):
         ustep_x = np.uint64(HWc)
         ustep_w = np.uint64(J)
         for item in prange(N * groups * nj):
+            prefer_wide_vectors()
             jc = item % nj
             rest = item // nj
             g = rest % groups
@@ -516,6 +520,7 @@ def _col2im(cols, b, out, N, groups, Cg_out, H, W, HWc, J, kH, kW, sh, sw, pt, p
     ncb = (Cg_out + CBc - 1) // CBc
     plane = OH * OW
     for item in prange(N * groups * ncb):
+        prefer_wide_vectors()
         cb = item % ncb
         rest = item // ncb
         g = rest % groups
