@@ -87,32 +87,33 @@ def extra_memory(run, result_bytes):
 
 
 def gemm_peak(threads, size=2048, repeats=5):
-    """Measured float32 GEMM speed in GFLOP/s: the best of NumPy and (if installed) torch."""
+    """Measured float32 GEMM speed in GFLOP/s: the fastest call of NumPy and (if installed)
+    torch, i.e. what this machine reaches when nothing else disturbs it."""
     from threadpoolctl import threadpool_limits
 
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
     best = 0.0
     with threadpool_limits(threads):
         a @ a
-        best = max(best, 2 * size ** 3 / _median_time(lambda: a @ a, repeats) / 1e9)
+        best = max(best, 2 * size ** 3 / _best_time(lambda: a @ a, repeats) / 1e9)
     try:
         import torch
         torch.set_num_threads(threads)
         t = torch.from_numpy(a)
         torch.mm(t, t)
-        best = max(best, 2 * size ** 3 / _median_time(lambda: torch.mm(t, t), repeats) / 1e9)
+        best = max(best, 2 * size ** 3 / _best_time(lambda: torch.mm(t, t), repeats) / 1e9)
     except ImportError:
         pass
     return best
 
 
-def _median_time(fn, repeats):
+def _best_time(fn, repeats):
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return min(times)
 
 
 def _numbaconv_call(problem, algorithm):
@@ -216,7 +217,10 @@ def bench_layer(layer, threads, repeats, min_seconds, rounds, algorithms, peer_n
         for name, run in runners.items():
             if progress:
                 progress(f"{layer.name}: {name} (round {r + 1}/{rounds})")
-            run()  # warm-up: caches, and the other pool's threads going to sleep
+            # let the previous candidate's spinning thread pool (OpenMP, ONNX Runtime, OpenBLAS)
+            # go idle, so it does not steal cores from this one; then warm the caches
+            time.sleep(0.05)
+            run()
             spent, count = 0.0, 0
             while count < per_round or spent < min_seconds / rounds:
                 start = time.perf_counter()
