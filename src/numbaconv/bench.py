@@ -87,8 +87,9 @@ def extra_memory(run, result_bytes):
 
 
 def gemm_peak(threads, size=2048, repeats=5):
-    """Measured float32 GEMM speed in GFLOP/s: the fastest call of NumPy and (if installed)
-    torch, i.e. what this machine reaches when nothing else disturbs it."""
+    """Measured float32 GEMM speed in GFLOP/s: the fastest call of NumPy, numbaconv's own GEMM
+    and (if installed) torch, i.e. what this machine reaches when nothing disturbs it."""
+    from .kernels import gemm as own
     from threadpoolctl import threadpool_limits
 
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
@@ -96,6 +97,9 @@ def gemm_peak(threads, size=2048, repeats=5):
     with threadpool_limits(threads):
         a @ a
         best = max(best, 2 * size ** 3 / _best_time(lambda: a @ a, repeats) / 1e9)
+    c = np.zeros_like(a)
+    own.gemm(a, a, c)
+    best = max(best, 2 * size ** 3 / _best_time(lambda: own.gemm(a, a, c), repeats) / 1e9)
     try:
         import torch
         torch.set_num_threads(threads)
@@ -271,7 +275,9 @@ def _format_table(report, peak):
             f"{'vs best peer':>12} {'first ms':>9} {'extra MiB':>9}  note")
     lines += [head, "-" * len(head)]
     for layer in report["layers"]:
-        lines.append(f"{layer['name']}  [{layer['descriptor']}, {layer['gflop']:.3f} GFLOP]")
+        shape = "x".join(map(str, layer["output_shape"]))
+        lines.append(f"{layer['name']}  [{layer['descriptor']}: output {shape}, "
+                     f"{layer['params']} params, {layer['gflop']:.3f} GFLOP]")
         best = layer.get("best_peer_seconds")
         for name, r in layer["results"].items():
             med = r["median"]
@@ -334,6 +340,7 @@ def run(layers, threads=2, repeats=15, min_seconds=0.3, rounds=3, algorithms=Non
             best_name, best_seconds = best_peer(results)
             report["layers"].append(dict(
                 name=layer.name, descriptor=str(layer.problem),
+                output_shape=layer.problem.output_shape, params=layer.problem.params,
                 gflop=layer.problem.flops / 1e9, best_peer=best_name,
                 best_peer_seconds=best_seconds,
                 results={n: dict(status=r.status, detail=r.detail, median=r.median,
