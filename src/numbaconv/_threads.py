@@ -1,21 +1,15 @@
-"""Thread control: one thread pool at a time.
+"""Thread control.
 
-numbaconv parallelises with Numba's ``prange``. Kernels that call BLAS do it from inside those
-parallel loops, one single-threaded GEMM per thread, so BLAS must not start its own pool
-meanwhile: two pools that take turns spin against each other on a two-core machine.
-:func:`blas_single_threaded` holds every BLAS library at one thread for the duration of a
-kernel call, with a process-wide count so that concurrent calls from several Python threads
-restore the user's setting only when the last of them leaves.
+numbaconv parallelises with Numba's ``prange`` only; no kernel calls BLAS, so there is one thread
+pool per call and never two taking turns. :func:`set_num_threads` sets Numba's count for
+numbaconv's kernels and, for consistency with the rest of a NumPy program, the BLAS libraries'
+count too.
 """
 
 import contextlib
-import threading
 
 import numba
 
-_lock = threading.Lock()
-_active = 0
-_saved_limits = None
 _controller = None
 
 # None means "whatever Numba says for the calling thread"; set by set_num_threads().
@@ -25,34 +19,10 @@ _num_threads = None
 def _blas_controller():
     global _controller
     if _controller is None:
-        # numba's np.dot reaches BLAS through scipy's cython_blas; import it so the library
-        # is loaded before threadpoolctl looks for it.
-        import scipy.linalg.cython_blas  # noqa: F401
         from threadpoolctl import ThreadpoolController
 
         _controller = ThreadpoolController().select(user_api="blas")
     return _controller
-
-
-@contextlib.contextmanager
-def blas_single_threaded():
-    """Hold every BLAS library at one thread while the block runs (re-entrant, thread-safe)."""
-    global _active, _saved_limits
-    controller = _blas_controller()
-    with _lock:
-        if _active == 0:
-            _saved_limits = [lib.num_threads for lib in controller.lib_controllers]
-            for lib in controller.lib_controllers:
-                lib.set_num_threads(1)
-        _active += 1
-    try:
-        yield
-    finally:
-        with _lock:
-            _active -= 1
-            if _active == 0:
-                for lib, n in zip(controller.lib_controllers, _saved_limits):
-                    lib.set_num_threads(n)
 
 
 def get_num_threads():

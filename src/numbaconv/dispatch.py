@@ -12,7 +12,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import _threads, reference
+from . import reference
 from .kernels import depthwise, direct, gemm, im2col, transposed
 from .problem import ConvProblem
 
@@ -94,8 +94,7 @@ def _bias(problem, b):
 
 
 def _im2col_run(problem, x, w, b, out):
-    with _threads.blas_single_threaded():
-        im2col.conv2d_im2col(x, w, _bias(problem, b), out, *_geometry(problem), problem.groups)
+    im2col.conv2d_im2col(x, w, _bias(problem, b), out, *_geometry(problem), problem.groups)
 
 
 def _depthwise_run(problem, x, w, b, out):
@@ -142,8 +141,9 @@ ALGORITHMS = (
                 "copy of a band of input rows; suits few channels, big kernels, narrow groups"),
     Algorithm(
         name="im2col", transposed=False, run=_im2col_run,
-        summary="patches of a few output rows copied into a workspace (capped, 64 MiB by "
-                "default), then one BLAS GEMM per tile; 1x1 stride-1 is a GEMM with no copy"),
+        summary="patches of a block of output rows copied into a workspace (capped, 64 MiB by "
+                "default), then one GEMM per block; 1x1 stride-1 is a GEMM with no copy",
+        size_invariant=True),
     Algorithm(
         name="direct", transposed=True, run=_transposed_direct_run, size_invariant=True,
         summary="gather by stride phase (no multiplies on stuffed zeros), 16 output-channel x "
