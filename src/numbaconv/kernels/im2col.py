@@ -49,6 +49,7 @@ def _im2col_channel(x, n, c, r0, kh, kw, sh, sw, pt, pl, dh, dw, oy0, oy1, ow, c
     prefer_wide_vectors()
     h, w = x.shape[2], x.shape[3]
     p = (oy1 - oy0) * ow
+    plane = x[n, c]
     r = r0
     for ky in range(kh):
         for kx in range(kw):
@@ -60,21 +61,16 @@ def _im2col_channel(x, n, c, r0, kh, kw, sh, sw, pt, pl, dh, dw, oy0, oy1, ow, c
             base = r * p
             for oy in range(oy0, oy1):
                 iy = oy * sh - pt + ky * dh
-                d0 = base + (oy - oy0) * ow
+                dst = col[base + (oy - oy0) * ow: base + (oy - oy0 + 1) * ow]
                 if iy < 0 or iy >= h:
-                    for ox in range(ow):
-                        col[d0 + ox] = 0
+                    dst[:] = 0
                     continue
-                for ox in range(lo):
-                    col[d0 + ox] = 0
+                dst[:lo] = 0
                 if sw == 1:
-                    for ox in range(lo, hi):
-                        col[d0 + ox] = x[n, c, iy, ox + off]
+                    dst[lo:hi] = plane[iy, lo + off: hi + off]
                 else:
-                    for ox in range(lo, hi):
-                        col[d0 + ox] = x[n, c, iy, ox * sw + off]
-                for ox in range(hi, ow):
-                    col[d0 + ox] = 0
+                    dst[lo:hi] = plane[iy, lo * sw + off: (hi - 1) * sw + off + 1: sw]
+                dst[hi:] = 0
             r += 1
 
 
