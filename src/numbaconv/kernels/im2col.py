@@ -66,9 +66,9 @@ def _im2col_channel(x, n, c, r0, kh, kw, sh, sw, pt, pl, dh, dw, oy0, oy1, ow, c
                     dst[:] = 0
                     continue
                 dst[:lo] = 0
-                if sw == 1:
+                if hi > lo and sw == 1:
                     dst[lo:hi] = plane[iy, lo + off: hi + off]
-                else:
+                elif hi > lo:
                     dst[lo:hi] = plane[iy, lo * sw + off: (hi - 1) * sw + off + 1: sw]
                 dst[hi:] = 0
             r += 1
