@@ -7,20 +7,11 @@ import tempfile
 
 import numpy as np
 
-import numbaconv
 from numbaconv import dispatch, suite
+from numbaconv.functional import convolve
 
 _LAYERS = [layer.name for layer in suite.LAYERS]
 _ALGORITHMS = ["auto"] + [name for name in dispatch.names() if name != "reference"]
-
-
-def _call(problem, x, w, b, algorithm):
-    if problem.transposed:
-        return numbaconv.conv_transpose2d(x, w, b, problem.stride, problem.padding,
-                                          problem.output_padding, problem.groups,
-                                          problem.dilation, algorithm=algorithm)
-    return numbaconv.conv2d(x, w, b, problem.stride, problem.padding, problem.dilation,
-                            problem.groups, algorithm=algorithm)
 
 
 class Layers:
@@ -40,20 +31,20 @@ class Layers:
         self.x = rng.standard_normal(problem.input_shape, dtype=np.float32)
         self.w = rng.standard_normal(problem.weight_shape, dtype=np.float32)
         self.b = rng.standard_normal(problem.out_channels, dtype=np.float32)
-        _call(problem, self.x, self.w, self.b, algorithm)  # compile and touch memory
+        convolve(problem, self.x, self.w, self.b, algorithm=algorithm)  # compile and touch memory
 
     def time_conv(self, layer, algorithm):
-        _call(self.problem, self.x, self.w, self.b, algorithm)
+        convolve(self.problem, self.x, self.w, self.b, algorithm=algorithm)
 
     def peakmem_conv(self, layer, algorithm):
-        _call(self.problem, self.x, self.w, self.b, algorithm)
+        convolve(self.problem, self.x, self.w, self.b, algorithm=algorithm)
 
     def track_gflops(self, layer, algorithm):
         import time
         times = []
         for _ in range(5):
             start = time.perf_counter()
-            _call(self.problem, self.x, self.w, self.b, algorithm)
+            convolve(self.problem, self.x, self.w, self.b, algorithm=algorithm)
             times.append(time.perf_counter() - start)
         return self.problem.flops / float(np.median(times)) / 1e9
 
@@ -63,7 +54,6 @@ class Layers:
 _FIRST_CALL = """
 import time, numpy as np
 start = time.perf_counter()
-import numbaconv
 x = np.ones((1, 64, 56, 56), np.float32); w = np.ones((64, 64, 3, 3), np.float32)
 numbaconv.conv2d(x, w, padding=1)
 print(time.perf_counter() - start)

@@ -13,6 +13,7 @@ Every kernel module builds its decorators here, so compile options stay uniform:
 * ``nogil=True``: kernels release the GIL, so several Python threads can convolve at once.
 """
 
+import llvmlite.binding as _llb
 import numba
 from numba import types
 from numba.extending import intrinsic
@@ -20,6 +21,23 @@ from numba.extending import intrinsic
 FASTMATH = frozenset({"contract"})
 
 _COMMON = dict(cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy")
+
+
+def vector_bytes():
+    """Width in bytes of the widest vector registers of the CPU Numba compiles for (64 with
+    AVX-512, 32 with AVX, else 16). Micro-kernels written in LLVM IR size their tiles by it:
+    wider vectors would still be correct elsewhere (LLVM splits them) but would spill."""
+    features = numba.config.CPU_FEATURES
+    if not features:
+        if numba.config.CPU_NAME:  # a named target without a feature list: assume the least
+            return 16
+        features = _llb.get_host_cpu_features().flatten()
+    feats = {f.strip() for f in features.split(",")}
+    if "+avx512f" in feats:
+        return 64
+    if "+avx" in feats:
+        return 32
+    return 16
 
 
 def kernel(fn):

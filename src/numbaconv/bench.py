@@ -19,6 +19,7 @@ import numpy as np
 
 from . import dispatch, peers, reference
 from ._threads import set_num_threads
+from .functional import convolve
 from .problem import ConvProblem
 from .suite import LAYERS, Layer, get
 
@@ -120,18 +121,6 @@ def _best_time(fn, repeats):
     return min(times)
 
 
-def _numbaconv_call(problem, algorithm):
-    import numbaconv
-
-    if problem.transposed:
-        return lambda x, w, b: numbaconv.conv_transpose2d(
-            x, w, b, problem.stride, problem.padding, problem.output_padding, problem.groups,
-            problem.dilation, algorithm=algorithm)
-    return lambda x, w, b: numbaconv.conv2d(x, w, b, problem.stride, problem.padding,
-                                            problem.dilation, problem.groups,
-                                            algorithm=algorithm)
-
-
 def _check(y, expected, bound, batch):
     """None if ``y`` (its first image) is within the error bound of the reference, else why."""
     y = np.asarray(y)
@@ -192,8 +181,7 @@ def bench_layer(layer, threads, repeats, min_seconds, rounds, algorithms, peer_n
             progress(f"{layer.name}: {name} (check)")
         try:
             if kind == "numbaconv":
-                call = _numbaconv_call(problem, obj)
-                run = (lambda call=call: call(x, w, b))
+                run = (lambda algorithm=obj: convolve(problem, x, w, b, algorithm=algorithm))
                 to_numpy = np.asarray
                 exact = obj == "auto" or dispatch.get(obj, problem).exact
             else:

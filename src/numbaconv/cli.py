@@ -30,20 +30,10 @@ def _inputs(problem, rng):
     return x, w, b
 
 
-def _call(problem, x, w, b, algorithm="auto"):
-    import numbaconv
-
-    if problem.transposed:
-        return numbaconv.conv_transpose2d(x, w, b, problem.stride, problem.padding,
-                                          problem.output_padding, problem.groups,
-                                          problem.dilation, algorithm=algorithm)
-    return numbaconv.conv2d(x, w, b, problem.stride, problem.padding, problem.dilation,
-                            problem.groups, algorithm=algorithm)
-
-
 def demo(args):
     import numbaconv
     from numbaconv import suite
+    from numbaconv.functional import convolve
 
     rng = np.random.default_rng(0)
     layers = [suite.get(name) for name in args.layers] if args.layers else suite.LAYERS
@@ -57,10 +47,10 @@ def demo(args):
         p = layer.problem
         x, w, b = _inputs(p, rng)
         start = time.perf_counter()
-        y = _call(p, x, w, b)
+        y = convolve(p, x, w, b)
         first = time.perf_counter() - start
         assert y.shape == p.output_shape
-        seconds = _median_seconds(lambda: _call(p, x, w, b), args.repeats)
+        seconds = _median_seconds(lambda: convolve(p, x, w, b), args.repeats)
         choice = numbaconv.explain(x, w, b, p.stride, p.padding, p.dilation, p.groups,
                                    transposed=p.transposed,
                                    output_padding=p.output_padding).choice

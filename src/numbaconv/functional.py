@@ -186,6 +186,24 @@ for _f in (conv2d, conv1d, conv_transpose2d, conv_transpose1d):
     _f.__doc__ = _f.__doc__.replace("{algorithm}", _ALGORITHM_DOC)
 
 
+def convolve(problem, input, weight, bias=None, *, algorithm="auto", out=None):
+    """Run the convolution a :class:`~numbaconv.problem.ConvProblem` describes on these arrays.
+
+    The problem's stride, padding, dilation, groups (and output padding) are passed to
+    :func:`conv2d` / :func:`conv_transpose2d` (1-d: :func:`conv1d` / :func:`conv_transpose1d`);
+    the arrays are validated against them as usual. Benchmarks and the command line use it.
+    """
+    fn = {(1, False): conv1d, (2, False): conv2d, (1, True): conv_transpose1d,
+          (2, True): conv_transpose2d}.get((problem.nd, problem.transposed))
+    if fn is None:
+        raise ValueError(f"no {problem.nd}-d convolution function for {problem}")
+    if problem.transposed:
+        return fn(input, weight, bias, problem.stride, problem.padding, problem.output_padding,
+                  problem.groups, problem.dilation, algorithm=algorithm, out=out)
+    return fn(input, weight, bias, problem.stride, problem.padding, problem.dilation,
+              problem.groups, algorithm=algorithm, out=out)
+
+
 class Explanation:
     """What ``algorithm='auto'`` picks for a problem and why the others do or do not apply.
 

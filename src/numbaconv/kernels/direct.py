@@ -46,7 +46,6 @@ import collections
 import math
 import threading
 
-import llvmlite.binding as _llb
 import numba
 import numpy as np
 from llvmlite import ir
@@ -55,26 +54,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from numbaconv import _threads
-from numbaconv._jit import kernel, parallel_kernel
+from numbaconv._jit import kernel, parallel_kernel, vector_bytes
 
 
-def _vector_bytes():
-    # Width of the vectors the micro-kernels are written for: the widest the target CPU has.
-    # Wider vectors would still be correct elsewhere (LLVM splits them) but would spill.
-    features = numba.config.CPU_FEATURES
-    if not features:
-        if numba.config.CPU_NAME:
-            return 16
-        features = _llb.get_host_cpu_features().flatten()
-    feats = set(f.strip() for f in features.split(","))
-    if "+avx512f" in feats:
-        return 64
-    if "+avx" in feats:
-        return 32
-    return 16
-
-
-_VBYTES = _vector_bytes()
+_VBYTES = vector_bytes()
 # Accumulator registers of a tile: 24 of the 32 zmm registers with AVX-512, leaving room for
 # the loaded input vectors and a broadcast weight; 12 of 16 otherwise.
 _NACC = 24 if _VBYTES == 64 else 12

@@ -43,7 +43,6 @@ problem shape. Workspace is per thread (indexed by Numba's thread id) and cache 
 import collections
 import functools
 
-import llvmlite.binding as _llb
 import numba
 import numpy as np
 from llvmlite import ir
@@ -51,25 +50,10 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from numbaconv._jit import FASTMATH, kernel, parallel_kernel
+from numbaconv._jit import FASTMATH, kernel, parallel_kernel, vector_bytes
 
 
-def _detect_vector_bytes():
-    """Width (bytes) of the widest vector registers of the CPU Numba compiles for."""
-    features = numba.config.CPU_FEATURES
-    if not features:
-        if numba.config.CPU_NAME:       # a named generic target without feature list
-            return 16
-        features = _llb.get_host_cpu_features().flatten()
-    feats = {f.strip() for f in features.split(",")}
-    if "+avx512f" in feats:
-        return 64
-    if "+avx" in feats:
-        return 32
-    return 16
-
-
-_VBYTES = _detect_vector_bytes()
+_VBYTES = vector_bytes()
 # Register tile: MR rows x NV vectors. 24 accumulators + 2 B vectors + 1 broadcast fit the
 # 32 AVX-512 registers; with 16 registers (AVX2/SSE) use 6 x 2 (12 accumulators).
 MR = 8 if _VBYTES == 64 else 6
