@@ -469,6 +469,19 @@ def _strip_tab(kc, a, aoff, a_mt, lda, sia, b, boff, boffs, bk0, c, coff, ldc, m
             ldc, min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, True)
 
 
+@kernel
+def _strip_row(kc, a, aoff, lda, b, boff, ldb, c, coff, n):
+    """``C[0, 0:n] += A[k-block, 0] @ B[k-block, 0:n]`` for a one-row ``C`` (``A[k, 0] =
+    a[aoff + k*lda]``, ``B[k, j] = b[boff + k*ldb + j]``, ``C[0, j] = c[coff + j]``), four
+    vectors of columns per micro-kernel call: an ``MR``-row tile would spend most of its FMAs
+    on rows that do not exist."""
+    _noinline()
+    width = 4 * _lanes(c)
+    for j in range(0, n, width):
+        _mk(kc, a, aoff, lda, 0, b, boff + j, ldb, c, 0, c, coff + j, 0, 1, min(width, n - j), c,
+            0, 0, 1, 4, False)
+
+
 # ---------------------------------------------------------------------------------------------
 # GEMM
 # ---------------------------------------------------------------------------------------------
@@ -498,11 +511,15 @@ def _gemm_tile(t, af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b, bpk):
 
 
 @parallel_kernel
-def _gemm_driver(af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b, ws_b):
-    n_tiles = ((m + mc - 1) // mc) * ((n + nc - 1) // nc)
-    for t in prange(n_tiles):
-        _gemm_tile(np.int64(t), af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b,
-                   ws_b[numba.get_thread_id()])
+def _gemm_driver(af, lda, ga, bf, ldb, gb, cf, ldc, gc, groups, m, n, k, mc, nc, kc, pack_b,
+                 ws_b):
+    """``groups`` independent products, product ``g`` on ``af[g*ga:]``, ``bf[g*gb:]``,
+    ``cf[g*gc:]``; one parallel region for all of them."""
+    per_group = ((m + mc - 1) // mc) * ((n + nc - 1) // nc)
+    for t in prange(groups * per_group):
+        g = t // per_group
+        _gemm_tile(np.int64(t - g * per_group), af[g * ga:], lda, bf[g * gb:], ldb, cf[g * gc:],
+                   ldc, m, n, k, mc, nc, kc, pack_b, ws_b[numba.get_thread_id()])
 
 
 def _flat_rows(arr):
@@ -538,8 +555,9 @@ def _l1_hostile(ld, itemsize):
     return sets < 16
 
 
-def _gemm_blocks(m, n, k, itemsize):
-    """Blocks ``(MC, NC, KC)`` of a GEMM: a function of the shape alone (never of threads)."""
+def _gemm_blocks(m, n, k, itemsize, groups=1):
+    """Blocks ``(MC, NC, KC)`` of a GEMM (one of ``groups`` alike): a function of the shapes
+    alone (never of threads)."""
     nr = NV * (_VBYTES // itemsize)
     kc = _k_block(k, itemsize)
     # A block (MC x KC) and B block (KC x NC) each within a fraction of the 1 MiB L2.
@@ -547,7 +565,7 @@ def _gemm_blocks(m, n, k, itemsize):
     n_nb = -(-n // max(nr, (_B_BLOCK_BYTES // (kc * itemsize)) // nr * nr))
     # Enough tiles to share out: split N first (each tile keeps all of its B panel's reuse).
     n_mt, n_np = -(-m // MR), -(-n // nr)
-    while n_mb * n_nb < _MIN_TILES:
+    while groups * n_mb * n_nb < _MIN_TILES:
         if n_nb < n_np:
             n_nb += 1
         elif n_mb < n_mt:
@@ -590,12 +608,26 @@ def gemm(a, b, c):
     af, lda = _flat_rows(a)
     bf, ldb = _flat_rows(b)
     cf, ldc = _flat_rows(c)
-    mc, nc, kc = _gemm_blocks(m, n, k, c.itemsize)
+    gemm_grouped(af, lda, 0, bf, ldb, 0, cf, ldc, 0, 1, m, n, k)
+
+
+def gemm_grouped(af, lda, ga, bf, ldb, gb, cf, ldc, gc, groups, m, n, k):
+    """``C_g += A_g @ B_g`` for ``g < groups``, all in one parallel region.
+
+    ``A_g[i, kk] = af[g*ga + i*lda + kk]`` (``M x K``), ``B_g[kk, j] = bf[g*gb + kk*ldb + j]``
+    (``K x N``), ``C_g[i, j] = cf[g*gc + i*ldc + j]`` (``M x N``): 1-d arrays of one dtype with
+    row strides in elements. Same summation order as :func:`gemm`.
+    """
+    if groups == 0 or m == 0 or n == 0 or k == 0:
+        return
+    itemsize = cf.itemsize
+    mc, nc, kc = _gemm_blocks(m, n, k, itemsize, groups)
     nthreads = numba.config.NUMBA_NUM_THREADS
-    nr = NV * (_VBYTES // c.itemsize)
-    pack_b = _l1_hostile(ldb, c.itemsize) or n < nr
-    ws_b = np.empty((nthreads, -(-nc // nr) * nr * kc if pack_b else 1), dtype=dt)
-    _gemm_driver(af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b, ws_b)
+    nr = NV * (_VBYTES // itemsize)
+    pack_b = _l1_hostile(ldb, itemsize) or n < nr
+    ws_b = np.empty((nthreads, -(-nc // nr) * nr * kc if pack_b else 1), dtype=cf.dtype)
+    _gemm_driver(af, lda, ga, bf, ldb, gb, cf, ldc, gc, groups, m, n, k, mc, nc, kc, pack_b,
+                 ws_b)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,32 +1,38 @@
-"""im2col + GEMM: the textbook convolution, one matrix product per block of output rows.
+"""im2col + GEMM: the textbook convolution, in cache-sized pieces.
 
-For batch element ``n``, group ``g`` and a block of output rows, the patches the kernel meets are
-copied into a workspace ``col`` of shape ``(K, P)`` with ``K = C_in/groups * kH * kW`` and ``P``
-the block's output pixels (a parallel copy, one input channel per task); then
-``out[n, group channels, rows] += W_g @ col`` where ``W_g`` is the group's ``(C_out/groups, K)``
-weight matrix, which is the OIHW weight as it lies in memory. The output block is pre-filled with
-the bias and the GEMM accumulates into it in place, through its row stride, so neither the
-weights nor the result are copied. A 1x1 convolution with stride 1 and no padding needs no
-``col`` at all: the input already is the ``(C_in, H*W)`` matrix.
+The im2col matrix of image ``n`` and group ``g`` has ``K = C_in/groups * kH * kW`` rows (one per
+``(ci, ky, kx)``) and one column per output pixel; ``out[n, group channels] = W_g @ col`` with
+``W_g`` the group's ``(C_out/groups, K)`` weight matrix, which is the OIHW weight as it lies in
+memory. That matrix is never built whole: the output pixels of each ``(n, g)`` are cut into
+chunks of a few micro-kernel panels, and a task (one per chunk, run in parallel) copies ``KC``
+rows of the chunk's columns at a time into a small per-thread workspace and multiplies them
+into the output at once, while they are still in cache. The output is pre-filled with the bias
+and accumulated in place, so neither the weights nor the result are copied. A 1x1 convolution
+with stride 1 and no padding copies nothing: the input already is the ``(C_in, H*W)`` matrix.
 
-The workspace is capped (64 MiB by default, :func:`set_workspace_limit`): the row blocks are as
-tall as the cap allows, at least one output row.
+The workspace (``threads x KC x chunk`` values, about 128 KiB per thread) is capped by
+:func:`set_workspace_limit` (64 MiB by default); a smaller cap means smaller pieces.
 
-The GEMM is numbaconv's own (:func:`numbaconv.kernels.gemm.gemm`), not BLAS: the BLAS inside the
-NumPy/SciPy wheels runs AVX2 kernels on this class of CPU (about half the speed), its rounding
-depends on its own thread count, and that count cannot be held reliably from every calling
-thread. numbaconv's GEMM sums every element in ascending ``k`` order with FMAs, so this
-algorithm's result does not depend on the block height, the thread count or the calling thread.
+The GEMM is numbaconv's own micro-kernel (:mod:`numbaconv.kernels.gemm`), not BLAS: the BLAS
+inside the NumPy/SciPy wheels runs AVX2 kernels on this class of CPU (about half the speed), its
+rounding depends on its own thread count, and that count cannot be held reliably from every
+calling thread. Every output is the bias followed by one FMA per ``k`` in ascending order, so
+this algorithm's result does not depend on the chunking, the thread count or the calling thread.
 """
 
+import numba
 import numpy as np
 from numba import prange
 
-from .._jit import kernel, parallel_kernel, prefer_wide_vectors
+from .._jit import kernel, parallel_kernel, vector_bytes
 from . import gemm as _gemm
 
 # Workspace budget of one call (bytes); see set_workspace_limit.
 _workspace_limit = 64 << 20
+# Workspace of one task, aimed at L2 beside the weights it meets.
+_TASK_BYTES = 128 << 10
+# Parallel tasks wanted per call (2 cores; balance), when the problem has that many panels.
+_MIN_TASKS = 8
 
 
 def set_workspace_limit(nbytes):
@@ -43,63 +49,119 @@ def get_workspace_limit():
 
 
 @kernel
-def _im2col_channel(x, n, c, r0, kh, kw, sh, sw, pt, pl, dh, dw, oy0, oy1, ow, col):
-    """Rows ``r0 ...`` (one per ``(ky, kx)``) of ``col`` for input channel ``c``:
-    ``col[r, (oy - oy0) * ow + ox]`` for output rows ``oy0 <= oy < oy1``."""
-    prefer_wide_vectors()
+def _im2col_rows(x, n, c0, r0, r1, kh, kw, sh, sw, pt, pl, dh, dw, q0, q1, ow, col, ldc):
+    """``col[(r - r0)*ldc + q - q0]`` = im2col row ``r`` (``r = (ci*kh + ky)*kw + kx``, input
+    channel ``c0 + ci``) at output pixel ``q = oy*ow + ox``, for ``r0 <= r < r1``,
+    ``q0 <= q < q1``; zero where the tap falls into the padding. Row segments are short (a few
+    vectors), so they are moved with masked vector copies: LLVM's vectorised loops would run
+    them in their scalar remainder."""
     h, w = x.shape[2], x.shape[3]
-    p = (oy1 - oy0) * ow
-    plane = x[n, c]
-    r = r0
-    for ky in range(kh):
-        for kx in range(kw):
-            off = kx * dw - pl
-            # columns ox whose input column ox*sw + off lies inside [0, w)
-            lo = 0 if off >= 0 else min(ow, (-off + sw - 1) // sw)
-            hi = 0 if w - 1 - off < 0 else min(ow, (w - 1 - off) // sw + 1)
-            hi = max(hi, lo)
-            base = r * p
-            for oy in range(oy0, oy1):
-                iy = oy * sh - pt + ky * dh
-                dst = col[base + (oy - oy0) * ow: base + (oy - oy0 + 1) * ow]
-                if iy < 0 or iy >= h:
-                    dst[:] = 0
-                    continue
-                dst[:lo] = 0
-                if hi > lo and sw == 1:
-                    dst[lo:hi] = plane[iy, lo + off: hi + off]
-                elif hi > lo:
-                    dst[lo:hi] = plane[iy, lo * sw + off: (hi - 1) * sw + off + 1: sw]
-                dst[hi:] = 0
-            r += 1
+    lanes = _gemm._lanes(col)
+    xf = x.reshape(-1)
+    oya, oyb = q0 // ow, (q1 - 1) // ow
+    for r in range(r0, r1):
+        ci = r // (kh * kw)
+        ky = (r // kw) % kh
+        kx = r % kw
+        pbase = ((n * x.shape[1]) + c0 + ci) * h * w
+        off = kx * dw - pl
+        # columns ox whose input column ox*sw + off lies inside [0, w)
+        lo = 0 if off >= 0 else min(ow, (-off + sw - 1) // sw)
+        hi = 0 if w - 1 - off < 0 else min(ow, (w - 1 - off) // sw + 1)
+        hi = max(hi, lo)
+        for oy in range(oya, oyb + 1):
+            a = max(oy * ow, q0) - oy * ow
+            e = min(oy * ow + ow, q1) - oy * ow
+            d = (r - r0) * ldc + oy * ow - q0          # col index of column ox = 0
+            iy = oy * sh - pt + ky * dh
+            if iy < 0 or iy >= h:
+                _zero(col, d + a, e - a)
+                continue
+            u0 = min(max(lo, a), e)
+            u1 = max(min(hi, e), u0)
+            _zero(col, d + a, u0 - a)
+            src = pbase + iy * w + off
+            for j in range(u0, u1, lanes):
+                cnt = min(lanes, u1 - j)
+                if sw == 1:
+                    _gemm._vcopy(xf, src + j, col, d + j, cnt)
+                elif sw == 2:
+                    _gemm._vcopy_s2(xf, src + 2 * j, col, d + j, cnt)
+                else:
+                    _gemm._vgather(xf, src + j * sw, sw, col, d + j, cnt)
+            _zero(col, d + u1, e - u1)
+
+
+@kernel
+def _zero(dst, off, n):
+    """``dst[off:off+n] = 0``, a vector at a time."""
+    lanes = _gemm._lanes(dst)
+    for j in range(0, n, lanes):
+        _gemm._vzero(dst, off + j, min(lanes, n - j))
 
 
 @parallel_kernel
-def _im2col(x, n, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oy0, oy1, ow, col):
-    """``col`` (flat, ``K x P``) for input channels ``c0 .. c0 + cg``, one channel per task."""
-    for ci in prange(cg):
-        _im2col_channel(x, n, c0 + ci, ci * kh * kw, kh, kw, sh, sw, pt, pl, dh, dw, oy0, oy1,
-                        ow, col)
-
-
-def block_rows(k, oh, ow, itemsize):
-    """Output rows per block: as many as the workspace limit allows (at least one)."""
-    return max(1, min(oh, _workspace_limit // max(1, k * ow * itemsize)))
+def _conv_im2col(x, wf, of, groups, cout, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, chunk, kc,
+                 ldc, ws):
+    """``of`` (the flat output, bias already in it) ``+=`` the convolution; one task per
+    ``(image, group, chunk of output pixels)``."""
+    nb, cin = x.shape[0], x.shape[1]
+    cg, cog = cin // groups, cout // groups
+    k = cg * kh * kw
+    npix = oh * ow
+    nr = _gemm.NV * _gemm._lanes(of)
+    nchunks = (npix + chunk - 1) // chunk
+    for t in prange(nb * groups * nchunks):
+        ng = t // nchunks
+        n, g = ng // groups, ng % groups
+        q0 = (t - ng * nchunks) * chunk
+        q1 = min(npix, q0 + chunk)
+        col = ws[numba.get_thread_id()]
+        a0 = g * cog * k
+        c0 = (n * cout + g * cog) * npix + q0
+        for k0 in range(0, k, kc):
+            kcur = min(kc, k - k0)
+            _im2col_rows(x, n, g * cg, k0, k0 + kcur, kh, kw, sh, sw, pt, pl, dh, dw, q0, q1,
+                         ow, col, ldc)
+            if cog == 1:
+                _gemm._strip_row(kcur, wf, a0 + k0, 1, col, 0, ldc, of, c0, q1 - q0)
+                continue
+            for j in range(0, q1 - q0, nr):
+                _gemm._strip(kcur, wf, a0 + k0, _gemm.MR * k, 1, k, col, j, ldc, of, c0 + j,
+                             npix, cog, min(nr, q1 - q0 - j), of, 0, 0)
 
 
 def _is_plain_gemm(kh, kw, sh, sw, pt, pl, oh, ow, h, wd):
     return (kh, kw, sh, sw, pt, pl) == (1, 1, 1, 1, 0, 0) and (oh, ow) == (h, wd)
 
 
+def _tiling(n_tasks_outer, k, npix, itemsize):
+    """``(chunk, kc, ldc)``: output pixels per task (whole panels), im2col rows per copy, and
+    the workspace row stride; a function of the shapes and the workspace cap only."""
+    nr = _gemm.NV * (vector_bytes() // itemsize)
+    panels = -(-npix // nr)
+    kc = min(k, _gemm._k_block(k, itemsize))
+    budget = min(_TASK_BYTES, _workspace_limit // max(1, numba.config.NUMBA_NUM_THREADS))
+    per_task = max(1, budget // (kc * nr * itemsize))          # panels that fit the budget
+    want = -(-_MIN_TASKS // max(1, n_tasks_outer))             # chunks wanted for balance
+    per_task = max(1, min(per_task, -(-panels // want)))
+    chunk = per_task * nr
+    if kc * chunk * itemsize > budget:                         # tiny caps: fewer rows per copy
+        kc = max(1, budget // (chunk * itemsize))
+    ldc = chunk + (nr // _gemm.NV if _gemm._l1_hostile(chunk, itemsize) else 0)
+    return chunk, kc, ldc
+
+
 def workspace_bytes(problem):
-    """Bytes of ``col`` workspace the im2col algorithm allocates for a 2-d ``problem``."""
+    """Bytes of workspace the im2col algorithm allocates for a 2-d ``problem``."""
     (kh, kw), (sh, sw) = problem.kernel_size, problem.stride
     ((pt, _), (pl, _)), (oh, ow) = problem.padding, problem.out_size
     if _is_plain_gemm(kh, kw, sh, sw, pt, pl, oh, ow, *problem.in_size):
         return 0
     itemsize = np.dtype(problem.dtype).itemsize
     k = problem.in_channels // problem.groups * kh * kw
-    return k * block_rows(k, oh, ow, itemsize) * ow * itemsize
+    _, kc, ldc = _tiling(problem.batch * problem.groups, k, oh * ow, itemsize)
+    return numba.config.NUMBA_NUM_THREADS * kc * ldc * itemsize
 
 
 def conv2d_im2col(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
@@ -119,20 +181,14 @@ def conv2d_im2col(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, di
     oh, ow = out.shape[2], out.shape[3]
     cog = cout // groups
     k = cg * kh * kw
-    plain = _is_plain_gemm(kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, h, wd)
-    rows = oh if plain else block_rows(k, oh, ow, x.itemsize)
-    col = None if plain else np.empty(k * rows * ow, dtype=x.dtype)
     out[...] = b[:, None, None]
-    for n in range(nb):
-        for g in range(groups):
-            a = w[g * cog:(g + 1) * cog].reshape(cog, k)
-            c_all = out[n, g * cog:(g + 1) * cog].reshape(cog, oh * ow)
-            if plain:
-                _gemm.gemm(a, x[n, g * cg:(g + 1) * cg].reshape(cg, h * wd), c_all)
-                continue
-            for oy0 in range(0, oh, rows):
-                oy1 = min(oh, oy0 + rows)
-                p = (oy1 - oy0) * ow
-                _im2col(x, n, g * cg, cg, kh, kw, stride_h, stride_w, pad_top, pad_left, dil_h,
-                        dil_w, oy0, oy1, ow, col)
-                _gemm.gemm(a, col[:k * p].reshape(k, p), c_all[:, oy0 * ow:oy1 * ow])
+    wf = w.reshape(-1)
+    if _is_plain_gemm(kh, kw, stride_h, stride_w, pad_top, pad_left, oh, ow, h, wd):
+        for n in range(nb):
+            _gemm.gemm_grouped(wf, k, cog * k, x[n].reshape(-1), h * wd, cg * h * wd,
+                               out[n].reshape(-1), oh * ow, cog * oh * ow, groups, cog, h * wd, k)
+        return
+    chunk, kc, ldc = _tiling(nb * groups, k, oh * ow, x.itemsize)
+    ws = np.empty((numba.config.NUMBA_NUM_THREADS, kc * ldc), dtype=x.dtype)
+    _conv_im2col(x, wf, out.reshape(-1), groups, cout, kh, kw, stride_h, stride_w, pad_top,
+                 pad_left, dil_h, dil_w, oh, ow, chunk, kc, ldc, ws)
