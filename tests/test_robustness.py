@@ -163,3 +163,21 @@ def test_every_algorithm_keeps_extra_memory_small_on_a_large_layer():
         finally:
             tracemalloc.stop()
         assert extra < 64 * 2**20, (name, extra)
+
+
+@pytest.mark.parametrize("cap", [4096, 64 << 10])
+def test_im2col_under_a_small_workspace_cap_is_exact_and_within_it(cap):
+    rng = np.random.default_rng(3)
+    x = rng.integers(-4, 5, (2, 24, 13, 11)).astype(np.float32)
+    w = rng.integers(-4, 5, (16, 12, 3, 5)).astype(np.float32)
+    b = rng.integers(-4, 5, 16).astype(np.float32)
+    kw = dict(stride=(1, 2), padding=(2, 1), dilation=(2, 1), groups=2)
+    problem = numbaconv.ConvProblem.for_conv(x.shape, w.shape, **kw)
+    old = im2col.get_workspace_limit()
+    im2col.set_workspace_limit(cap)
+    try:
+        assert im2col.workspace_bytes(problem) <= cap
+        y = numbaconv.conv2d(x, w, b, algorithm="im2col", **kw)
+    finally:
+        im2col.set_workspace_limit(old)
+    assert np.array_equal(y, reference.conv2d(x, w, b, **kw))
