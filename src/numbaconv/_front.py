@@ -167,12 +167,19 @@ def available_memory():
     return None
 
 
+# Allocations below this size are not checked: reading the kernel's figure costs about 20 us,
+# more than a small convolution.
+_CHECK_FROM = 64 << 20
+
+
 def check_fits(nbytes, what):
     """Raise MemoryError, naming the size, if ``nbytes`` cannot be allocated here.
 
     With memory overcommit an oversized ``np.empty`` succeeds and the process is killed later,
     when the pages are touched; asking first turns that into an ordinary exception.
     """
+    if nbytes < _CHECK_FROM:
+        return
     available = available_memory()
     if available is not None and nbytes > available:
         raise MemoryError(f"{what} needs {nbytes / 2**30:.2f} GiB but only "

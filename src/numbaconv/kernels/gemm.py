@@ -922,13 +922,32 @@ def _tile_cfunc(dtype):
     return f
 
 
+@intrinsic
+def _call_tile(typingctx, address, t, xf, wf, bias, of, prm, offs, phases, band, bp, pc):
+    """Call the C function at ``address`` (:func:`_conv_tile`'s signature) with ``t`` and the
+    arrays' data pointers. An integer address costs nothing to pass in; a function object
+    argument costs Numba a typing step on every call (tens of microseconds)."""
+    sig = types.void(address, t, xf, wf, bias, of, prm, offs, phases, band, bp, pc)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        ptrs = [context.make_array(ty)(context, builder, v).data
+                for ty, v in zip(signature.args[2:], args[2:])]
+        fnty = ir.FunctionType(ir.VoidType(), [i64] + [p.type for p in ptrs])
+        fn = builder.inttoptr(args[0], fnty.as_pointer())
+        builder.call(fn, [args[1]] + ptrs)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @parallel_kernel
 def _conv_driver(tile, xf, wf, bias, of, prm, offs, phases, ws_band, ws_b, ws_pc):
     n_tiles = prm[0] * prm[11] * prm[16] * prm[17]      # images x groups x panel blocks x M blocks
     for t in prange(n_tiles):
         tid = numba.get_thread_id()
-        tile(np.int64(t), xf.ctypes, wf.ctypes, bias.ctypes, of.ctypes, prm.ctypes, offs.ctypes,
-             phases.ctypes, ws_band[tid].ctypes, ws_b[tid].ctypes, ws_pc[tid].ctypes)
+        _call_tile(tile, np.int64(t), xf, wf, bias, of, prm, offs, phases, ws_band[tid],
+                   ws_b[tid], ws_pc[tid])
 
 
 def _is_plain_gemm(kh, kw, sh, sw, pt, pl, oh, ow, h, wd):
@@ -1054,7 +1073,7 @@ def conv2d_implicit_gemm_packed(x, pw, b, out, stride_h, stride_w, pad_top, pad_
                     p.plain, pw.panels, _IN_PLACE, xf.size, pw.data.size, b.size, of.size,
                     p.offs.size, p.phases.shape[0], ws_band.shape[1], ws_b.shape[1],
                     ws_pc.shape[2]], dtype=np.int64)
-    _conv_driver(_tile_cfunc(x.dtype), xf, pw.data, b, of, prm, p.offs, p.phases,
+    _conv_driver(_tile_cfunc(x.dtype).address, xf, pw.data, b, of, prm, p.offs, p.phases,
                  ws_band, ws_b, ws_pc)
 
 
