@@ -133,7 +133,7 @@ ALGORITHMS = (
                 "multiplier, stride, dilation"),
     Algorithm(
         name="gemm", transposed=False, run=_gemm_run, size_invariant=True,
-        summary="implicit GEMM: im2col panels packed on the fly for a 12x32 register-tiled "
+        summary="implicit GEMM: im2col panels packed on the fly for an 8x32 register-tiled "
                 "AVX-512 micro-kernel; 1x1 stride-1 reads the input in place"),
     Algorithm(
         name="direct", transposed=False, run=_direct_run,
