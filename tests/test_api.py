@@ -256,7 +256,7 @@ def test_explain_reports_choice_and_reasons():
 
 def test_unknown_algorithm_and_unsupported_forcing(rng):
     x, w = _ints(rng, (1, 2, 5, 5)), _ints(rng, (2, 2, 3, 3))
-    with pytest.raises(ValueError, match="algorithm must be 'auto' or one of"):
+    with pytest.raises(ValueError, match="algorithm must be 'auto', 'tune' or one of"):
         numbaconv.conv2d(x, w, algorithm="winograd_f99")
     with pytest.raises(numbaconv.UnsupportedAlgorithm, match="has no transposed convolution"):
         numbaconv.conv_transpose2d(x, w, algorithm="im2col")

@@ -40,7 +40,7 @@ WT = np.zeros((4, 3, 3, 3), np.float32)   # transposed weight
     (dict(weight=np.zeros((6, 2, 0, 3))), ValueError, "kernel size must be >= 1"),
     (dict(input=np.zeros((1, 4, 0, 8))), ValueError, "input spatial size must be >= 1"),
     (dict(input=np.zeros((1, 4, 8, 8), complex)), TypeError, "complex"),
-    (dict(algorithm="fastest"), ValueError, "algorithm must be 'auto' or one of"),
+    (dict(algorithm="fastest"), ValueError, "algorithm must be 'auto', 'tune' or one of"),
 ])
 def test_conv2d_errors(kwargs, error, match):
     args = dict(input=X, weight=W, groups=2)

@@ -227,6 +227,10 @@ def _convolve(fname, x, weight, bias, *, transposed, stride, padding, dilation, 
     # The in-memory function on an empty batch validates every argument with its own rules and
     # messages and gives the computation dtype, without computing anything.
     probe = np.empty((0,) + x.shape[1:], x.dtype)
+    if algorithm == "tune":
+        raise ValueError("numbaconv.dask: algorithm='tune' is not supported: blocks of different "
+                         "shapes could be tuned to different algorithms; tune the in-memory call "
+                         "and pass the name it chose (numbaconv.tuning.choices())")
     common = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
                   algorithm=algorithm)
     if transposed:

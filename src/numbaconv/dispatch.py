@@ -217,7 +217,7 @@ def get(name, problem):
     if name == "auto":
         name = auto_choice(problem)
     if name not in names():
-        raise ValueError(f"algorithm must be 'auto' or one of {names()}, got {name!r}")
+        raise ValueError(f"algorithm must be 'auto', 'tune' or one of {names()}, got {name!r}")
     for a in ALGORITHMS:
         if a.name == name and a.transposed == problem.transposed:
             reason = a.why_not(problem)

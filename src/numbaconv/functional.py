@@ -7,14 +7,16 @@ an algorithm and hand it plain arrays.
 
 import numpy as np
 
-from . import _threads, dispatch
+from . import _threads, dispatch, tuning
 from ._front import as_array, compute_dtype, output_array, output_padding_for, prepare
 from .problem import ConvProblem
 
 _ALGORITHM_DOC = """algorithm : str, optional
-        ``'auto'`` (default) or the name of an algorithm (see :func:`explain` and
-        ``numbaconv.dispatch.ALGORITHMS``); a forced algorithm that cannot compute the problem
-        raises :class:`~numbaconv.dispatch.UnsupportedAlgorithm` with the reason."""
+        ``'auto'`` (default), ``'tune'`` (time every exact algorithm on the first call of each
+        problem and use the fastest from then on, see :mod:`numbaconv.tuning`) or the name of an
+        algorithm (see :func:`explain` and ``numbaconv.dispatch.ALGORITHMS``); a forced
+        algorithm that cannot compute the problem raises
+        :class:`~numbaconv.dispatch.UnsupportedAlgorithm` with the reason."""
 
 
 def _run(prepared, algorithm, out):
@@ -26,11 +28,29 @@ def _run(prepared, algorithm, out):
         x = x.reshape(x.shape[:2] + (1,) + x.shape[2:])
         w = w.reshape(w.shape[:2] + (1,) + w.shape[2:])
         batched = batched.reshape(problem.output_shape)
-    chosen = dispatch.get(algorithm, problem)
+    if algorithm == "tune":
+        chosen = _tuned(problem, x, w, b, batched)
+    else:
+        chosen = dispatch.get(algorithm, problem)
     if problem.batch:
         with _threads.launch():
             chosen.run(problem, x, w, b, batched)
     return result
+
+
+def _tuned(problem, x, w, b, out):
+    """The algorithm :mod:`numbaconv.tuning` finds fastest for ``problem`` (timing the exact
+    kernels on these arrays the first time), or ``auto``'s when there is nothing to time."""
+    names = [a.name for a in dispatch.ALGORITHMS
+             if a.name != "reference" and a.exact and a.why_not(problem) is None]
+    if not problem.batch or len(names) < 2:
+        return dispatch.get("auto", problem)
+
+    def run(name):
+        with _threads.launch():
+            dispatch.get(name, problem).run(problem, x, w, b, out)
+
+    return dispatch.get(tuning.choose(problem, run, names), problem)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
