@@ -6,7 +6,7 @@
 ((1, 8, 30, 30), dtype('float32'))
 """
 
-from . import reference, shapes, tuning
+from . import grad, reference, shapes, tuning
 from ._compile import precompile
 from ._threads import get_num_threads, num_threads, set_num_threads
 from .dispatch import UnsupportedAlgorithm
@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "explain", "algorithms",
-    "ConvProblem", "UnsupportedAlgorithm", "reference", "shapes", "tuning",
+    "ConvProblem", "UnsupportedAlgorithm", "reference", "shapes", "tuning", "grad",
     "set_num_threads", "get_num_threads", "num_threads", "precompile",
     "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "summary", "Summary",
 ]

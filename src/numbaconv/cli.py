@@ -3,6 +3,7 @@
 ``numbaconv bench``: numbaconv against NumPy, PyTorch and ONNX Runtime on real layers.
 ``numbaconv demo``: convolve the built-in real network layers and print, for each, the output
 shape, parameters, MACs and FLOPs, the algorithm ``auto`` picks, and the measured speed.
+``numbaconv bench-grad``: forward + backward against torch autograd (:mod:`numbaconv.grad_bench`).
 ``numbaconv shape`` / ``numbaconv summary``: shapes and costs of layer specs or a built-in model
 (see :mod:`numbaconv.shape_cli`).
 """
@@ -77,6 +78,12 @@ def bench(args):
     return 0
 
 
+def _bench_grad(args):
+    from .grad_bench import main as run
+
+    return run(args)
+
+
 def main(argv=None):
     from .bench import PEER_NAMES
 
@@ -108,6 +115,15 @@ def main(argv=None):
     p_demo.add_argument("layers", nargs="*", help="layer names (default: the whole suite)")
     p_demo.add_argument("--repeats", type=int, default=5, help="timed calls per layer")
     p_demo.set_defaults(func=demo)
+    p_grad = sub.add_parser(
+        "bench-grad", help="time forward + backward against torch autograd on ResNet layers")
+    from .grad_bench import LAYERS as GRAD_LAYERS
+    p_grad.add_argument("layers", nargs="*", choices=[[]] + sorted(GRAD_LAYERS),
+                        help="layers (default: all)")
+    p_grad.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p_grad.add_argument("--threads", type=int, default=2)
+    p_grad.add_argument("--min-time", type=float, default=0.3)
+    p_grad.set_defaults(func=_bench_grad)
     from .shape_cli import register
     register(sub)
     args = parser.parse_args(argv)

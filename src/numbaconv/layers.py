@@ -344,6 +344,68 @@ class _ConvLayer:
         width = ((0, 0),) * (x.ndim - self._nd) + tuple(pairs)
         return np.pad(x, width, mode=_PAD_MODES[self.padding_mode])
 
+    def backward(self, grad_output, input=None):
+        """Gradients ``(dL/dinput, dL/dweight, dL/dbias)`` for ``grad_output = dL/d(output)``.
+
+        ``input`` defaults to the input of the layer's last call (kept by reference, not copied:
+        pass it explicitly if it was modified since). ``dL/dbias`` is None without a bias. With
+        ``padding_mode`` other than zeros, the gradient of the padded input is folded back onto
+        the positions each padded element copies (as torch's autograd does).
+
+        >>> import numpy as np, numbaconv
+        >>> layer = numbaconv.Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(0))
+        >>> x = np.ones((2, 3, 8, 8), np.float32)
+        >>> dx, dw, db = layer.backward(np.ones(layer(x).shape, np.float32))
+        >>> dx.shape, dw.shape, db.shape
+        ((2, 3, 8, 8), (4, 3, 3, 3), (4,))
+        """
+        from . import grad
+
+        x = getattr(self, "_last_input", None) if input is None else input
+        if x is None:
+            raise ValueError(f"{self!r}.backward: no input: call the layer first or pass input=")
+        x = as_array(x, "input")
+        g = as_array(grad_output, "grad_output")
+        bias = self._bias is not None
+        nd = self._nd
+        if self.transposed:
+            from ._front import output_padding_for
+
+            batched, _ = self._batched(x.shape)
+            op = output_padding_for(g.shape[-nd:], nd, batched, self.weight_shape, self.stride,
+                                    self.padding, self.dilation)
+            vjp = grad.conv_transpose2d_vjp if nd == 2 else grad.conv_transpose1d_vjp
+            return vjp(x, self._weight, g, self.stride, self.padding, op, self.groups,
+                       self.dilation, bias=bias)
+        vjp = grad.conv2d_vjp if nd == 2 else grad.conv1d_vjp
+        if self.padding_mode == "zeros":
+            return vjp(x, self._weight, g, self.stride, self.padding, self.dilation, self.groups,
+                       bias=bias)
+        padded = self._pad_input(x)
+        dxp, dw, db = vjp(padded, self._weight, g, self.stride, 0, self.dilation, self.groups,
+                          bias=bias)
+        return self._fold_padding(dxp, x.shape), dw, db
+
+    def _fold_padding(self, grad_padded, shape):
+        """Sum the gradient of the padded input onto the input element each position copies."""
+        result = grad_padded
+        for axis_from_end, (lo, hi) in zip(range(self._nd, 0, -1), self._explicit_padding()):
+            axis = result.ndim - axis_from_end
+            n = shape[axis]
+            source = np.arange(-lo, n + hi)
+            if self.padding_mode == "reflect":
+                source = np.abs(source)
+                source = np.where(source >= n, 2 * (n - 1) - source, source)
+            elif self.padding_mode == "replicate":
+                source = np.clip(source, 0, n - 1)
+            else:  # circular
+                source = source % n
+            folded = np.zeros(result.shape[:axis] + (n,) + result.shape[axis + 1:],
+                              dtype=result.dtype)
+            np.add.at(folded, (slice(None),) * axis + (source,), result)
+            result = folded
+        return result
+
     # ------------------------------------------------------------------ text
 
     def extra_repr(self):
@@ -428,6 +490,7 @@ class Conv2d(_ConvLayer):
                     bias, padding_mode, 0, device, dtype, rng)
 
     def __call__(self, input):
+        self._last_input = input
         if self.padding_mode == "zeros":
             return functional.conv2d(input, self._weight, self._bias, self.stride, self.padding,
                                      self.dilation, self.groups)
@@ -454,6 +517,7 @@ class Conv1d(_ConvLayer):
                     bias, padding_mode, 0, device, dtype, rng)
 
     def __call__(self, input):
+        self._last_input = input
         if self.padding_mode == "zeros":
             return functional.conv1d(input, self._weight, self._bias, self.stride, self.padding,
                                      self.dilation, self.groups)
@@ -508,6 +572,7 @@ class ConvTranspose2d(_ConvLayer):
                     bias, padding_mode, output_padding, device, dtype, rng)
 
     def __call__(self, input, output_size=None):
+        self._last_input = input
         return functional.conv_transpose2d(input, self._weight, self._bias, self.stride,
                                            self.padding, self.output_padding, self.groups,
                                            self.dilation, output_size=output_size)
@@ -532,6 +597,7 @@ class ConvTranspose1d(_ConvLayer):
                     bias, padding_mode, output_padding, device, dtype, rng)
 
     def __call__(self, input, output_size=None):
+        self._last_input = input
         return functional.conv_transpose1d(input, self._weight, self._bias, self.stride,
                                            self.padding, self.output_padding, self.groups,
                                            self.dilation, output_size=output_size)

@@ -28,7 +28,7 @@ import numpy as np
 from ._front import output_array, prepare
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-           "conv_transpose3d", "conv_nd", "conv_transpose_nd"]
+           "conv_transpose3d", "conv_nd", "conv_transpose_nd", "conv2d_weight_grad"]
 
 
 def conv_nd(problem, x, w, b, out):
@@ -149,3 +149,31 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
     """Reference 3-D transposed convolution (``torch.nn.functional.conv_transpose3d``)."""
     return _transposed("conv_transpose3d", 3, input, weight, bias, stride, padding,
                        output_padding, groups, dilation, output_size, out)
+
+
+def conv2d_weight_grad(x, grad_out, weight_shape, stride, pad, dilation, groups):
+    """Gradient of a 2-d convolution with respect to its weight, for the tests of the kernels.
+
+    ``x`` (N, C_in, H, W) and ``grad_out`` (N, C_out, OH, OW) arrays of one dtype; ``pad`` the
+    (top, left) padding (bottom/right follow from ``OH, OW``). For each kernel offset the input
+    samples it meets form a (N, C_in, OH, OW) view of the zero-padded input, contracted with
+    ``grad_out`` over ``(n, oy, ox)`` per group by ``np.einsum`` (its own loops, no BLAS).
+    """
+    n, c_in, h, w = x.shape
+    c_out, c_in_g, kh, kw = weight_shape
+    oh, ow = grad_out.shape[2:]
+    (sh, sw), (pt, pl), (dh, dw) = stride, pad, dilation
+    need_h = (oh - 1) * sh + (kh - 1) * dh + 1
+    need_w = (ow - 1) * sw + (kw - 1) * dw + 1
+    padded = np.zeros((n, c_in, max(need_h, pt + h), max(need_w, pl + w)), dtype=x.dtype)
+    padded[:, :, pt:pt + h, pl:pl + w] = x
+    result = np.zeros(weight_shape, dtype=x.dtype)
+    c_out_g = c_out // groups
+    for ky, kx in itertools.product(range(kh), range(kw)):
+        taps = padded[:, :, ky * dh: ky * dh + (oh - 1) * sh + 1: sh,
+                      kx * dw: kx * dw + (ow - 1) * sw + 1: sw]
+        for g in range(groups):
+            result[g * c_out_g:(g + 1) * c_out_g, :, ky, kx] = np.einsum(
+                "nopq,nipq->oi", grad_out[:, g * c_out_g:(g + 1) * c_out_g],
+                taps[:, g * c_in_g:(g + 1) * c_in_g])
+    return result

@@ -1,0 +1,321 @@
+r"""Gradients of the convolutions, with the semantics of ``torch.nn.grad``.
+
+For ``y = conv2d(x, w, b, stride, padding, dilation, groups)`` and a gradient ``dy`` of a loss
+with respect to ``y``:
+
+* ``conv2d_input(x.shape, w, dy, ...)`` is :math:`\partial L/\partial x`: the transposed
+  convolution of ``dy`` with ``w`` (run by numbaconv's transposed kernels), cropped or extended to
+  ``x.shape`` (input rows and columns that no output reads get 0);
+* ``conv2d_weight(x, w.shape, dy, ...)`` is :math:`\partial L/\partial w`, a GEMM whose reduction
+  runs over the batch and the output pixels (:mod:`numbaconv.kernels.weight_grad`), parallel
+  over blocks of the gradient only, so the result does not depend on the thread count;
+* ``bias_grad(dy)`` is :math:`\partial L/\partial b = \sum_{n, y, x} dy`.
+
+``conv_transpose2d_input`` / ``conv_transpose2d_weight`` are the same for
+``y = conv_transpose2d(x, w, ...)`` (its input gradient is an ordinary convolution of ``dy``),
+the ``1d`` functions run through the 2-d ones, and the ``*_vjp`` functions return all three
+gradients at once. Every padding form the forward functions accept works here too, asymmetric
+and ``'same'`` included. Arguments are validated like the forward ones; inputs are never
+modified.
+
+>>> import numpy as np, numbaconv
+>>> x = np.ones((1, 1, 4, 4), np.float32); w = np.ones((1, 1, 3, 3), np.float32)
+>>> dy = np.ones((1, 1, 2, 2), np.float32)
+>>> numbaconv.grad.conv2d_input(x.shape, w, dy)[0, 0]
+array([[1., 2., 2., 1.],
+       [2., 4., 4., 2.],
+       [2., 4., 4., 2.],
+       [1., 2., 2., 1.]], dtype=float32)
+>>> numbaconv.grad.conv2d_weight(x, w.shape, dy)[0, 0]
+array([[4., 4., 4.],
+       [4., 4., 4.],
+       [4., 4., 4.]], dtype=float32)
+"""
+
+import numbers
+
+import numpy as np
+
+from . import _threads, functional, reference
+from ._front import _operand, as_array, compute_dtype
+from .kernels import weight_grad
+from .problem import ConvProblem
+
+__all__ = ["conv1d_input", "conv1d_weight", "conv2d_input", "conv2d_weight",
+           "conv_transpose1d_input", "conv_transpose1d_weight", "conv_transpose2d_input",
+           "conv_transpose2d_weight", "bias_grad", "conv1d_vjp", "conv2d_vjp",
+           "conv_transpose1d_vjp", "conv_transpose2d_vjp", "WEIGHT_ALGORITHMS"]
+
+#: Algorithms of the weight gradient, for ``algorithm=`` of the ``*_weight`` functions.
+WEIGHT_ALGORITHMS = ("gemm", "reference")
+
+
+def _shape_arg(value, name, nd):
+    shape = tuple(value) if isinstance(value, (tuple, list)) else None
+    if shape is None or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                                for v in shape):
+        raise TypeError(f"{name} must be a tuple of ints, got {value!r}")
+    if len(shape) not in (nd + 1, nd + 2):
+        raise ValueError(f"{name} must have {nd + 2} entries (N, C, *spatial) or {nd + 1} "
+                         f"(unbatched), got {shape}")
+    return tuple(int(v) for v in shape)
+
+
+def _grad_output(func, g, problem, unbatched):
+    """``g`` batched, contiguous, in the problem's dtype; checked against the output shape."""
+    want = problem.output_shape[1:] if unbatched else problem.output_shape
+    if g.shape != want:
+        raise ValueError(f"{func}: grad_output must have the shape of the forward output {want}, "
+                         f"got {g.shape}")
+    return _operand(g, problem.dtype, "grad_output").reshape(problem.output_shape)
+
+
+def _problem(func, nd, input_shape, weight_shape, transposed, dtype, stride, padding, dilation,
+             groups, output_padding=0):
+    if len(weight_shape) != nd + 2:
+        raise ValueError(f"{func}: weight must have {nd + 2} dimensions, got shape "
+                         f"{tuple(weight_shape)}")
+    unbatched = len(input_shape) == nd + 1
+    batched = (1,) + tuple(input_shape) if unbatched else tuple(input_shape)
+    if transposed:
+        problem = ConvProblem.for_conv_transpose(
+            batched, weight_shape, stride=stride, padding=padding, output_padding=output_padding,
+            groups=groups, dilation=dilation, dtype=dtype)
+    else:
+        problem = ConvProblem.for_conv(batched, weight_shape, stride=stride, padding=padding,
+                                       dilation=dilation, groups=groups, dtype=dtype)
+    return problem, unbatched
+
+
+def _input_grad(func, nd, input_size, weight, grad_output, transposed, stride, padding,
+                dilation, groups, output_padding, algorithm):
+    input_size = _shape_arg(input_size, "input_size", nd)
+    w = as_array(weight, "weight")
+    g = as_array(grad_output, "grad_output")
+    dtype = compute_dtype((("weight", w), ("grad_output", g)))
+    problem, unbatched = _problem(func, nd, input_size, w.shape, transposed, dtype, stride,
+                                  padding, dilation, groups, output_padding)
+    gb = _grad_output(func, g, problem, unbatched)
+    w = _operand(w, dtype, "weight")
+    if not transposed:
+        # conv_transpose2d(dy, w) covers input rows -lo ... (O-1)s + d(k-1) - lo; choose its high
+        # padding (or output padding) so that it ends exactly at the last input row
+        pads, extra = [], []
+        for i, o, k, s, d, (lo, _) in zip(problem.in_size, problem.out_size,
+                                           problem.kernel_size, problem.stride,
+                                           problem.dilation, problem.padding):
+            reach = (o - 1) * s + d * (k - 1) + 1 - lo
+            pads.append((lo, max(0, reach - i)))
+            extra.append(max(0, i - reach))
+        run = functional.conv_transpose1d if nd == 1 else functional.conv_transpose2d
+        result = run(gb, w, None, problem.stride, tuple(pads), tuple(extra), problem.groups,
+                     problem.dilation, algorithm=algorithm)
+    else:
+        # the adjoint of a transposed convolution is a convolution; it reaches at least as far
+        run = functional.conv1d if nd == 1 else functional.conv2d
+        result = run(gb, w, None, problem.stride, problem.padding, problem.dilation,
+                     problem.groups, algorithm=algorithm)
+        crop = (slice(None), slice(None)) + tuple(slice(0, i) for i in problem.in_size)
+        if result.shape[2:] != problem.in_size:
+            result = np.ascontiguousarray(result[crop])
+    return result[0] if unbatched else result
+
+
+def _weight_grad(func, nd, input, weight_size, grad_output, transposed, stride, padding,
+                 dilation, groups, output_padding, algorithm):
+    if algorithm != "auto" and algorithm not in WEIGHT_ALGORITHMS:
+        raise ValueError(f"{func}: algorithm must be 'auto' or one of {WEIGHT_ALGORITHMS}, got "
+                         f"{algorithm!r}")
+    x = as_array(input, "input")
+    g = as_array(grad_output, "grad_output")
+    weight_size = _shape_arg(weight_size, "weight_size", nd)
+    if len(weight_size) != nd + 2:
+        raise ValueError(f"{func}: weight_size must have {nd + 2} entries, got {weight_size}")
+    if x.ndim not in (nd + 1, nd + 2):
+        raise ValueError(f"{func}: input must have {nd + 2} dimensions (N, C, *spatial) or "
+                         f"{nd + 1}, got shape {x.shape}")
+    dtype = compute_dtype((("input", x), ("grad_output", g)))
+    problem, unbatched = _problem(func, nd, x.shape, weight_size, transposed, dtype, stride,
+                                  padding, dilation, groups, output_padding)
+    gb = _grad_output(func, g, problem, unbatched)
+    xb = _operand(x, dtype, "input").reshape(problem.input_shape)
+    if transposed:
+        # y[n, co, i*s - p + k*d] += x[n, ci, i] w[ci, co, k]: the weight gradient of the
+        # forward convolution of dy (as input) producing x (as output gradient)
+        fwd_in, fwd_grad = gb, xb
+    else:
+        fwd_in, fwd_grad = xb, gb
+    (pt, _), (pl, _) = ((0, 0),) * (2 - nd) + tuple(problem.padding)
+    sh, sw = ((1,) * (2 - nd)) + tuple(problem.stride)
+    dh, dw = ((1,) * (2 - nd)) + tuple(problem.dilation)
+    lift = (lambda a: a.reshape(a.shape[:2] + (1,) + a.shape[2:])) if nd == 1 else (lambda a: a)
+    shape2d = lift(np.empty((0,) * 2 + tuple(weight_size[2:]))).shape[2:]
+    w_shape = tuple(weight_size[:2]) + shape2d
+    if algorithm == "reference":
+        dw_ = reference.conv2d_weight_grad(lift(fwd_in), lift(fwd_grad), w_shape, (sh, sw),
+                                           (pt, pl), (dh, dw), problem.groups)
+    else:
+        with _threads.launch():
+            dw_ = weight_grad.conv2d_weight_grad(lift(fwd_in), lift(fwd_grad), w_shape, sh, sw,
+                                                 pt, pl, dh, dw, problem.groups)
+    return dw_.reshape(weight_size)
+
+
+def bias_grad(grad_output):
+    """``dL/db[c] = sum_{n, *spatial} grad_output[n, c, ...]`` for a batched
+    ``(N, C, *spatial)`` gradient (NumPy's pairwise sum: fixed order)."""
+    g = as_array(grad_output, "grad_output")
+    if g.ndim < 3:
+        raise ValueError(f"grad_output must be batched, (N, C, *spatial), got shape {g.shape}")
+    dtype = compute_dtype((("grad_output", g),))
+    return g.astype(dtype, copy=False).sum(axis=(0,) + tuple(range(2, g.ndim)))
+
+
+def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                 algorithm="auto"):
+    """Gradient of :func:`numbaconv.conv2d` with respect to its input.
+
+    Parameters
+    ----------
+    input_size : tuple of int
+        Shape of the forward input, ``(N, C_in, H, W)`` or ``(C_in, H, W)``.
+    weight : array_like, shape (C_out, C_in / groups, kH, kW)
+    grad_output : array_like, shape of the forward output
+    stride, padding, dilation, groups
+        As in the forward call.
+    algorithm : str
+        A transposed-convolution algorithm (``'auto'``, ``'direct'``, ``'gemm'``,
+        ``'reference'``).
+
+    Returns
+    -------
+    numpy.ndarray, shape ``input_size``
+        ``dx[n, g*C_in/G + ci, iy, ix] = sum_{co in g, ky, kx} w[co, ci, ky, kx] *
+        dy[n, co, oy, ox]`` over the outputs with ``oy*s_h - p_t + ky*d_h = iy`` (and the same for
+        columns).
+    """
+    return _input_grad("conv2d_input", 2, input_size, weight, grad_output, False, stride,
+                       padding, dilation, groups, 0, algorithm)
+
+
+def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                  algorithm="auto"):
+    """Gradient of :func:`numbaconv.conv2d` with respect to its weight.
+
+    Parameters
+    ----------
+    input : array_like, shape (N, C_in, H, W) or (C_in, H, W)
+    weight_size : tuple of int, ``(C_out, C_in / groups, kH, kW)``
+    grad_output : array_like, shape of the forward output
+    stride, padding, dilation, groups
+        As in the forward call.
+    algorithm : str
+        ``'auto'`` or one of :data:`WEIGHT_ALGORITHMS`.
+
+    Returns
+    -------
+    numpy.ndarray, shape ``weight_size``
+        ``dw[co, ci, ky, kx] = sum_{n, oy, ox} dy[n, co, oy, ox] *
+        x[n, g*C_in/G + ci, oy*s_h - p_t + ky*d_h, ox*s_w - p_l + kx*d_w]`` (zero padding),
+        summed over ``n``, then output pixels in row-major order.
+    """
+    return _weight_grad("conv2d_weight", 2, input, weight_size, grad_output, False, stride,
+                        padding, dilation, groups, 0, algorithm)
+
+
+def conv1d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                 algorithm="auto"):
+    """Gradient of :func:`numbaconv.conv1d` with respect to its input; see :func:`conv2d_input`."""
+    return _input_grad("conv1d_input", 1, input_size, weight, grad_output, False, stride,
+                       padding, dilation, groups, 0, algorithm)
+
+
+def conv1d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                  algorithm="auto"):
+    """Gradient of :func:`numbaconv.conv1d` with respect to its weight; see
+    :func:`conv2d_weight`."""
+    return _weight_grad("conv1d_weight", 1, input, weight_size, grad_output, False, stride,
+                        padding, dilation, groups, 0, algorithm)
+
+
+def conv_transpose2d_input(input_size, weight, grad_output, stride=1, padding=0,
+                           output_padding=0, groups=1, dilation=1, *, algorithm="auto"):
+    """Gradient of :func:`numbaconv.conv_transpose2d` with respect to its input: the forward
+    convolution of ``grad_output`` with the same weight (algorithm: a forward one)."""
+    return _input_grad("conv_transpose2d_input", 2, input_size, weight, grad_output, True,
+                       stride, padding, dilation, groups, output_padding, algorithm)
+
+
+def conv_transpose2d_weight(input, weight_size, grad_output, stride=1, padding=0,
+                            output_padding=0, groups=1, dilation=1, *, algorithm="auto"):
+    """Gradient of :func:`numbaconv.conv_transpose2d` with respect to its weight
+    ``(C_in, C_out / groups, kH, kW)``: ``dw[ci, co, ky, kx] = sum_{n, iy, ix} x[n, ci, iy, ix] *
+    dy[n, g*C_out/G + co, iy*s_h - p_t + ky*d_h, ix*s_w - p_l + kx*d_w]``."""
+    return _weight_grad("conv_transpose2d_weight", 2, input, weight_size, grad_output, True,
+                        stride, padding, dilation, groups, output_padding, algorithm)
+
+
+def conv_transpose1d_input(input_size, weight, grad_output, stride=1, padding=0,
+                           output_padding=0, groups=1, dilation=1, *, algorithm="auto"):
+    """Gradient of :func:`numbaconv.conv_transpose1d` with respect to its input."""
+    return _input_grad("conv_transpose1d_input", 1, input_size, weight, grad_output, True,
+                       stride, padding, dilation, groups, output_padding, algorithm)
+
+
+def conv_transpose1d_weight(input, weight_size, grad_output, stride=1, padding=0,
+                            output_padding=0, groups=1, dilation=1, *, algorithm="auto"):
+    """Gradient of :func:`numbaconv.conv_transpose1d` with respect to its weight."""
+    return _weight_grad("conv_transpose1d_weight", 1, input, weight_size, grad_output, True,
+                        stride, padding, dilation, groups, output_padding, algorithm)
+
+
+def _bias_of(grad_output, nd, unbatched_ndim):
+    """:func:`bias_grad` of a batched or an unbatched (``unbatched_ndim`` dimensions) gradient."""
+    g = as_array(grad_output, "grad_output")
+    return bias_grad(g[None] if g.ndim == unbatched_ndim else g)
+
+
+def conv2d_vjp(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+               bias=True):
+    """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv2d` (``dL/dbias`` is None
+    when ``bias`` is false).
+
+    >>> import numpy as np, numbaconv
+    >>> x, w = np.ones((2, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32)
+    >>> dx, dw, db = numbaconv.grad.conv2d_vjp(x, w, np.ones((2, 4, 6, 6), np.float32))
+    >>> dx.shape, dw.shape, db.tolist()
+    ((2, 3, 8, 8), (4, 3, 3, 3), [72.0, 72.0, 72.0, 72.0])
+    """
+    x, w = as_array(input, "input"), as_array(weight, "weight")
+    hp = (stride, padding, dilation, groups)
+    return (conv2d_input(x.shape, w, grad_output, *hp), conv2d_weight(x, w.shape, grad_output, *hp),
+            _bias_of(grad_output, 2, 3) if bias else None)
+
+
+def conv1d_vjp(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+               bias=True):
+    """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv1d`."""
+    x, w = as_array(input, "input"), as_array(weight, "weight")
+    hp = (stride, padding, dilation, groups)
+    return (conv1d_input(x.shape, w, grad_output, *hp), conv1d_weight(x, w.shape, grad_output, *hp),
+            _bias_of(grad_output, 1, 2) if bias else None)
+
+
+def conv_transpose2d_vjp(input, weight, grad_output, stride=1, padding=0, output_padding=0,
+                         groups=1, dilation=1, *, bias=True):
+    """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv_transpose2d`."""
+    x, w = as_array(input, "input"), as_array(weight, "weight")
+    hp = (stride, padding, output_padding, groups, dilation)
+    return (conv_transpose2d_input(x.shape, w, grad_output, *hp),
+            conv_transpose2d_weight(x, w.shape, grad_output, *hp),
+            _bias_of(grad_output, 2, 3) if bias else None)
+
+
+def conv_transpose1d_vjp(input, weight, grad_output, stride=1, padding=0, output_padding=0,
+                         groups=1, dilation=1, *, bias=True):
+    """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv_transpose1d`."""
+    x, w = as_array(input, "input"), as_array(weight, "weight")
+    hp = (stride, padding, output_padding, groups, dilation)
+    return (conv_transpose1d_input(x.shape, w, grad_output, *hp),
+            conv_transpose1d_weight(x, w.shape, grad_output, *hp),
+            _bias_of(grad_output, 1, 2) if bias else None)

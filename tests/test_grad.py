@@ -1,0 +1,225 @@
+"""Gradients: exact adjoint identities on integer data, the weight-gradient kernel against the
+reference, torch.autograd on random data within forward error bounds, determinism, errors."""
+
+import numpy as np
+import pytest
+
+import numbaconv
+from numbaconv import grad, reference
+
+from cases import all_cases, forward_corner_cases, transposed_corner_cases
+
+CASES = forward_corner_cases() + transposed_corner_cases() + all_cases(40)[29:]
+
+
+def _forward(case, x, w, b=None):
+    fn = numbaconv.conv_transpose2d if case.transposed else numbaconv.conv2d
+    return fn(x, w, b, **case.kwargs)
+
+
+def _grads(case, x, w, g, **kw):
+    if case.transposed:
+        return (grad.conv_transpose2d_input(x.shape, w, g, **case.kwargs, **kw),
+                grad.conv_transpose2d_weight(x, w.shape, g, **case.kwargs, **kw))
+    return (grad.conv2d_input(x.shape, w, g, **case.kwargs, **kw),
+            grad.conv2d_weight(x, w.shape, g, **case.kwargs, **kw))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_adjoint_identities_are_exact(case, rng):
+    """<conv(x, w), g> == <x, dx(g, w)> == <w, dw(x, g)>, exactly, on integer data."""
+    x, w, _ = case.arrays(rng)
+    y = _forward(case, x, w)
+    g = rng.integers(-4, 5, y.shape).astype(y.dtype)
+    dx, dw = _grads(case, x, w, g)
+    assert dx.shape == x.shape and dw.shape == w.shape
+    assert dx.dtype == dw.dtype == y.dtype
+    inner = np.sum(y.astype(np.float64) * g)
+    assert np.sum(x.astype(np.float64) * dx) == inner
+    assert np.sum(w.astype(np.float64) * dw) == inner
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_weight_kernel_equals_the_reference(case, rng):
+    x, w, _ = case.arrays(rng)
+    g = rng.integers(-4, 5, _forward(case, x, w).shape).astype(x.dtype)
+    fn = grad.conv_transpose2d_weight if case.transposed else grad.conv2d_weight
+    fast = fn(x, w.shape, g, **case.kwargs)
+    slow = fn(x, w.shape, g, **case.kwargs, algorithm="reference")
+    assert np.array_equal(fast, slow)
+
+
+@pytest.mark.parametrize("algorithm", ["direct", "gemm", "reference"])
+def test_input_gradient_algorithms_agree(algorithm, rng):
+    for case in forward_corner_cases():
+        x, w, _ = case.arrays(rng)
+        g = rng.integers(-4, 5, _forward(case, x, w).shape).astype(x.dtype)
+        dx = grad.conv2d_input(x.shape, w, g, **case.kwargs, algorithm=algorithm)
+        assert np.array_equal(dx, grad.conv2d_input(x.shape, w, g, **case.kwargs))
+
+
+def test_unbatched_and_1d(rng):
+    x = rng.integers(-4, 5, (3, 17)).astype(np.float32)
+    w = rng.integers(-4, 5, (4, 3, 3)).astype(np.float32)
+    kw = dict(stride=2, padding=((2, 0),), dilation=2)
+    y = numbaconv.conv1d(x, w, **kw)
+    g = rng.integers(-4, 5, y.shape).astype(np.float32)
+    dx, dw, db = grad.conv1d_vjp(x, w, g, **kw)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (4,)
+    inner = np.sum(y * g, dtype=np.float64)
+    assert np.sum(x * dx, dtype=np.float64) == inner == np.sum(w * dw, dtype=np.float64)
+    assert np.array_equal(db, g.sum(axis=1))
+    # transposed 1-d, batched
+    xt = rng.integers(-4, 5, (2, 3, 9)).astype(np.float64)
+    wt = rng.integers(-4, 5, (3, 2, 4)).astype(np.float64)
+    yt = numbaconv.conv_transpose1d(xt, wt, stride=3, padding=1, output_padding=2)
+    gt = rng.integers(-4, 5, yt.shape).astype(np.float64)
+    dxt, dwt, dbt = grad.conv_transpose1d_vjp(xt, wt, gt, stride=3, padding=1, output_padding=2)
+    assert np.sum(xt * dxt) == np.sum(yt * gt) == np.sum(wt * dwt)
+    assert np.array_equal(dbt, gt.sum(axis=(0, 2)))
+
+
+def _torch_grads(case, x, w, b, g):
+    """torch.autograd's gradients in float64. Asymmetric padding, which torch lacks, is an
+    explicit zero pad of the input (forward) or a crop of the unpadded result (transposed)."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    tw = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    tb = None if b is None else torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    p = case.problem
+    hp = dict(stride=p.stride, dilation=p.dilation, groups=p.groups)
+    (t, bo), (le, r) = p.padding
+    if case.transposed:
+        full = F.conv_transpose2d(tx, tw, None, padding=0, output_padding=p.output_padding, **hp)
+        y = full[:, :, t:t + p.out_size[0], le:le + p.out_size[1]]
+    else:
+        y = F.conv2d(F.pad(tx, (le, r, t, bo)), tw, None, padding=0, **hp)
+    if tb is not None:
+        y = y + tb[:, None, None]
+    y.backward(torch.tensor(g, dtype=torch.float64))
+    return tx.grad.numpy(), tw.grad.numpy(), None if tb is None else tb.grad.numpy()
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_against_torch_autograd_within_the_error_bound(case, rng):
+    """Random data: |ours - exact| <= 2 * k * u * (the same sums over absolute values), with
+    torch in float64 standing in for the exact gradients."""
+    x, w, b = case.arrays(rng, kind="normal")
+    g = rng.standard_normal(_forward(case, x, w).shape).astype(x.dtype)
+    want = _torch_grads(case, x, w, b, g)
+    dx, dw = _grads(case, x, w, g)
+    u = np.finfo(x.dtype).eps
+    ax, aw = _grads(case, np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
+                    np.abs(g).astype(np.float64))
+    p = case.problem
+    k_in = p.out_channels // p.groups * int(np.prod(p.kernel_size))
+    k_w = p.batch * int(np.prod(p.out_size if not p.transposed else p.in_size))
+    assert np.all(np.abs(dx - want[0]) <= 2 * k_in * u * ax + 1e-300)
+    assert np.all(np.abs(dw - want[1]) <= 2 * k_w * u * aw + 1e-300)
+    if b is not None:
+        db = grad.bias_grad(g)
+        assert np.allclose(db, want[2], rtol=0, atol=2 * k_w * u * np.abs(g).sum() + 1e-300)
+
+
+def test_results_do_not_depend_on_the_thread_count(rng):
+    x = rng.standard_normal((3, 24, 19, 21)).astype(np.float32)
+    w = rng.standard_normal((40, 12, 3, 3)).astype(np.float32)
+    g = rng.standard_normal((3, 40, 10, 11)).astype(np.float32)
+    kw = dict(stride=2, padding=1, groups=2)
+    runs = []
+    for threads in (1, 2, 2):
+        with numbaconv.num_threads(threads):
+            runs.append((grad.conv2d_input(x.shape, w, g, **kw), grad.conv2d_weight(x, w.shape, g, **kw)))
+    for dx, dw in runs[1:]:
+        assert np.array_equal(dx, runs[0][0]) and np.array_equal(dw, runs[0][1])
+
+
+def test_inputs_are_not_modified(rng):
+    x = rng.standard_normal((2, 4, 9, 9))
+    w = rng.standard_normal((6, 4, 3, 3))
+    g = rng.standard_normal((2, 6, 9, 9))
+    copies = [a.copy() for a in (x, w, g)]
+    grad.conv2d_vjp(x, w, g, padding="same")
+    assert all(np.array_equal(a, c) for a, c in zip((x, w, g), copies))
+
+
+def test_reference_weight_gradient_by_hand():
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    g = np.ones((1, 1, 2, 2))
+    dw = reference.conv2d_weight_grad(x, g, (1, 1, 2, 2), (1, 1), (0, 0), (1, 1), 1)
+    assert dw[0, 0].tolist() == [[0 + 1 + 3 + 4, 1 + 2 + 4 + 5], [3 + 4 + 6 + 7, 4 + 5 + 7 + 8]]
+
+
+@pytest.mark.parametrize("call, rule", [
+    (lambda: grad.conv2d_input((1, 3, 8, 8), np.ones((4, 3, 3, 3)), np.ones((1, 4, 5, 6))),
+     "grad_output must have the shape of the forward output"),
+    (lambda: grad.conv2d_input([1, 3, 8.0, 8], np.ones((4, 3, 3, 3)), np.ones((1, 4, 6, 6))),
+     "input_size must be a tuple of ints"),
+    (lambda: grad.conv2d_input((3, 8), np.ones((4, 3, 3, 3)), np.ones((1, 4, 6, 6))),
+     "input_size must have 4 entries"),
+    (lambda: grad.conv2d_weight(np.ones((1, 3, 8, 8)), (4, 3, 3, 3), np.ones((1, 4, 6, 6)),
+                                algorithm="fast"), "algorithm must be 'auto' or one of"),
+    (lambda: grad.conv2d_weight(np.ones((1, 3, 8, 8)), (4, 2, 3, 3), np.ones((1, 4, 6, 6))),
+     "expects 2 input channels"),
+    (lambda: grad.conv2d_weight(np.ones((1, 3, 8, 8)), (4, 3, 3, 3), np.ones((1, 4, 6, 6)),
+                                groups=2), "divisible by groups"),
+    (lambda: grad.bias_grad(np.ones((4, 6))), "grad_output must be batched"),
+])
+def test_errors_name_the_rule(call, rule):
+    with pytest.raises((ValueError, TypeError), match=rule):
+        call()
+
+
+def test_layer_backward_matches_the_functions(rng):
+    layer = numbaconv.Conv2d(3, 5, 3, stride=2, padding=1, rng=rng)
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    y = layer(x)
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, db = layer.backward(g)
+    want = grad.conv2d_vjp(x, layer.weight, g, stride=2, padding=1)
+    for a, b in zip((dx, dw, db), want):
+        assert np.array_equal(a, b)
+    up = numbaconv.ConvTranspose2d(5, 2, 4, stride=2, padding=1, bias=False, rng=rng)
+    z = up(y)
+    dz = rng.standard_normal(z.shape).astype(np.float32)
+    dy, dwt, dbt = up.backward(dz, y)
+    assert dbt is None and dy.shape == y.shape and dwt.shape == up.weight.shape
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_layer_backward_through_padding_modes(mode, rng):
+    torch = pytest.importorskip("torch")
+    layer = numbaconv.Conv2d(2, 3, 3, padding=(2, 1), padding_mode=mode, dtype=np.float64,
+                             rng=rng)
+    x = rng.standard_normal((2, 2, 7, 6))
+    y = layer(x)
+    g = rng.standard_normal(y.shape)
+    dx, dw, db = layer.backward(g)
+    tl = torch.nn.Conv2d(2, 3, 3, padding=(2, 1), padding_mode=mode, dtype=torch.float64)
+    tl.load_state_dict({k: torch.tensor(v) for k, v in layer.state_dict().items()})
+    tx = torch.tensor(x, requires_grad=True)
+    tl(tx).backward(torch.tensor(g))
+    assert np.allclose(dx, tx.grad.numpy(), rtol=1e-12, atol=1e-12)
+    assert np.allclose(dw, tl.weight.grad.numpy(), rtol=1e-12, atol=1e-12)
+    assert np.allclose(db, tl.bias.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_backward_without_a_forward_call_says_so():
+    layer = numbaconv.Conv2d(1, 1, 3)
+    with pytest.raises(ValueError, match="no input"):
+        layer.backward(np.ones((1, 1, 2, 2)))
+
+
+def test_training_example_learns():
+    """A short run of examples/train_cnn.py: loss falls and accuracy beats chance clearly."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "examples" / "train_cnn.py"
+    spec = importlib.util.spec_from_file_location("train_cnn", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    acc, losses = module.train(epochs=3, train_count=3000, test_count=500, log=lambda *a: None)
+    assert acc > 0.3
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
