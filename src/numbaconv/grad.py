@@ -97,7 +97,13 @@ def _input_grad(func, nd, input_size, weight, grad_output, transposed, stride, p
                                   padding, dilation, groups, output_padding)
     gb = _grad_output(func, g, problem, unbatched)
     w = _operand(w, dtype, "weight")
-    if not transposed:
+    plain = (all(k == 1 for k in problem.kernel_size) and all(s == 1 for s in problem.stride)
+             and all(p == (0, 0) for p in problem.padding) and problem.groups == 1)
+    if plain and not transposed and algorithm == "auto":
+        # 1x1, stride 1, unpadded: dx = W^T dy, a forward 1x1 convolution (a plain GEMM)
+        run = functional.conv1d if nd == 1 else functional.conv2d
+        result = run(gb, np.ascontiguousarray(np.swapaxes(w, 0, 1)), None)
+    elif not transposed:
         # conv_transpose2d(dy, w) covers input rows -lo ... (O-1)s + d(k-1) - lo; choose its high
         # padding (or output padding) so that it ends exactly at the last input row
         pads, extra = [], []

@@ -5,29 +5,36 @@ For group ``g`` with ``K = C_in/groups * kH * kW`` rows ``k = (ci, ky, kx)``::
     dW[g*C_out/groups + co, ci, ky, kx] = sum_n sum_p  dY[n, g*C_out/groups + co, p] * col_n[k, p]
 
 where ``p`` runs over the output pixels and ``col_n`` is the im2col matrix of image ``n``: a
-GEMM whose reduction runs over the batch and the pixels. numbaconv computes its transpose
-``dW_g^T (K x C_out/groups) = sum_n col_n @ dY_g[n]^T``: a parallel task owns a block of ``K``
-rows and of output channels (never a part of the reduction) and walks the images and the pixels
-in chunks, copying the chunk's im2col rows (the A operand, read in place by the micro-kernel)
-and the chunk of ``dY^T`` as NR-wide B panels, and accumulating into its block. ``dY^T`` and the
-final ``dW`` are cache-blocked transposes (about ``1/K`` and ``1/pixels`` of the work). Every
+GEMM ``dW_g (C_out/groups x K) = sum_n dY_g[n] @ col_n^T`` whose reduction runs over the batch
+and the pixels. A parallel task owns a block of the gradient (all output channels of a group, a
+block of ``K`` columns; never a part of the reduction) and walks the images and the pixels in
+chunks: it copies the chunk's im2col rows, turns them into the micro-kernel's B panels (one
+pixel per panel row), and accumulates ``dY`` (read in place as the A operand: no transpose of
+the large gradient) times those panels into its block, which lies in the result itself. Every
 gradient element is summed over ``n`` ascending, then the pixels ascending, one fused
 multiply-add each, starting from zero: the result does not depend on the blocking or on the
 number of threads.
+
+Depthwise layers (one input channel per group) have one weight row per channel, far too narrow
+for GEMM tiles: there each channel is a task, and each tap's gradient is a vectorised dot
+product (:func:`_vdot`, a fixed lane order) of the ``dY`` plane with the tap's im2col row.
 """
 
 import threading
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from .._jit import parallel_kernel
+from .._jit import kernel, parallel_kernel
 from . import gemm as _gemm
 from .im2col import _im2col_rows
 
 _PIXEL_CHUNK = 256     # reduction block (micro-kernel K loop): B panel 256 x 32 floats in L1
-_K_ROWS = 64           # gradient rows (im2col rows) per task: the im2col chunk stays in L2
+_K_COLS = 256          # gradient columns (im2col rows) per task: its B panels stay in L2
 _MIN_TASKS = 8         # parallel tasks wanted (2 cores; balance)
 _KEEP_BYTES = 64 << 20  # largest scratch buffer kept between calls (per Python thread)
 
@@ -51,38 +58,156 @@ def _buffer(slot, size, dtype):
     return buf
 
 
-@parallel_kernel
-def _transpose(src, dst, batch, rows, cols):
-    """``dst[b, c, r] = src[b, r, c]`` (flat arrays), in 32 x 32 tiles that stay in L1."""
-    tiles = (rows + 31) // 32
-    for t in prange(batch * tiles):
-        b = t // tiles
-        r0 = (t - b * tiles) * 32
-        r1 = min(rows, r0 + 32)
-        for c0 in range(0, cols, 32):
-            for c in range(c0, min(cols, c0 + 32)):
-                d = (b * cols + c) * rows
-                for r in range(r0, r1):
-                    dst[d + r] = src[(b * rows + r) * cols + c]
+# Vector accumulators of a dot product: independent FMA chains that hide the FMA latency.
+_DOT_CHAINS = 4
+
+
+@intrinsic
+def _vdot(typingctx, a, aoff, b, boff, n):
+    """``sum_i a[aoff + i] * b[boff + i]`` for ``i < n``, vectorised in a fixed order: element
+    ``i`` goes to lane ``i % L`` of accumulator ``(i // L) % 4`` (``L`` lanes, masked tail), then
+    the accumulators are added as ``(v0 + v1) + (v2 + v3)`` and the lanes pairwise. The order
+    depends on ``n`` only, so results are reproducible."""
+    sig = a.dtype(a, aoff, b, boff, n)
+
+    def codegen(context, builder, signature, args):
+        a_v, aoff_v, b_v, boff_v, n_v = args
+        aty = signature.args
+        fty = context.get_value_type(aty[0].dtype)
+        isz = context.get_abi_sizeof(fty)
+        lanes = _gemm._VBYTES // isz
+        vty = ir.VectorType(fty, lanes)
+        vptr = vty.as_pointer()
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        i32v = ir.VectorType(i32, lanes)
+        i1v = ir.VectorType(ir.IntType(1), lanes)
+        sfx = "v%d%s" % (lanes, "f32" if isz == 4 else "f64")
+        align = ir.Constant(i32, isz)
+        mod = builder.module
+        fma = cgutils.get_or_insert_function(mod, ir.FunctionType(vty, [vty] * 3),
+                                             "llvm.fma." + sfx)
+        mload = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(vty, [vptr, i32, i1v, vty]), "llvm.masked.load.%s.p0" % sfx)
+
+        def as64(v):
+            return builder.sext(v, i64) if v.type.width < 64 else v
+
+        def ptr(i, arr, off):
+            data = context.make_array(aty[i])(context, builder, arr).data
+            return builder.gep(data, [as64(off)])
+
+        pa, pb = ptr(0, a_v, aoff_v), ptr(2, b_v, boff_v)
+        n = as64(n_v)
+        zero = ir.Constant(vty, [0.0] * lanes)
+        step = lanes * _DOT_CHAINS
+        pre = builder.block
+        head = builder.append_basic_block("dot.head")
+        body = builder.append_basic_block("dot.body")
+        tail = builder.append_basic_block("dot.tail")
+        builder.branch(head)
+        builder.position_at_end(head)
+        i = builder.phi(i64)
+        i.add_incoming(ir.Constant(i64, 0), pre)
+        accs = []
+        for _ in range(_DOT_CHAINS):
+            phi = builder.phi(vty)
+            phi.add_incoming(zero, pre)
+            accs.append(phi)
+        builder.cbranch(builder.icmp_signed("<", i, n), body, tail)
+        builder.position_at_end(body)
+        new = []
+        for c, acc in enumerate(accs):
+            j = builder.add(i, ir.Constant(i64, c * lanes))
+            left = builder.sub(n, j)
+            left = builder.select(builder.icmp_signed(">", left, ir.Constant(i64, lanes)),
+                                  ir.Constant(i64, lanes), left)
+            left = builder.select(builder.icmp_signed("<", left, ir.Constant(i64, 0)),
+                                  ir.Constant(i64, 0), left)
+            u = ir.Constant(i32v, ir.Undefined)
+            spl = builder.shuffle_vector(
+                builder.insert_element(u, builder.trunc(left, i32), ir.Constant(i32, 0)), u,
+                ir.Constant(i32v, [0] * lanes))
+            mask = builder.icmp_signed("<", ir.Constant(i32v, list(range(lanes))), spl)
+            va = builder.call(mload, [builder.bitcast(builder.gep(pa, [j]), vptr), align, mask,
+                                      zero])
+            vb = builder.call(mload, [builder.bitcast(builder.gep(pb, [j]), vptr), align, mask,
+                                      zero])
+            new.append(builder.call(fma, [va, vb, acc]))
+        for acc, value in zip(accs, new):
+            acc.add_incoming(value, builder.block)
+        i.add_incoming(builder.add(i, ir.Constant(i64, step)), builder.block)
+        builder.branch(head)
+        builder.position_at_end(tail)
+        v = builder.fadd(builder.fadd(accs[0], accs[1]), builder.fadd(accs[2], accs[3]))
+        width = lanes
+        while width > 1:  # pairwise over the lanes: (lane j) + (lane j + width/2)
+            width //= 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(width)) +
+                                                          [0] * (lanes - width)))
+            hi = builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(width, 2 * width)) +
+                                                          [0] * (lanes - width)))
+            v = builder.fadd(lo, hi)
+        return builder.extract_element(v, ir.Constant(i32, 0))
+
+    return sig, codegen
 
 
 @parallel_kernel
-def _driver(x, gt, dwt, cout, groups, kh, kw, sh, sw, pt, pl, dh, dwl, oh, ow, kt, n_kb, ct,
-            n_cb, pc, ldcol, ws_col, ws_b):
+def _depthwise_driver(x, gf, dw, m, kh, kw, sh, sw, pt, pl, dh, dwl, oh, ow, pc, ldcol, ws_col):
+    """One task per output channel ``co`` (input channel ``co // m``): ``dW[co, tap]`` is a dot
+    product of its ``dY`` plane with the tap's im2col row, over the images and pixel chunks."""
+    nb, cin = x.shape[0], x.shape[1]
+    cout = cin * m
+    taps = kh * kw
+    npix = oh * ow
+    for co in prange(cout):
+        col = ws_col[numba.get_thread_id()]
+        for t in range(taps):
+            dw[co * taps + t] = 0
+        for n in range(nb):
+            for q0 in range(0, npix, pc):
+                q1 = min(npix, q0 + pc)
+                _im2col_rows(x, n, co // m, 0, taps, kh, kw, sh, sw, pt, pl, dh, dwl, q0, q1,
+                             ow, col, ldcol)
+                goff = (n * cout + co) * npix + q0
+                for t in range(taps):
+                    dw[co * taps + t] += _vdot(gf, goff, col, t * ldcol, q1 - q0)
+
+
+@kernel
+def _pack_columns(col, ldcol, rows, kc, bp):
+    """``bp[(j//NR)*kc*NR + p*NR + j%NR] = col[j*ldcol + p]`` for ``j < rows``, ``p < kc``
+    (zeros in the last panel past ``rows``): the im2col rows become the columns of NR-wide B
+    panels, one pixel per panel row. A transpose within cache, ``1/C_out`` of the work."""
+    nr = _gemm.NV * _gemm._lanes(bp)
+    for j0 in range(0, rows, nr):
+        base = (j0 // nr) * kc * nr
+        width = min(nr, rows - j0)
+        for p in range(kc):
+            d = base + p * nr
+            for jj in range(width):
+                bp[d + jj] = col[(j0 + jj) * ldcol + p]
+            for jj in range(width, nr):
+                bp[d + jj] = 0
+
+
+@parallel_kernel
+def _driver(x, gf, dw, cout, groups, kh, kw, sh, sw, pt, pl, dh, dwl, oh, ow, ct, n_cb, kt, n_kb,
+            pc, ldcol, ws_col, ws_b):
     nb, cin = x.shape[0], x.shape[1]
     cg, cog = cin // groups, cout // groups
     k = cg * kh * kw
     npix = oh * ow
-    nr = _gemm.NV * _gemm._lanes(dwt)
-    for t in prange(groups * n_kb * n_cb):
-        g = t // (n_kb * n_cb)
-        r = t - g * n_kb * n_cb
-        kb = r // n_cb
-        cb = r - kb * n_cb
-        k0 = kb * kt
-        k1 = min(k, k0 + kt)
+    nr = _gemm.NV * _gemm._lanes(dw)
+    for t in prange(groups * n_cb * n_kb):
+        g = t // (n_cb * n_kb)
+        r = t - g * n_cb * n_kb
+        cb = r // n_kb
+        kb = r - cb * n_kb
         c0 = cb * ct
         c1 = min(cog, c0 + ct)
+        k0 = kb * kt
+        k1 = min(k, k0 + kt)
         if k1 <= k0 or c1 <= c0:
             continue
         tid = numba.get_thread_id()
@@ -94,31 +219,30 @@ def _driver(x, gt, dwt, cout, groups, kh, kw, sh, sw, pt, pl, dh, dwl, oh, ow, k
                 kc = q1 - q0
                 _im2col_rows(x, n, g * cg, k0, k1, kh, kw, sh, sw, pt, pl, dh, dwl, q0, q1, ow,
                              col, ldcol)
-                # dY^T rows q0..q1, channels c0..c1 of group g, as contiguous NR-wide panels
-                _gemm._pack_b(gt, (n * npix + q0) * cout + g * cog + c0, cout, kc, c1 - c0, bp)
+                _pack_columns(col, ldcol, k1 - k0, kc, bp)
                 # the first chunk starts from zero (init 2): the block is written before it is
                 # read, so no page of the fresh result is first faulted in as the zero page
                 init = 2 if n == 0 and q0 == 0 else 0
-                for j in range(0, c1 - c0, nr):
-                    _gemm._strip(kc, col, 0, _gemm.MR * ldcol, 1, ldcol, bp, (j // nr) * kc * nr,
-                                 nr, dwt, (g * k + k0) * cog + c0 + j, cog, k1 - k0,
-                                 min(nr, c1 - c0 - j), dwt, 0, init)
+                for j in range(0, k1 - k0, nr):
+                    _gemm._strip(kc, gf, (n * cout + g * cog + c0) * npix + q0, _gemm.MR * npix,
+                                 1, npix, bp, (j // nr) * kc * nr, nr, dw,
+                                 (g * cog + c0) * k + k0 + j, k, c1 - c0, min(nr, k1 - k0 - j),
+                                 dw, 0, init)
 
 
 def _blocks(groups, k, cog, nr):
-    """``(kt, n_kb, ct, n_cb)``: gradient rows (im2col rows) and output channels per task, and
-    their counts; from the shapes alone."""
+    """``(ct, n_cb, kt, n_kb)``: output channels and gradient columns (im2col rows) per task,
+    and their counts; from the shapes alone. A task transposes ``kt`` im2col rows per pixel
+    for ``ct * kt`` multiply-adds, so output channels are kept whole (``ct = C_out/groups``)
+    unless cutting ``K`` leaves too few tasks."""
     mr = _gemm.MR
-    kt = min(_K_ROWS, -(-k // mr) * mr)
+    want = -(-_MIN_TASKS // groups)
+    kt = max(nr, -(-(-(-k // want)) // nr) * nr)
+    kt = min(kt, max(nr, _K_COLS))
     n_kb = -(-k // kt)
-    if groups * n_kb < _MIN_TASKS:
-        want = -(-_MIN_TASKS // groups)
-        kt = max(mr, -(-(-(-k // want)) // mr) * mr)
-        n_kb = -(-k // kt)
-    n_cb = max(1, min(-(-_MIN_TASKS // (groups * n_kb)), -(-cog // nr)))
-    ct = -(-(-(-cog // n_cb)) // nr) * nr
-    n_cb = -(-cog // ct)
-    return kt, n_kb, ct, n_cb
+    n_cb = max(1, min(-(-want // n_kb), cog // 64))
+    ct = -(-(-(-cog // n_cb)) // mr) * mr
+    return ct, -(-cog // ct), kt, n_kb
 
 
 def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, pad_left, dil_h,
@@ -150,18 +274,23 @@ def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, p
     if not (nb and oh * ow and k and cog):
         return np.zeros(weight_shape, dtype=x.dtype)
     nr = _gemm.NV * (_gemm._VBYTES // itemsize)
-    kt, n_kb, ct, n_cb = _blocks(groups, k, cog, nr)
+    if cg == 1 and groups > 1:
+        # depthwise: one weight row per channel, too narrow for GEMM tiles
+        pc = min(4096, oh * ow)
+        threads = numba.config.NUMBA_NUM_THREADS
+        ws_col = _buffer("col", threads * k * pc, x.dtype).reshape(threads, k * pc)
+        dw = np.empty(weight_shape, dtype=x.dtype)
+        _depthwise_driver(x, grad_out.reshape(-1), dw.reshape(-1), cog, kh, kw, stride_h,
+                          stride_w, pad_top, pad_left, dil_h, dil_w, oh, ow, pc, pc, ws_col)
+        return dw
+    ct, n_cb, kt, n_kb = _blocks(groups, k, cog, nr)
     pc = min(_PIXEL_CHUNK, oh * ow)
     ldcol = pc + (nr // _gemm.NV if _gemm._l1_hostile(pc, itemsize) else 0)
-    gt = _buffer("gt", grad_out.size, x.dtype)
-    _transpose(grad_out.reshape(-1), gt, nb, cout, oh * ow)
-    dwt = _buffer("dwt", groups * k * cog, x.dtype)
     threads = numba.config.NUMBA_NUM_THREADS
     ws_col = _buffer("col", threads * kt * ldcol, x.dtype).reshape(threads, kt * ldcol)
-    nb_ = -(-ct // nr) * nr * pc
+    nb_ = -(-kt // nr) * nr * pc
     ws_b = _buffer("b", threads * nb_, x.dtype).reshape(threads, nb_)
-    _driver(x, gt, dwt, cout, groups, kh, kw, stride_h, stride_w, pad_top, pad_left, dil_h,
-            dil_w, oh, ow, kt, n_kb, ct, n_cb, pc, ldcol, ws_col, ws_b)
     dw = np.empty(weight_shape, dtype=x.dtype)
-    _transpose(dwt, dw.reshape(-1), groups, k, cog)
+    _driver(x, grad_out.reshape(-1), dw.reshape(-1), cout, groups, kh, kw, stride_h, stride_w,
+            pad_top, pad_left, dil_h, dil_w, oh, ow, ct, n_cb, kt, n_kb, pc, ldcol, ws_col, ws_b)
     return dw
