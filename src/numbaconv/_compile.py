@@ -41,8 +41,10 @@ def precompile(dtypes=("float32", "float64")):
 
     >>> import numbaconv
     >>> sorted(numbaconv.precompile(dtypes=("float32",)))
-    ['depthwise', 'direct', 'direct (transposed)', 'gemm', 'gemm (transposed)', 'im2col']
+    ['depthwise', 'direct', 'direct (transposed)', 'gemm', 'gemm (transposed)', 'im2col', 'weight gradient']
     """
+    from .kernels import weight_grad
+
     spent = {}
     rng = np.random.default_rng(0)
     for dtype in dtypes:
@@ -57,4 +59,13 @@ def precompile(dtypes=("float32", "float64")):
                 algorithm.run(problem, x, w, b, np.empty(problem.output_shape, dtype))
                 key = algorithm.name + (" (transposed)" if algorithm.transposed else "")
                 spent[key] = spent.get(key, 0.0) + time.perf_counter() - start
+            if not problem.transposed:
+                (pt, _), (pl, _) = problem.padding
+                start = time.perf_counter()
+                weight_grad.conv2d_weight_grad(
+                    x, rng.standard_normal(problem.output_shape).astype(dtype),
+                    problem.weight_shape, *problem.stride, pt, pl, *problem.dilation,
+                    problem.groups)
+                spent["weight gradient"] = spent.get("weight gradient", 0.0) + \
+                    time.perf_counter() - start
     return spent
