@@ -32,7 +32,7 @@ _workspace_limit = 64 << 20
 # Workspace of one task, aimed at L2 beside the weights it meets.
 _TASK_BYTES = 128 << 10
 # Parallel tasks wanted per call (2 cores; balance), when the problem has that many panels.
-_MIN_TASKS = 8
+_MIN_TASKS = 16
 
 
 def set_workspace_limit(nbytes):
