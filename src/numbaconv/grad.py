@@ -275,10 +275,16 @@ def conv_transpose1d_weight(input, weight_size, grad_output, stride=1, padding=0
                         stride, padding, dilation, groups, output_padding, algorithm)
 
 
-def _bias_of(grad_output, nd, unbatched_ndim):
+def _bias_of(grad_output, unbatched_ndim):
     """:func:`bias_grad` of a batched or an unbatched (``unbatched_ndim`` dimensions) gradient."""
     g = as_array(grad_output, "grad_output")
     return bias_grad(g[None] if g.ndim == unbatched_ndim else g)
+
+
+def _vjp(input_fn, weight_fn, nd, input, weight, grad_output, hyper, bias):
+    x, w = as_array(input, "input"), as_array(weight, "weight")
+    return (input_fn(x.shape, w, grad_output, *hyper), weight_fn(x, w.shape, grad_output, *hyper),
+            _bias_of(grad_output, nd + 1) if bias else None)
 
 
 def conv2d_vjp(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
@@ -292,36 +298,26 @@ def conv2d_vjp(input, weight, grad_output, stride=1, padding=0, dilation=1, grou
     >>> dx.shape, dw.shape, db.tolist()
     ((2, 3, 8, 8), (4, 3, 3, 3), [72.0, 72.0, 72.0, 72.0])
     """
-    x, w = as_array(input, "input"), as_array(weight, "weight")
-    hp = (stride, padding, dilation, groups)
-    return (conv2d_input(x.shape, w, grad_output, *hp), conv2d_weight(x, w.shape, grad_output, *hp),
-            _bias_of(grad_output, 2, 3) if bias else None)
+    return _vjp(conv2d_input, conv2d_weight, 2, input, weight, grad_output,
+                (stride, padding, dilation, groups), bias)
 
 
 def conv1d_vjp(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
                bias=True):
     """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv1d`."""
-    x, w = as_array(input, "input"), as_array(weight, "weight")
-    hp = (stride, padding, dilation, groups)
-    return (conv1d_input(x.shape, w, grad_output, *hp), conv1d_weight(x, w.shape, grad_output, *hp),
-            _bias_of(grad_output, 1, 2) if bias else None)
+    return _vjp(conv1d_input, conv1d_weight, 1, input, weight, grad_output,
+                (stride, padding, dilation, groups), bias)
 
 
 def conv_transpose2d_vjp(input, weight, grad_output, stride=1, padding=0, output_padding=0,
                          groups=1, dilation=1, *, bias=True):
     """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv_transpose2d`."""
-    x, w = as_array(input, "input"), as_array(weight, "weight")
-    hp = (stride, padding, output_padding, groups, dilation)
-    return (conv_transpose2d_input(x.shape, w, grad_output, *hp),
-            conv_transpose2d_weight(x, w.shape, grad_output, *hp),
-            _bias_of(grad_output, 2, 3) if bias else None)
+    return _vjp(conv_transpose2d_input, conv_transpose2d_weight, 2, input, weight, grad_output,
+                (stride, padding, output_padding, groups, dilation), bias)
 
 
 def conv_transpose1d_vjp(input, weight, grad_output, stride=1, padding=0, output_padding=0,
                          groups=1, dilation=1, *, bias=True):
     """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv_transpose1d`."""
-    x, w = as_array(input, "input"), as_array(weight, "weight")
-    hp = (stride, padding, output_padding, groups, dilation)
-    return (conv_transpose1d_input(x.shape, w, grad_output, *hp),
-            conv_transpose1d_weight(x, w.shape, grad_output, *hp),
-            _bias_of(grad_output, 1, 2) if bias else None)
+    return _vjp(conv_transpose1d_input, conv_transpose1d_weight, 1, input, weight, grad_output,
+                (stride, padding, output_padding, groups, dilation), bias)
