@@ -36,7 +36,7 @@ from .im2col import _im2col_rows
 _PIXEL_CHUNK = 256     # reduction block (micro-kernel K loop): B panel 256 x 32 floats in L1
 _K_COLS = 256          # gradient columns (im2col rows) per task: its B panels stay in L2
 _MIN_TASKS = 8         # parallel tasks wanted (2 cores; balance)
-_KEEP_BYTES = 64 << 20  # largest scratch buffer kept between calls (per Python thread)
+_KEEP_BYTES = 16 << 20  # largest scratch buffer kept between calls (per Python thread)
 
 _scratch = threading.local()
 
@@ -44,9 +44,10 @@ _scratch = threading.local()
 def _buffer(slot, size, dtype):
     """A scratch array of ``size`` elements kept between calls of this Python thread.
 
-    A fresh multi-megabyte ``np.empty`` comes back from the C allocator as new pages, and the
-    first touch of every page is a page fault (about 1100 faults, 2 ms, for a 256 x 256 x 3 x 3
-    gradient here); reusing the buffer avoids them. Buffers above ``_KEEP_BYTES`` are not kept.
+    An ``np.empty`` of more than a few hundred KiB comes back from the C allocator as fresh pages
+    (large freed blocks go back to the operating system), and the first touch of each page is a
+    page fault: 2 ms per call for 2.4 MB of scratch in a measurement here. The workspaces are
+    the same on every call of a layer, so they are kept; those above ``_KEEP_BYTES`` are not.
     """
     dtype = np.dtype(dtype)
     kept = getattr(_scratch, slot, None)
