@@ -29,7 +29,7 @@ WT = np.zeros((4, 3, 3, 3), np.float32)   # transposed weight
     (dict(padding=((1, -1), (0, 0))), ValueError, "padding must be non-negative"),
     (dict(padding=(1, 2, 3)), ValueError, "padding must be an int, a tuple of 2"),
     (dict(padding=((1, 2, 3), (0, 0))), ValueError, r"\(low, high\) pair"),
-    (dict(padding="full"), ValueError, "padding must be an int, a tuple, 'valid' or 'same'"),
+    (dict(padding="full"), ValueError, "padding must be an int, a tuple, 'valid', 'same' or 'same_tf'"),
     (dict(padding="same", stride=2), ValueError, "padding='same' requires stride 1"),
     (dict(weight=np.zeros((6, 2, 9, 3))), ValueError,
      r"kernel size \(9, 3\).*larger than the padded input size \(8, 8\).*output size \(0, 6\)"),

@@ -88,7 +88,7 @@ def test_issue_example_costs():
     (lambda: Conv2d(3, 8, 3, stride=0), ValueError, r"stride must be >= 1"),
     (lambda: Conv2d(3, 8, 3, padding=-1), ValueError, r"padding must be non-negative"),
     (lambda: Conv2d(3, 8, 3, padding="full"), ValueError,
-     r"padding must be an int, a tuple, 'valid' or 'same', got 'full'"),
+     r"padding must be an int, a tuple, 'valid', 'same' or 'same_tf', got 'full'"),
     (lambda: Conv2d(3, 8, 3, stride=2, padding="same"), ValueError,
      r"padding='same' requires stride 1"),
     (lambda: ConvTranspose2d(3, 8, 3, padding="same"), ValueError,

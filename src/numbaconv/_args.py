@@ -74,17 +74,35 @@ def same_pads(kernel_size, dilation):
     return tuple(pads)
 
 
-def conv_padding(value, nd, kernel_size, stride, dilation):
-    """Resolve ``padding`` of a forward convolution, including ``'valid'`` and ``'same'``."""
+def tf_same_pads(in_size, kernel_size, stride, dilation):
+    """TensorFlow's ``'SAME'``: pads giving ``ceil(in / stride)`` outputs, the odd one at the
+    high side, for any stride and dilation."""
+    pads = []
+    for i, k, s, d in zip(in_size, kernel_size, stride, dilation):
+        total = max((-(-i // s) - 1) * s + d * (k - 1) + 1 - i, 0)
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
+def conv_padding(value, nd, kernel_size, stride, dilation, in_size=None):
+    """Resolve ``padding`` of a forward convolution, including ``'valid'``, ``'same'`` (torch:
+    stride 1) and ``'same_tf'`` (TensorFlow's rule, any stride; needs ``in_size``)."""
     if isinstance(value, str):
         if value == "valid":
             return ((0, 0),) * nd
         if value == "same":
             if any(s != 1 for s in stride):
                 raise ValueError(f"padding='same' requires stride 1 (as in torch), got "
-                                 f"stride={stride}")
+                                 f"stride={stride}; padding='same_tf' gives TensorFlow's "
+                                 f"'SAME' for any stride")
             return same_pads(kernel_size, dilation)
-        raise ValueError(f"padding must be an int, a tuple, 'valid' or 'same', got {value!r}")
+        if value == "same_tf":
+            if in_size is None:
+                raise ValueError("padding='same_tf' depends on the input size: it is accepted "
+                                 "by the functions (conv1d, conv2d), not by layers")
+            return tf_same_pads(in_size, kernel_size, stride, dilation)
+        raise ValueError(f"padding must be an int, a tuple, 'valid', 'same' or 'same_tf', got "
+                         f"{value!r}")
     return explicit_padding(value, nd)
 
 

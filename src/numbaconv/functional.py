@@ -7,7 +7,7 @@ an algorithm and hand it plain arrays.
 
 import numpy as np
 
-from . import _threads, dispatch, tuning
+from . import _args, _threads, dispatch, padding_modes, tuning
 from ._front import as_array, compute_dtype, output_array, output_padding_for, prepare
 from .problem import ConvProblem
 
@@ -53,8 +53,22 @@ def _tuned(problem, x, w, b, out):
     return dispatch.get(tuning.choose(problem, run, names), problem)
 
 
+def _padded(func, nd, input, weight, stride, padding, dilation, padding_mode):
+    """``(input, padding)`` to convolve: unchanged for zero padding; for other modes the input
+    padded by that mode and zero padding."""
+    padding_modes.check_mode(padding_mode, func)
+    if padding_mode == "zeros":
+        return input, padding
+    x, w = as_array(input, "input"), as_array(weight, "weight")
+    if x.ndim not in (nd + 1, nd + 2) or w.ndim != nd + 2:
+        return input, padding  # prepare() reports the shapes
+    pairs = _args.conv_padding(padding, nd, w.shape[2:], _args.int_tuple(stride, nd, "stride", 1),
+                               _args.int_tuple(dilation, nd, "dilation", 1), x.shape[-nd:])
+    return padding_modes.pad(x, pairs, padding_mode, func), 0
+
+
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algorithm="auto", out=None):
+           padding_mode="zeros", algorithm="auto", out=None):
     r"""2-D convolution (cross-correlation) over an input of several planes.
 
     Same semantics, argument forms and result as ``torch.nn.functional.conv2d``:
@@ -79,9 +93,14 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     weight : array_like, shape (C_out, C_in / groups, kH, kW)
     bias : array_like, shape (C_out,), optional
     stride : int or (int, int)
-    padding : int, (int, int), ((top, bottom), (left, right)), 'valid' or 'same'
-        Zero padding. ``'same'`` (stride 1 only) pads ``dilation * (k - 1)`` in total per
-        dimension, the odd element at the bottom/right, as torch does.
+    padding : int, (int, int), ((top, bottom), (left, right)), 'valid', 'same' or 'same_tf'
+        ``'same'`` (stride 1 only) pads ``dilation * (k - 1)`` in total per dimension, the odd
+        element at the bottom/right, as torch does. ``'same_tf'`` is TensorFlow's ``'SAME'`` for
+        any stride: ``H_out = ceil(H / s_h)``, total pad ``max((H_out - 1) s_h + d_h (k_h - 1) + 1
+        - H, 0)``, the odd element at the bottom/right.
+    padding_mode : 'zeros', 'reflect', 'replicate' or 'circular'
+        What the padding holds, as ``torch.nn.Conv2d``'s ``padding_mode`` (modes other than
+        zeros pad a copy of the input, then convolve without padding).
     dilation : int or (int, int)
     groups : int
         Input and output channels are split into ``groups`` independent groups; both counts must
@@ -112,13 +131,14 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     >>> float(numbaconv.conv2d(x, w, padding="same")[0, 0, 4, 4])
     27.0
     """
+    input, padding = _padded("conv2d", 2, input, weight, stride, padding, dilation, padding_mode)
     prepared = prepare("conv2d", 2, input, weight, bias, transposed=False, stride=stride,
                        padding=padding, dilation=dilation, groups=groups)
     return _run(prepared, algorithm, out)
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algorithm="auto", out=None):
+           padding_mode="zeros", algorithm="auto", out=None):
     """1-D convolution, as ``torch.nn.functional.conv1d``.
 
     ``input`` (N, C_in, L) or (C_in, L); ``weight`` (C_out, C_in / groups, k); ``padding`` an int,
@@ -129,6 +149,7 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     >>> numbaconv.conv1d(np.arange(5.0)[None], np.ones((1, 1, 2)))
     array([[1., 3., 5., 7.]])
     """
+    input, padding = _padded("conv1d", 1, input, weight, stride, padding, dilation, padding_mode)
     prepared = prepare("conv1d", 1, input, weight, bias, transposed=False, stride=stride,
                        padding=padding, dilation=dilation, groups=groups)
     return _run(prepared, algorithm, out)

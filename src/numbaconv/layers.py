@@ -40,14 +40,12 @@ import numbers
 
 import numpy as np
 
-from . import _args, functional
+from . import _args, functional, padding_modes
 from ._front import as_array
 from .problem import ConvProblem
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"]
 
-# torch's padding_mode names and the np.pad mode that pads the same values.
-_PAD_MODES = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 
 def _channels(value, name):
@@ -117,9 +115,7 @@ class _ConvLayer:
                     raise ValueError(f"{kind}: output_padding must be smaller than either stride "
                                      f"or dilation, got output_padding={self.output_padding}, "
                                      f"stride={self.stride}, dilation={self.dilation}")
-        if padding_mode not in _PAD_MODES:
-            raise ValueError(f"{kind}: padding_mode must be one of {tuple(_PAD_MODES)}, got "
-                             f"{padding_mode!r}")
+        padding_modes.check_mode(padding_mode, kind)
         if self.transposed and padding_mode != "zeros":
             raise ValueError(f"{kind}: only padding_mode='zeros' is supported for transposed "
                              f"convolution (as in torch), got {padding_mode!r}")
@@ -331,18 +327,8 @@ class _ConvLayer:
 
     def _pad_input(self, x):
         """The input padded by ``padding_mode`` (not zeros), checked as torch checks it."""
-        x = as_array(x, "input")
-        pairs = self._explicit_padding()
-        spatial = x.shape[x.ndim - self._nd:]
-        for size, (lo, hi) in zip(spatial, pairs):
-            if self.padding_mode == "reflect" and max(lo, hi) >= size:
-                raise ValueError(f"{self!r}: padding_mode='reflect' needs padding smaller than "
-                                 f"the input size, got padding {(lo, hi)} for size {size}")
-            if self.padding_mode == "circular" and max(lo, hi) > size:
-                raise ValueError(f"{self!r}: padding_mode='circular' needs padding no larger "
-                                 f"than the input size, got padding {(lo, hi)} for size {size}")
-        width = ((0, 0),) * (x.ndim - self._nd) + tuple(pairs)
-        return np.pad(x, width, mode=_PAD_MODES[self.padding_mode])
+        return padding_modes.pad(as_array(x, "input"), self._explicit_padding(),
+                                 self.padding_mode, repr(self))
 
     def backward(self, grad_output, input=None):
         """Gradients ``(dL/dinput, dL/dweight, dL/dbias)`` for ``grad_output = dL/d(output)``.
@@ -384,27 +370,8 @@ class _ConvLayer:
         padded = self._pad_input(x)
         dxp, dw, db = vjp(padded, self._weight, g, self.stride, 0, self.dilation, self.groups,
                           bias=bias)
-        return self._fold_padding(dxp, x.shape), dw, db
-
-    def _fold_padding(self, grad_padded, shape):
-        """Sum the gradient of the padded input onto the input element each position copies."""
-        result = grad_padded
-        for axis_from_end, (lo, hi) in zip(range(self._nd, 0, -1), self._explicit_padding()):
-            axis = result.ndim - axis_from_end
-            n = shape[axis]
-            source = np.arange(-lo, n + hi)
-            if self.padding_mode == "reflect":
-                source = np.abs(source)
-                source = np.where(source >= n, 2 * (n - 1) - source, source)
-            elif self.padding_mode == "replicate":
-                source = np.clip(source, 0, n - 1)
-            else:  # circular
-                source = source % n
-            folded = np.zeros(result.shape[:axis] + (n,) + result.shape[axis + 1:],
-                              dtype=result.dtype)
-            np.add.at(folded, (slice(None),) * axis + (source,), result)
-            result = folded
-        return result
+        return (padding_modes.fold(dxp, x.shape, self._explicit_padding(), self.padding_mode),
+                dw, db)
 
     # ------------------------------------------------------------------ text
 

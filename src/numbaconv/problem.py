@@ -138,7 +138,8 @@ class ConvProblem:
         groups = _args.groups_arg(groups)
         stride = _args.int_tuple(stride, nd, "stride", 1)
         dilation = _args.int_tuple(dilation, nd, "dilation", 1)
-        padding = _args.conv_padding(padding, nd, kernel, stride, dilation)
+        padding = _args.conv_padding(padding, nd, kernel, stride, dilation,
+                                     tuple(input_shape[2:]))
         if c_in % groups:
             raise ValueError(f"in_channels must be divisible by groups, got in_channels={c_in} "
                              f"and groups={groups}")
