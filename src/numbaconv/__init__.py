@@ -10,8 +10,8 @@ from . import grad, reference, shapes, tuning
 from ._compile import precompile
 from ._threads import get_num_threads, num_threads, set_num_threads
 from .dispatch import UnsupportedAlgorithm
-from .functional import (algorithms, conv1d, conv2d, conv_transpose1d, conv_transpose2d,
-                         explain)
+from .functional import (algorithms, conv1d, conv2d, conv3d, conv_transpose1d,
+                         conv_transpose2d, conv_transpose3d, explain)
 from .layers import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from .problem import ConvProblem
 from .summary import Summary, summary
@@ -19,7 +19,8 @@ from .summary import Summary, summary
 __version__ = "0.1.0"
 
 __all__ = [
-    "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d", "explain", "algorithms",
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "explain", "algorithms",
     "ConvProblem", "UnsupportedAlgorithm", "reference", "shapes", "tuning", "grad",
     "set_num_threads", "get_num_threads", "num_threads", "precompile",
     "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "summary", "Summary",

@@ -7,7 +7,7 @@ an algorithm and hand it plain arrays.
 
 import numpy as np
 
-from . import _args, _threads, dispatch, padding_modes, tuning
+from . import _args, _threads, depth_lowering, dispatch, padding_modes, tuning
 from ._front import as_array, compute_dtype, output_array, output_padding_for, prepare
 from .problem import ConvProblem
 
@@ -28,6 +28,13 @@ def _run(prepared, algorithm, out):
         x = x.reshape(x.shape[:2] + (1,) + x.shape[2:])
         w = w.reshape(w.shape[:2] + (1,) + w.shape[2:])
         batched = batched.reshape(problem.output_shape)
+    if problem.nd == 3 and algorithm != "reference":
+        # 3-d runs as one batched 2-d convolution per kernel depth offset
+        if problem.batch:
+            with _threads.launch():
+                depth_lowering.run(problem, x, w, b, batched,
+                                   "auto" if algorithm == "tune" else algorithm)
+        return result
     if algorithm == "tune":
         chosen = _tuned(problem, x, w, b, batched)
     else:
@@ -225,6 +232,44 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
 for _f in (conv2d, conv1d, conv_transpose2d, conv_transpose1d):
     _f.__doc__ = _f.__doc__.replace("{algorithm}", _ALGORITHM_DOC)
+
+
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           algorithm="auto", out=None):
+    """3-D convolution, as ``torch.nn.functional.conv3d``.
+
+    ``input`` (N, C_in, D, H, W) or (C_in, D, H, W); ``weight`` (C_out, C_in / groups, kD, kH, kW);
+    arguments per spatial dimension as in :func:`conv2d` (``padding`` also ``'valid'``,
+    ``'same'``, ``'same_tf'`` or three ``(low, high)`` pairs). Computed as one batched 2-D
+    convolution per kernel depth offset (:mod:`numbaconv.depth_lowering`); ``algorithm`` names the
+    2-D algorithm (or ``'reference'`` for the 3-D reference).
+
+    >>> import numpy as np, numbaconv
+    >>> numbaconv.conv3d(np.ones((1, 2, 4, 5, 6)), np.ones((3, 2, 3, 3, 3)), padding=1).shape
+    (1, 3, 4, 5, 6)
+    """
+    prepared = prepare("conv3d", 3, input, weight, bias, transposed=False, stride=stride,
+                       padding=padding, dilation=dilation, groups=groups)
+    return _run(prepared, algorithm, out)
+
+
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, output_size=None, algorithm="auto", out=None):
+    """3-D transposed convolution, as ``torch.nn.functional.conv_transpose3d``.
+
+    ``input`` (N, C_in, D, H, W) or (C_in, D, H, W); ``weight`` (C_in, C_out / groups, kD, kH,
+    kW); see :func:`conv_transpose2d`. Computed as one batched 2-D transposed convolution per
+    kernel depth offset.
+
+    >>> import numpy as np, numbaconv
+    >>> numbaconv.conv_transpose3d(np.ones((1, 2, 3, 4, 5)), np.ones((2, 4, 2, 2, 2)),
+    ...                            stride=2).shape
+    (1, 4, 6, 8, 10)
+    """
+    prepared = prepare("conv_transpose3d", 3, input, weight, bias, transposed=True,
+                       stride=stride, padding=padding, dilation=dilation, groups=groups,
+                       output_padding=output_padding, output_size=output_size)
+    return _run(prepared, algorithm, out)
 
 
 def convolve(problem, input, weight, bias=None, *, algorithm="auto", out=None):
