@@ -7,7 +7,7 @@ an algorithm and hand it plain arrays.
 
 import numpy as np
 
-from . import _args, _threads, depth_lowering, dispatch, padding_modes, tuning
+from . import _args, _threads, depth_lowering, dispatch, layouts, padding_modes, tuning
 from ._front import as_array, compute_dtype, output_array, output_padding_for, prepare
 from .problem import ConvProblem
 
@@ -60,6 +60,42 @@ def _tuned(problem, x, w, b, out):
     return dispatch.get(tuning.choose(problem, run, names), problem)
 
 
+def _layout_call(func, nd, transposed, fn, input, weight, bias, hyper, data_format,
+                 weight_format, algorithm, out):
+    """``fn`` on channels-last data and/or TensorFlow-ordered weights (see
+    :mod:`numbaconv.layouts`): the 1x1 case as one GEMM in place, the rest transposed around the
+    channels-first kernels."""
+    data_last, weight_tf = layouts.formats(func, nd, transposed, data_format, weight_format)
+    x, w = as_array(input, "input"), as_array(weight, "weight")
+    if weight_tf:
+        if w.ndim != nd + 2:
+            raise ValueError(f"{func}: weight must have {nd + 2} dimensions, got shape {w.shape}")
+        w_std = layouts.to_torch_weight(w, nd)
+    else:
+        w_std = w
+    if not data_last:
+        return fn(x, w_std, bias, **hyper, algorithm=algorithm, out=out)
+    if x.ndim not in (nd + 1, nd + 2):
+        raise ValueError(f"{func}: channels-last input must have shape (N, *spatial, C) or "
+                         f"(*spatial, C) with {nd} spatial dimension(s), got shape {x.shape}")
+    xb = x[None] if x.ndim == nd + 1 else x
+    if (not transposed and hyper["padding_mode"] == "zeros" and algorithm in ("auto", "gemm")
+            and layouts.is_pointwise_problem(nd, xb.shape, w_std.shape, hyper["stride"],
+                                             hyper["padding"], hyper["dilation"],
+                                             hyper["groups"])):
+        return layouts.pointwise(func, nd, x, w, bias, weight_tf, out)
+    y = layouts.channels_last(
+        fn(layouts.channels_first(xb, nd), w_std, bias, **hyper, algorithm=algorithm), nd)
+    y = y[0] if x.ndim == nd + 1 else y
+    if out is None:
+        return np.ascontiguousarray(y)
+    if out.shape != y.shape or out.dtype != y.dtype or not out.flags.writeable:
+        raise ValueError(f"{func}: out must be a writeable {y.dtype} array of shape {y.shape}, "
+                         f"got {out.dtype} {out.shape}")
+    out[...] = y
+    return out
+
+
 def _padded(func, nd, input, weight, stride, padding, dilation, padding_mode):
     """``(input, padding)`` to convolve: unchanged for zero padding; for other modes the input
     padded by that mode and zero padding."""
@@ -75,7 +111,8 @@ def _padded(func, nd, input, weight, stride, padding, dilation, padding_mode):
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           padding_mode="zeros", algorithm="auto", out=None):
+           padding_mode="zeros", data_format="NCHW", weight_format=None, algorithm="auto",
+           out=None):
     r"""2-D convolution (cross-correlation) over an input of several planes.
 
     Same semantics, argument forms and result as ``torch.nn.functional.conv2d``:
@@ -108,6 +145,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     padding_mode : 'zeros', 'reflect', 'replicate' or 'circular'
         What the padding holds, as ``torch.nn.Conv2d``'s ``padding_mode`` (modes other than
         zeros pad a copy of the input, then convolve without padding).
+    data_format : 'NCHW' or 'NHWC'
+        Layout of ``input`` and of the result; with ``'NHWC'``, (N, H, W, C) or (H, W, C).
+    weight_format : 'OIHW', 'HWIO' or None
+        Layout of ``weight``: torch's (C_out, C_in / groups, kH, kW) or TensorFlow's
+        (kH, kW, C_in / groups, C_out); None means the one that matches ``data_format``.
+        See :mod:`numbaconv.layouts`.
     dilation : int or (int, int)
     groups : int
         Input and output channels are split into ``groups`` independent groups; both counts must
@@ -138,6 +181,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     >>> float(numbaconv.conv2d(x, w, padding="same")[0, 0, 4, 4])
     27.0
     """
+    if data_format != "NCHW" or weight_format is not None:
+        return _layout_call("conv2d", 2, False, conv2d, input, weight, bias,
+                            dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                                 padding_mode=padding_mode), data_format, weight_format,
+                            algorithm, out)
     input, padding = _padded("conv2d", 2, input, weight, stride, padding, dilation, padding_mode)
     prepared = prepare("conv2d", 2, input, weight, bias, transposed=False, stride=stride,
                        padding=padding, dilation=dilation, groups=groups)
@@ -145,7 +193,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           padding_mode="zeros", algorithm="auto", out=None):
+           padding_mode="zeros", data_format="NCW", weight_format=None, algorithm="auto",
+           out=None):
     """1-D convolution, as ``torch.nn.functional.conv1d``.
 
     ``input`` (N, C_in, L) or (C_in, L); ``weight`` (C_out, C_in / groups, k); ``padding`` an int,
@@ -156,6 +205,11 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     >>> numbaconv.conv1d(np.arange(5.0)[None], np.ones((1, 1, 2)))
     array([[1., 3., 5., 7.]])
     """
+    if data_format != "NCW" or weight_format is not None:
+        return _layout_call("conv1d", 1, False, conv1d, input, weight, bias,
+                            dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                                 padding_mode=padding_mode), data_format, weight_format,
+                            algorithm, out)
     input, padding = _padded("conv1d", 1, input, weight, stride, padding, dilation, padding_mode)
     prepared = prepare("conv1d", 1, input, weight, bias, transposed=False, stride=stride,
                        padding=padding, dilation=dilation, groups=groups)
@@ -163,7 +217,8 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, algorithm="auto", out=None):
+                     dilation=1, *, output_size=None, data_format="NCHW", weight_format=None,
+                     algorithm="auto", out=None):
     r"""2-D transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose2d``.
 
     The adjoint of :func:`conv2d` with respect to its input: every input element scatters
@@ -207,6 +262,11 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     >>> numbaconv.conv_transpose2d(x, w, stride=2, padding=1, output_size=(256, 256)).shape
     (1, 16, 256, 256)
     """
+    if data_format != "NCHW" or weight_format is not None:
+        return _layout_call("conv_transpose2d", 2, True, conv_transpose2d, input, weight, bias,
+                            dict(stride=stride, padding=padding, output_padding=output_padding,
+                                 groups=groups, dilation=dilation, output_size=output_size),
+                            data_format, weight_format, algorithm, out)
     prepared = prepare("conv_transpose2d", 2, input, weight, bias, transposed=True, stride=stride,
                        padding=padding, dilation=dilation, groups=groups,
                        output_padding=output_padding, output_size=output_size)
@@ -214,7 +274,8 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
 
 def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, algorithm="auto", out=None):
+                     dilation=1, *, output_size=None, data_format="NCW", weight_format=None,
+                     algorithm="auto", out=None):
     """1-D transposed convolution, as ``torch.nn.functional.conv_transpose1d``.
 
     ``input`` (N, C_in, L) or (C_in, L); ``weight`` (C_in, C_out / groups, k). See
@@ -224,6 +285,11 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
     >>> numbaconv.conv_transpose1d(np.ones((1, 3)), np.ones((1, 1, 2)), stride=2)
     array([[1., 1., 1., 1., 1., 1.]])
     """
+    if data_format != "NCW" or weight_format is not None:
+        return _layout_call("conv_transpose1d", 1, True, conv_transpose1d, input, weight, bias,
+                            dict(stride=stride, padding=padding, output_padding=output_padding,
+                                 groups=groups, dilation=dilation, output_size=output_size),
+                            data_format, weight_format, algorithm, out)
     prepared = prepare("conv_transpose1d", 1, input, weight, bias, transposed=True,
                        stride=stride, padding=padding, dilation=dilation, groups=groups,
                        output_padding=output_padding, output_size=output_size)

@@ -1,0 +1,100 @@
+"""Channels-last data (``'NHWC'``, ``'NWC'``) and TensorFlow weight layouts.
+
+``data_format='NHWC'`` takes and returns (N, H, W, C) arrays (``'NWC'``: (N, L, C)). Weights
+default to TensorFlow's layout for that format: ``'HWIO'`` (kH, kW, C_in/groups, C_out) for
+convolution and ``'HWOI'`` (kH, kW, C_out/groups, C_in) for transposed convolution (``'WIO'`` /
+``'WOI'`` in 1-D); torch's ``'OIHW'`` / ``'IOHW'`` (``'OIW'`` / ``'IOW'``) are accepted too.
+
+A 1x1, stride-1, unpadded, ungrouped convolution in channels-last is a plain matrix product,
+``(N*H*W, C_in) @ (C_in, C_out)``, with both operands as they lie in memory: it runs on
+numbaconv's GEMM directly (bias first, then one FMA per input channel in ascending order), with
+no transposes. Other problems are transposed to channels-first, computed by the usual kernels,
+and transposed back (two copies of the data).
+"""
+
+import numpy as np
+
+from . import _threads
+from ._front import _operand, as_array, check_fits, compute_dtype
+from .kernels import gemm
+from .problem import ConvProblem
+
+_DATA = {1: ("NCW", "NWC"), 2: ("NCHW", "NHWC")}
+_WEIGHTS = {(1, False): ("OIW", "WIO"), (2, False): ("OIHW", "HWIO"),
+            (1, True): ("IOW", "WOI"), (2, True): ("IOHW", "HWOI")}
+
+
+def formats(func, nd, transposed, data_format, weight_format):
+    """Validate ``(data_format, weight_format)``; returns whether data and weights are
+    channels-last / TensorFlow-ordered."""
+    first, last = _DATA[nd]
+    if data_format not in (first, last):
+        raise ValueError(f"{func}: data_format must be {first!r} or {last!r}, got "
+                         f"{data_format!r}")
+    torch_w, tf_w = _WEIGHTS[nd, transposed]
+    if weight_format is None:
+        weight_format = tf_w if data_format == last else torch_w
+    if weight_format not in (torch_w, tf_w):
+        raise ValueError(f"{func}: weight_format must be {torch_w!r} or {tf_w!r}, got "
+                         f"{weight_format!r}")
+    return data_format == last, weight_format == tf_w
+
+
+def to_torch_weight(w, nd):
+    """A TensorFlow-ordered weight as torch orders it (a view): (k..., A, B) -> (B, A, k...)."""
+    return w.transpose((nd + 1, nd) + tuple(range(nd)))
+
+
+def channels_first(x, nd):
+    """(N, *spatial, C) -> (N, C, *spatial), a view."""
+    return x.transpose((0, nd + 1) + tuple(range(1, nd + 1)))
+
+
+def channels_last(y, nd):
+    """(N, C, *spatial) -> (N, *spatial, C), a view."""
+    return y.transpose((0,) + tuple(range(2, nd + 2)) + (1,))
+
+
+def pointwise(func, nd, x, w, b, weight_tf, out):
+    """The channels-last 1x1 convolution as one GEMM, or None if ``w`` is not 1x1 ungrouped.
+
+    ``x`` (N, *spatial, C_in) or unbatched; ``w`` 1x1 in its given layout."""
+    k_in = w.shape[nd] if weight_tf else w.shape[1]
+    c_out = w.shape[nd + 1] if weight_tf else w.shape[0]
+    if any(k != 1 for k in (w.shape[:nd] if weight_tf else w.shape[2:])) or x.shape[-1] != k_in:
+        return None
+    dtype = compute_dtype((("input", x), ("weight", w), ("bias", b)))
+    rows = int(np.prod(x.shape[:-1]))
+    a = _operand(x, dtype, "input").reshape(rows, k_in)
+    wm = w.reshape(k_in, c_out) if weight_tf else w.reshape(c_out, k_in).T
+    wm = np.ascontiguousarray(wm, dtype=dtype)
+    shape = x.shape[:-1] + (c_out,)
+    if out is None:
+        check_fits(rows * c_out * dtype.itemsize, f"the output {shape} ({dtype})")
+        result = np.empty(shape, dtype=dtype)
+    else:
+        if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+            raise ValueError(f"{func}: out must be a C-contiguous {dtype} array of shape {shape}, "
+                             f"got {out.dtype} {out.shape}")
+        result = out
+    c = result.reshape(rows, c_out)
+    c[...] = 0 if b is None else _operand(b, dtype, "bias")
+    if rows:
+        with _threads.launch():
+            gemm.gemm(a, wm, c)
+    return result
+
+
+def is_pointwise_problem(nd, x_shape, w_torch_shape, stride, padding, dilation, groups):
+    """Whether a channels-last forward call is a plain 1x1 GEMM (no stride, no padding)."""
+    if len(w_torch_shape) != nd + 2 or any(k != 1 for k in w_torch_shape[2:]):
+        return False
+    batched = x_shape if len(x_shape) == nd + 2 else (1,) + tuple(x_shape)
+    try:
+        problem = ConvProblem.for_conv((batched[0], batched[-1]) + tuple(batched[1:-1]),
+                                       w_torch_shape, stride=stride, padding=padding,
+                                       dilation=dilation, groups=groups)
+    except (ValueError, TypeError):
+        return False  # the general path raises the proper error
+    return (problem.groups == 1 and all(s == 1 for s in problem.stride)
+            and all(p == (0, 0) for p in problem.padding))

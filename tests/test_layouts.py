@@ -1,0 +1,91 @@
+"""Channels-last data ('NHWC', 'NWC') and TensorFlow weight layouts: the same numbers as the
+channels-first call, exactly, for every algorithm; the 1x1 GEMM path against the reference."""
+
+import numpy as np
+import pytest
+
+import numbaconv
+from numbaconv import reference
+
+from cases import forward_corner_cases, transposed_corner_cases
+
+
+def _nhwc(a):
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1))
+
+
+def _tf_weight(w):
+    """torch (A, B, kH, kW) -> TensorFlow (kH, kW, B, A)."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+
+
+@pytest.mark.parametrize("case", forward_corner_cases(), ids=str)
+@pytest.mark.parametrize("algorithm", ["auto", "gemm", "direct"])
+def test_conv2d_nhwc_equals_nchw(case, algorithm, rng):
+    x, w, b = case.arrays(rng)
+    want = reference.conv2d(x, w, b, **case.kwargs)
+    y = numbaconv.conv2d(_nhwc(x), _tf_weight(w), b, data_format="NHWC", algorithm=algorithm,
+                         **case.kwargs)
+    assert np.array_equal(y, _nhwc(want))
+    # torch-ordered weights with channels-last data, and TensorFlow weights with NCHW data
+    y2 = numbaconv.conv2d(_nhwc(x), w, b, data_format="NHWC", weight_format="OIHW",
+                          **case.kwargs)
+    assert np.array_equal(y2, _nhwc(want))
+    y3 = numbaconv.conv2d(x, _tf_weight(w), b, weight_format="HWIO", **case.kwargs)
+    assert np.array_equal(y3, want)
+
+
+@pytest.mark.parametrize("case", transposed_corner_cases(), ids=str)
+def test_conv_transpose2d_nhwc_equals_nchw(case, rng):
+    x, w, b = case.arrays(rng)
+    want = reference.conv_transpose2d(x, w, b, **case.kwargs)
+    y = numbaconv.conv_transpose2d(_nhwc(x), _tf_weight(w), b, data_format="NHWC",
+                                   **case.kwargs)
+    assert np.array_equal(y, _nhwc(want))
+
+
+def test_pointwise_gemm_path_unbatched_out_and_1d(rng):
+    x = rng.integers(-4, 5, (2, 7, 9, 16)).astype(np.float32)
+    w = rng.integers(-4, 5, (1, 1, 16, 24)).astype(np.float32)
+    b = rng.integers(-4, 5, 24).astype(np.float32)
+    want = _nhwc(reference.conv2d(np.moveaxis(x, -1, 1), w.transpose(3, 2, 0, 1), b))
+    assert np.array_equal(numbaconv.conv2d(x, w, b, data_format="NHWC"), want)
+    out = np.full((7, 9, 24), np.nan, np.float32)
+    assert numbaconv.conv2d(x[1], w, b, data_format="NHWC", out=out) is out
+    assert np.array_equal(out, want[1])
+    xs = rng.integers(-4, 5, (3, 11, 5)).astype(np.float64)          # (N, L, C)
+    ws = rng.integers(-4, 5, (3, 5, 4)).astype(np.float64)           # (k, C_in, C_out)
+    y = numbaconv.conv1d(xs, ws, stride=2, padding=1, data_format="NWC")
+    ref = reference.conv1d(np.moveaxis(xs, -1, 1), ws.transpose(2, 1, 0), stride=2, padding=1)
+    assert np.array_equal(y, np.moveaxis(ref, 1, -1))
+    xt = rng.integers(-4, 5, (1, 6, 3)).astype(np.float64)
+    wt = rng.integers(-4, 5, (2, 4, 3)).astype(np.float64)           # (k, C_out, C_in)
+    yt = numbaconv.conv_transpose1d(xt, wt, stride=2, data_format="NWC")
+    reft = reference.conv_transpose1d(np.moveaxis(xt, -1, 1), wt.transpose(2, 1, 0), stride=2)
+    assert np.array_equal(yt, np.moveaxis(reft, 1, -1))
+
+
+def test_tensorflow_equivalence_when_installed(rng):
+    tf = pytest.importorskip("tensorflow")
+    x = rng.standard_normal((2, 13, 11, 4)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 4, 6)).astype(np.float32)
+    y = numbaconv.conv2d(x, w, stride=2, padding="same_tf", data_format="NHWC")
+    t = tf.nn.conv2d(x, w, strides=2, padding="SAME").numpy()
+    assert np.allclose(y, t, rtol=1e-5, atol=1e-5)
+
+
+def test_layout_errors(rng):
+    x = np.ones((1, 8, 8, 3), np.float32)
+    w = np.ones((3, 3, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="data_format must be 'NCHW' or 'NHWC'"):
+        numbaconv.conv2d(x, w, data_format="NCWH")
+    with pytest.raises(ValueError, match="weight_format must be 'OIHW' or 'HWIO'"):
+        numbaconv.conv2d(x, w, data_format="NHWC", weight_format="IOHW")
+    with pytest.raises(ValueError, match="weight_format must be 'IOHW' or 'HWOI'"):
+        numbaconv.conv_transpose2d(x, w, data_format="NHWC", weight_format="HWIO")
+    with pytest.raises(ValueError, match="channels-last input must have shape"):
+        numbaconv.conv2d(x[0, 0], w, data_format="NHWC")
+    with pytest.raises(ValueError, match="expects 3 input channels|input has"):
+        numbaconv.conv2d(np.ones((1, 8, 8, 5), np.float32), w, data_format="NHWC")
+    with pytest.raises(ValueError, match="out must be"):
+        numbaconv.conv2d(x, w, data_format="NHWC", out=np.empty((1, 4, 6, 6), np.float32))
