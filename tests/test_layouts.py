@@ -65,15 +65,6 @@ def test_pointwise_gemm_path_unbatched_out_and_1d(rng):
     assert np.array_equal(yt, np.moveaxis(reft, 1, -1))
 
 
-def test_tensorflow_equivalence_when_installed(rng):
-    tf = pytest.importorskip("tensorflow")
-    x = rng.standard_normal((2, 13, 11, 4)).astype(np.float32)
-    w = rng.standard_normal((3, 3, 4, 6)).astype(np.float32)
-    y = numbaconv.conv2d(x, w, stride=2, padding="same_tf", data_format="NHWC")
-    t = tf.nn.conv2d(x, w, strides=2, padding="SAME").numpy()
-    assert np.allclose(y, t, rtol=1e-5, atol=1e-5)
-
-
 def test_layout_errors(rng):
     x = np.ones((1, 8, 8, 3), np.float32)
     w = np.ones((3, 3, 3, 4), np.float32)
