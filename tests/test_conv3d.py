@@ -116,3 +116,40 @@ def test_unbatched_out_threads_and_errors(rng):
         numbaconv.conv3d(x[0], w)
     with pytest.raises(ValueError, match="algorithm must be"):
         numbaconv.conv3d(x, w, algorithm="fastest")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kw", FORWARD[:12] + TRANSPOSED[:10])
+def test_3d_gradients_satisfy_the_adjoint_identities_exactly(x_shape, w_shape, kw, rng):
+    from numbaconv import grad
+
+    transposed = "output_padding" in kw
+    x = rng.integers(-4, 5, x_shape).astype(np.float64)
+    w = rng.integers(-4, 5, w_shape).astype(np.float64)
+    fwd = numbaconv.conv_transpose3d if transposed else numbaconv.conv3d
+    vjp = grad.conv_transpose3d_vjp if transposed else grad.conv3d_vjp
+    y = fwd(x, w, **kw)
+    g = rng.integers(-4, 5, y.shape).astype(np.float64)
+    dx, dw, db = vjp(x, w, g, **kw)
+    assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (y.shape[1],)
+    assert np.sum(x * dx) == np.sum(y * g) == np.sum(w * dw)
+    weight_fn = grad.conv_transpose3d_weight if transposed else grad.conv3d_weight
+    assert np.array_equal(dw, weight_fn(x, w.shape, g, **kw, algorithm="reference"))
+
+
+def test_3d_gradients_against_torch_autograd(rng):
+    torch = pytest.importorskip("torch")
+    from numbaconv import grad
+
+    x = rng.standard_normal((2, 4, 5, 6, 7))
+    w = rng.standard_normal((6, 2, 3, 2, 3))
+    kw = dict(stride=(2, 1, 1), padding=(1, 1, 0), dilation=(1, 2, 1), groups=2)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    y = torch.nn.functional.conv3d(tx, tw, **kw)
+    g = rng.standard_normal(tuple(y.shape))
+    y.backward(torch.tensor(g))
+    dx, dw, _ = grad.conv3d_vjp(x, w, g, **kw)
+    ax, aw, _ = grad.conv3d_vjp(np.abs(x), np.abs(w), np.abs(g), **kw)
+    u = np.finfo(np.float64).eps
+    assert np.all(np.abs(dx - tx.grad.numpy()) <= 2 * 6 * 18 * u * ax + 1e-300)
+    assert np.all(np.abs(dw - tw.grad.numpy()) <= 2 * y.numel() * u * aw + 1e-300)

@@ -13,9 +13,9 @@ with respect to ``y``:
 
 ``conv_transpose2d_input`` / ``conv_transpose2d_weight`` are the same for
 ``y = conv_transpose2d(x, w, ...)`` (its input gradient is an ordinary convolution of ``dy``),
-the ``1d`` functions run through the 2-d ones, and the ``*_vjp`` functions return all three
-gradients at once. Every padding form the forward functions accept works here too, asymmetric
-and ``'same'`` included. Arguments are validated like the forward ones; inputs are never
+the ``1d`` functions run through the 2-d ones, the ``3d`` ones as 2-d gradients per kernel
+depth offset, and the ``*_vjp`` functions return all three gradients at once. Every padding
+form the forward functions accept works here too, asymmetric and ``'same'`` included. Arguments are validated like the forward ones; inputs are never
 modified.
 
 >>> import numpy as np, numbaconv
@@ -41,10 +41,12 @@ from ._front import _operand, as_array, compute_dtype
 from .kernels import weight_grad
 from .problem import ConvProblem
 
-__all__ = ["conv1d_input", "conv1d_weight", "conv2d_input", "conv2d_weight",
-           "conv_transpose1d_input", "conv_transpose1d_weight", "conv_transpose2d_input",
-           "conv_transpose2d_weight", "bias_grad", "conv1d_vjp", "conv2d_vjp",
-           "conv_transpose1d_vjp", "conv_transpose2d_vjp", "WEIGHT_ALGORITHMS"]
+__all__ = ["conv1d_input", "conv1d_weight", "conv2d_input", "conv2d_weight", "conv3d_input",
+           "conv3d_weight", "conv_transpose1d_input", "conv_transpose1d_weight",
+           "conv_transpose2d_input", "conv_transpose2d_weight", "conv_transpose3d_input",
+           "conv_transpose3d_weight", "bias_grad", "conv1d_vjp", "conv2d_vjp", "conv3d_vjp",
+           "conv_transpose1d_vjp", "conv_transpose2d_vjp", "conv_transpose3d_vjp",
+           "WEIGHT_ALGORITHMS"]
 
 #: Algorithms of the weight gradient, for ``algorithm=`` of the ``*_weight`` functions.
 WEIGHT_ALGORITHMS = ("gemm", "reference")
@@ -101,8 +103,7 @@ def _input_grad(func, nd, input_size, weight, grad_output, transposed, stride, p
              and all(p == (0, 0) for p in problem.padding) and problem.groups == 1)
     if plain and not transposed and algorithm == "auto":
         # 1x1, stride 1, unpadded: dx = W^T dy, a forward 1x1 convolution (a plain GEMM)
-        run = functional.conv1d if nd == 1 else functional.conv2d
-        result = run(gb, np.ascontiguousarray(np.swapaxes(w, 0, 1)), None)
+        result = _CONV[nd](gb, np.ascontiguousarray(np.swapaxes(w, 0, 1)), None)
     elif not transposed:
         # conv_transpose2d(dy, w) covers input rows -lo ... (O-1)s + d(k-1) - lo; choose its high
         # padding (or output padding) so that it ends exactly at the last input row
@@ -113,13 +114,11 @@ def _input_grad(func, nd, input_size, weight, grad_output, transposed, stride, p
             reach = (o - 1) * s + d * (k - 1) + 1 - lo
             pads.append((lo, max(0, reach - i)))
             extra.append(max(0, i - reach))
-        run = functional.conv_transpose1d if nd == 1 else functional.conv_transpose2d
-        result = run(gb, w, None, problem.stride, tuple(pads), tuple(extra), problem.groups,
+        result = _TRANSPOSED[nd](gb, w, None, problem.stride, tuple(pads), tuple(extra), problem.groups,
                      problem.dilation, algorithm=algorithm)
     else:
         # the adjoint of a transposed convolution is a convolution; it reaches at least as far
-        run = functional.conv1d if nd == 1 else functional.conv2d
-        result = run(gb, w, None, problem.stride, problem.padding, problem.dilation,
+        result = _CONV[nd](gb, w, None, problem.stride, problem.padding, problem.dilation,
                      problem.groups, algorithm=algorithm)
         crop = (slice(None), slice(None)) + tuple(slice(0, i) for i in problem.in_size)
         if result.shape[2:] != problem.in_size:
@@ -151,6 +150,8 @@ def _weight_grad(func, nd, input, weight_size, grad_output, transposed, stride, 
         fwd_in, fwd_grad = gb, xb
     else:
         fwd_in, fwd_grad = xb, gb
+    if nd == 3:
+        return _weight_grad_3d(fwd_in, fwd_grad, tuple(weight_size), problem, algorithm)
     (pt, _), (pl, _) = ((0, 0),) * (2 - nd) + tuple(problem.padding)
     sh, sw = ((1,) * (2 - nd)) + tuple(problem.stride)
     dh, dw = ((1,) * (2 - nd)) + tuple(problem.dilation)
@@ -165,6 +166,38 @@ def _weight_grad(func, nd, input, weight_size, grad_output, transposed, stride, 
             dw_ = weight_grad.conv2d_weight_grad(lift(fwd_in), lift(fwd_grad), w_shape, sh, sw,
                                                  pt, pl, dh, dw, problem.groups)
     return dw_.reshape(weight_size)
+
+
+def _weight_grad_3d(fwd_in, fwd_grad, w_shape, problem, algorithm):
+    """3-d weight gradient as the 2-d one per kernel depth offset (as
+    :mod:`numbaconv.depth_lowering` computes the forward pass): for offset ``kd`` the input
+    depth slices each output depth reads, and the output gradient's depth slices, are stacked as
+    the batch of one 2-d weight gradient. Summed over (image, output depth), then pixels."""
+    n, c, d_in = fwd_in.shape[:3]
+    od = fwd_grad.shape[2]
+    k_d = w_shape[2]
+    (p_d, _), (pt, _), (pl, _) = problem.padding
+    (s_d, sh, sw), (d_d, dh, dw) = problem.stride, problem.dilation
+    xt = np.ascontiguousarray(fwd_in.transpose(0, 2, 1, 3, 4))
+    gt = np.ascontiguousarray(fwd_grad.transpose(0, 2, 1, 3, 4))
+    gt = gt.reshape((n * od,) + gt.shape[2:])
+    plane_w = w_shape[:2] + w_shape[3:]
+    result = np.empty(w_shape, dtype=fwd_in.dtype)
+    for kd in range(k_d):
+        src = np.arange(od) * s_d - p_d + kd * d_d
+        ok = (src >= 0) & (src < d_in)
+        slices = np.zeros((n, od) + xt.shape[2:], dtype=fwd_in.dtype)
+        slices[:, ok] = xt[:, src[ok]]
+        slices = slices.reshape((n * od,) + xt.shape[2:])
+        if algorithm == "reference":
+            part = reference.conv2d_weight_grad(slices, gt, plane_w, (sh, sw), (pt, pl), (dh, dw),
+                                                problem.groups)
+        else:
+            with _threads.launch():
+                part = weight_grad.conv2d_weight_grad(slices, gt, plane_w, sh, sw, pt, pl, dh, dw,
+                                                      problem.groups)
+        result[:, :, kd] = part
+    return result
 
 
 def bias_grad(grad_output):
@@ -275,6 +308,35 @@ def conv_transpose1d_weight(input, weight_size, grad_output, stride=1, padding=0
                         stride, padding, dilation, groups, output_padding, algorithm)
 
 
+def conv3d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                 algorithm="auto"):
+    """Gradient of :func:`numbaconv.conv3d` with respect to its input; see :func:`conv2d_input`."""
+    return _input_grad("conv3d_input", 3, input_size, weight, grad_output, False, stride,
+                       padding, dilation, groups, 0, algorithm)
+
+
+def conv3d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+                  algorithm="auto"):
+    """Gradient of :func:`numbaconv.conv3d` with respect to its weight (one 2-d weight gradient
+    per kernel depth offset); see :func:`conv2d_weight`."""
+    return _weight_grad("conv3d_weight", 3, input, weight_size, grad_output, False, stride,
+                        padding, dilation, groups, 0, algorithm)
+
+
+def conv_transpose3d_input(input_size, weight, grad_output, stride=1, padding=0,
+                           output_padding=0, groups=1, dilation=1, *, algorithm="auto"):
+    """Gradient of :func:`numbaconv.conv_transpose3d` with respect to its input."""
+    return _input_grad("conv_transpose3d_input", 3, input_size, weight, grad_output, True,
+                       stride, padding, dilation, groups, output_padding, algorithm)
+
+
+def conv_transpose3d_weight(input, weight_size, grad_output, stride=1, padding=0,
+                            output_padding=0, groups=1, dilation=1, *, algorithm="auto"):
+    """Gradient of :func:`numbaconv.conv_transpose3d` with respect to its weight."""
+    return _weight_grad("conv_transpose3d_weight", 3, input, weight_size, grad_output, True,
+                        stride, padding, dilation, groups, output_padding, algorithm)
+
+
 def _bias_of(grad_output, unbatched_ndim):
     """:func:`bias_grad` of a batched or an unbatched (``unbatched_ndim`` dimensions) gradient."""
     g = as_array(grad_output, "grad_output")
@@ -321,3 +383,22 @@ def conv_transpose1d_vjp(input, weight, grad_output, stride=1, padding=0, output
     """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv_transpose1d`."""
     return _vjp(conv_transpose1d_input, conv_transpose1d_weight, 1, input, weight, grad_output,
                 (stride, padding, output_padding, groups, dilation), bias)
+
+
+def conv3d_vjp(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
+               bias=True):
+    """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv3d`."""
+    return _vjp(conv3d_input, conv3d_weight, 3, input, weight, grad_output,
+                (stride, padding, dilation, groups), bias)
+
+
+def conv_transpose3d_vjp(input, weight, grad_output, stride=1, padding=0, output_padding=0,
+                         groups=1, dilation=1, *, bias=True):
+    """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv_transpose3d`."""
+    return _vjp(conv_transpose3d_input, conv_transpose3d_weight, 3, input, weight, grad_output,
+                (stride, padding, output_padding, groups, dilation), bias)
+
+
+_CONV = {1: functional.conv1d, 2: functional.conv2d, 3: functional.conv3d}
+_TRANSPOSED = {1: functional.conv_transpose1d, 2: functional.conv_transpose2d,
+               3: functional.conv_transpose3d}
