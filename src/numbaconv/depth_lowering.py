@@ -20,17 +20,24 @@ from . import dispatch
 from .problem import ConvProblem
 
 
-def _plane_problem(problem, batch, transposed):
-    (_, *hw_pad), (_, *hw_s), (_, *hw_d) = problem.padding, problem.stride, problem.dilation
-    kernel = problem.kernel_size[1:]
-    in_size = problem.in_size[1:]
-    if transposed:
-        return ConvProblem(batch, problem.in_channels, problem.out_channels, in_size, kernel,
-                           tuple(hw_s), tuple(hw_pad), tuple(hw_d), problem.groups, True,
-                           problem.output_padding[1:], problem.dtype, False)
-    return ConvProblem(batch, problem.in_channels, problem.out_channels, in_size, kernel,
-                       tuple(hw_s), tuple(hw_pad), tuple(hw_d), problem.groups, False, None,
+def _plane_problem(problem, batch):
+    """The 2-d problem of one depth offset: the height/width part of ``problem``, ``batch``
+    images."""
+    return ConvProblem(batch, problem.in_channels, problem.out_channels, problem.in_size[1:],
+                       problem.kernel_size[1:], problem.stride[1:], problem.padding[1:],
+                       problem.dilation[1:], problem.groups, problem.transposed,
+                       problem.output_padding[1:] if problem.transposed else None,
                        problem.dtype, False)
+
+
+def depth_slices(xt, out_depth, stride, pad, offset):
+    """For every output depth ``od`` the input depth slice ``od*stride - pad + offset`` (zeros
+    outside), stacked as a 2-d batch: ``xt`` (N, D, C, H, W) -> (N * out_depth, C, H, W)."""
+    src = np.arange(out_depth) * stride - pad + offset
+    ok = (src >= 0) & (src < xt.shape[1])
+    slices = np.zeros((xt.shape[0], out_depth) + xt.shape[2:], dtype=xt.dtype)
+    slices[:, ok] = xt[:, src[ok]]
+    return slices.reshape((-1,) + xt.shape[2:])
 
 
 def run(problem, x, w, b, out, algorithm):
@@ -41,7 +48,7 @@ def run(problem, x, w, b, out, algorithm):
     k_d, s_d, dil_d = problem.kernel_size[0], problem.stride[0], problem.dilation[0]
     pad_d = problem.padding[0][0]
     transposed = problem.transposed
-    plane = _plane_problem(problem, n * (d_in if transposed else d_out), transposed)
+    plane = _plane_problem(problem, n * (d_in if transposed else d_out))
     chosen = dispatch.get(algorithm, plane)
     # depth-major copies: (N, D, C, H, W), so one depth slice of every image is one 2-d batch
     xt = np.ascontiguousarray(x.transpose(0, 2, 1, 3, 4))
@@ -56,10 +63,7 @@ def run(problem, x, w, b, out, algorithm):
             ok = (od >= 0) & (od < d_out)
             acc[:, od[ok]] += part.reshape((n, d_in) + part.shape[1:])[:, ok]
         else:
-            src = np.arange(d_out) * s_d - pad_d + kd * dil_d
-            ok = (src >= 0) & (src < d_in)
-            slices = np.zeros((n, d_out) + xt.shape[2:], dtype=x.dtype)
-            slices[:, ok] = xt[:, src[ok]]
-            chosen.run(plane, slices.reshape(plane.input_shape), w2, None, part)
+            slices = depth_slices(xt, d_out, s_d, pad_d, kd * dil_d)
+            chosen.run(plane, slices, w2, None, part)
             acc += part.reshape((n, d_out) + part.shape[1:])
     out[...] = acc.transpose(0, 2, 1, 3, 4)

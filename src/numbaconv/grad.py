@@ -36,7 +36,7 @@ import numbers
 
 import numpy as np
 
-from . import _threads, functional, reference
+from . import _threads, depth_lowering, functional, reference
 from ._front import _operand, as_array, compute_dtype
 from .kernels import weight_grad
 from .problem import ConvProblem
@@ -173,7 +173,7 @@ def _weight_grad_3d(fwd_in, fwd_grad, w_shape, problem, algorithm):
     :mod:`numbaconv.depth_lowering` computes the forward pass): for offset ``kd`` the input
     depth slices each output depth reads, and the output gradient's depth slices, are stacked as
     the batch of one 2-d weight gradient. Summed over (image, output depth), then pixels."""
-    n, c, d_in = fwd_in.shape[:3]
+    n = fwd_in.shape[0]
     od = fwd_grad.shape[2]
     k_d = w_shape[2]
     (p_d, _), (pt, _), (pl, _) = problem.padding
@@ -184,11 +184,7 @@ def _weight_grad_3d(fwd_in, fwd_grad, w_shape, problem, algorithm):
     plane_w = w_shape[:2] + w_shape[3:]
     result = np.empty(w_shape, dtype=fwd_in.dtype)
     for kd in range(k_d):
-        src = np.arange(od) * s_d - p_d + kd * d_d
-        ok = (src >= 0) & (src < d_in)
-        slices = np.zeros((n, od) + xt.shape[2:], dtype=fwd_in.dtype)
-        slices[:, ok] = xt[:, src[ok]]
-        slices = slices.reshape((n * od,) + xt.shape[2:])
+        slices = depth_lowering.depth_slices(xt, od, s_d, p_d, kd * d_d)
         if algorithm == "reference":
             part = reference.conv2d_weight_grad(slices, gt, plane_w, (sh, sw), (pt, pl), (dh, dw),
                                                 problem.groups)
