@@ -1,7 +1,7 @@
 """Convolution cases for the algorithm tests: a hand-picked list of corner cases plus a seeded
 random sample of the grid (kernel 1/2/3/4/5/7/11 and non-square, stride 1-4, padding int/pair/
 'same'/asymmetric, dilation 1-3, groups 1/2/4/depthwise with multiplier 1 and 2, bias or not,
-batch 1-3, odd and non-square inputs, float32 and float64)."""
+batch 1-3, odd and non-square inputs, float32 and float64) and 3x3 stride-1 tiling cases."""
 
 from dataclasses import dataclass
 
@@ -161,7 +161,31 @@ def random_cases(count, transposed, seed):
     return cases
 
 
+def tile_cases():
+    """3x3 stride-1 ungrouped cases for algorithms that cut the output into tiles (Winograd's
+    4x4): sizes on and off the tile grid, one tile or many, paddings that leave partial tiles
+    at any edge, several images and channel counts."""
+    c = Case
+    return [
+        c((1, 1, 3, 3), (1, 1, 3, 3)),
+        c((1, 1, 6, 6), (1, 1, 3, 3), bias=False),
+        c((2, 3, 8, 8), (5, 3, 3, 3), padding=1),
+        c((1, 4, 9, 13), (6, 4, 3, 3), padding=1, dtype="float64"),
+        c((3, 2, 10, 7), (4, 2, 3, 3), padding=((0, 2), (3, 1))),
+        c((1, 8, 17, 17), (8, 8, 3, 3), padding="same", bias=False),
+        c((1, 5, 4, 30), (3, 5, 3, 3), padding=2),
+        c((2, 16, 12, 12), (16, 16, 3, 3), padding=1, dtype="float64"),
+        c((1, 33, 7, 5), (17, 33, 3, 3), padding=(2, 0)),
+        c((1, 3, 20, 21), (2, 3, 3, 3), padding="valid"),
+        c((4, 6, 11, 11), (9, 6, 3, 3), padding=1, bias=False),
+        c((1, 2, 1, 40), (3, 2, 3, 3), padding=1),
+        c((2, 7, 15, 3), (2, 7, 3, 3), padding=((1, 0), (0, 1)), dtype="float64"),
+        c((1, 24, 9, 9), (40, 24, 3, 3), padding=3),
+        c((1, 1, 25, 26), (1, 1, 3, 3), padding="same", dtype="float64"),
+    ]
+
+
 def all_cases(count=150):
-    return (forward_corner_cases() + transposed_corner_cases()
+    return (forward_corner_cases() + tile_cases() + transposed_corner_cases()
             + random_cases(count, False, seed=20261122)
             + random_cases(count, True, seed=20261123))

@@ -63,18 +63,19 @@ def _arrays(rng, x_shape, w_shape, kwargs, transposed, kind, dtype=np.float32):
     return draw(x_shape), draw(w_shape), draw((c_out,))
 
 
-def _both(x, w, b, kwargs, transposed, chunks, out_chunks, algorithm):
+def _both(x, w, b, kwargs, transposed, chunks, out_chunks, algorithm, exact=True):
     """(lazy dask result, it computed synchronously, in-memory result)."""
     in_memory = numbaconv.conv_transpose2d if transposed else numbaconv.conv2d
     on_dask = ndask.conv_transpose2d if transposed else ndask.conv2d
     y = on_dask(da.from_array(x, chunks=chunks), w, b, algorithm=algorithm, chunks=out_chunks,
-                **kwargs)
+                exact=exact, **kwargs)
     return y, y.compute(scheduler="synchronous"), in_memory(x, w, b, algorithm=algorithm,
-                                                            **kwargs)
+                                                            exact=exact, **kwargs)
 
 
 def _algorithms(x, w, kwargs, transposed):
-    reasons = numbaconv.explain(x, w, True, transposed=transposed, **kwargs).reasons
+    """The exact algorithms that can compute the problem."""
+    reasons = numbaconv.explain(x, w, True, transposed=transposed, exact=True, **kwargs).reasons
     return [name for name, reason in reasons.items() if reason is None]
 
 

@@ -41,7 +41,7 @@ def precompile(dtypes=("float32", "float64")):
 
     >>> import numbaconv
     >>> sorted(numbaconv.precompile(dtypes=("float32",)))
-    ['depthwise', 'direct', 'direct (transposed)', 'gemm', 'gemm (transposed)', 'im2col', 'weight gradient']
+    ['depthwise', 'direct', 'direct (transposed)', 'gemm', 'gemm (transposed)', 'im2col', 'weight gradient', 'winograd']
     """
     from .kernels import weight_grad
 

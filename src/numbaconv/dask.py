@@ -195,7 +195,7 @@ def _as_numpy(value):
 
 
 def _convolve(fname, x, weight, bias, *, transposed, stride, padding, dilation, groups,
-              output_padding, output_size, algorithm, chunks, num_threads):
+              output_padding, output_size, algorithm, chunks, num_threads, exact=False):
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
@@ -215,7 +215,8 @@ def _convolve(fname, x, weight, bias, *, transposed, stride, padding, dilation, 
         return _convolve(fname, x[None], weight, bias, transposed=transposed, stride=stride,
                          padding=padding, dilation=dilation, groups=groups,
                          output_padding=output_padding, output_size=output_size,
-                         algorithm=algorithm, chunks=chunks, num_threads=num_threads)[0]
+                         algorithm=algorithm, chunks=chunks, num_threads=num_threads,
+                         exact=exact)[0]
     if any(np.isnan(c) for axis in x.chunks for c in axis):
         raise ValueError(f"{fname}: input chunk sizes must be known; call "
                          f"x.compute_chunk_sizes() first")
@@ -232,7 +233,7 @@ def _convolve(fname, x, weight, bias, *, transposed, stride, padding, dilation, 
                          "shapes could be tuned to different algorithms; tune the in-memory call "
                          "and pass the name it chose (numbaconv.tuning.choices())")
     common = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
-                  algorithm=algorithm)
+                  algorithm=algorithm, exact=exact)
     if transposed:
         dtype = numbaconv.conv_transpose2d(probe, w, b, output_padding=output_padding,
                                            output_size=output_size, **common).dtype
@@ -241,7 +242,7 @@ def _convolve(fname, x, weight, bias, *, transposed, stride, padding, dilation, 
     explained = numbaconv.explain(
         x.shape, w.shape, b is not None, stride, padding, dilation, groups,
         transposed=transposed, output_padding=output_padding, output_size=output_size,
-        dtype=dtype)
+        dtype=dtype, exact=exact)
     problem = explained.problem
     name = explained.choice if algorithm == "auto" else algorithm
 
@@ -388,7 +389,7 @@ def _check_blocks_supported(fname, name, x, c_chunks, c_in_group, axes, w_shape,
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algorithm="auto", chunks=None, num_threads=None):
+           algorithm="auto", exact=False, chunks=None, num_threads=None):
     r"""2-D convolution of a dask array, block by block; same result as :func:`numbaconv.conv2d`.
 
     Parameters
@@ -406,6 +407,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         Resolved once on the whole problem (``'auto'``: the in-memory choice) and used for every
         block; raises :class:`numbaconv.UnsupportedAlgorithm` before computing if it refuses a
         block.
+    exact : bool, optional
+        As in :func:`numbaconv.conv2d`. An inexact algorithm (``'winograd'``, which ``'auto'`` may
+        pick unless ``exact=True``) cuts each block into its own tiles, so blocks agree with the
+        in-memory result within the algorithm's error bound, not bit for bit.
     chunks : int, tuple or tuple of tuples, optional
         Chunks of the output's spatial axes (H_out, W_out), in any form
         ``dask.array.core.normalize_chunks`` accepts. Default: the input's spatial chunks mapped
@@ -433,11 +438,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     return _convolve("conv2d", input, weight, bias, transposed=False, stride=stride,
                      padding=padding, dilation=dilation, groups=groups, output_padding=0,
                      output_size=None, algorithm=algorithm, chunks=chunks,
-                     num_threads=num_threads)
+                     num_threads=num_threads, exact=exact)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, algorithm="auto", chunks=None,
+                     dilation=1, *, output_size=None, algorithm="auto", exact=False, chunks=None,
                      num_threads=None):
     r"""2-D transposed convolution of a dask array; same result as
     :func:`numbaconv.conv_transpose2d`.
@@ -450,7 +455,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     bias : array_like, shape (C_out,), optional
     stride, padding, output_padding, groups, dilation, output_size
         As in :func:`numbaconv.conv_transpose2d`.
-    algorithm, chunks, num_threads
+    algorithm, exact, chunks, num_threads
         As in :func:`conv2d`. The default ``chunks`` start output chunks where an input chunk's
         first row writes (``B * stride - padding``).
 
@@ -461,7 +466,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     return _convolve("conv_transpose2d", input, weight, bias, transposed=True, stride=stride,
                      padding=padding, dilation=dilation, groups=groups,
                      output_padding=output_padding, output_size=output_size,
-                     algorithm=algorithm, chunks=chunks, num_threads=num_threads)
+                     algorithm=algorithm, chunks=chunks, num_threads=num_threads, exact=exact)
 
 
 def _compile_stats():

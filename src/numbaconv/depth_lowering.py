@@ -40,7 +40,7 @@ def depth_slices(xt, out_depth, stride, pad, offset):
     return slices.reshape((-1,) + xt.shape[2:])
 
 
-def run(problem, x, w, b, out, algorithm):
+def run(problem, x, w, b, out, algorithm, exact=False):
     """Compute the 3-d ``problem`` into ``out`` with the 2-d ``algorithm`` ('auto' or a name);
     arrays batched, C-contiguous, of ``problem.dtype``."""
     n = problem.batch
@@ -49,7 +49,7 @@ def run(problem, x, w, b, out, algorithm):
     pad_d = problem.padding[0][0]
     transposed = problem.transposed
     plane = _plane_problem(problem, n * (d_in if transposed else d_out))
-    chosen = dispatch.get(algorithm, plane)
+    chosen = dispatch.get(algorithm, plane, exact)
     # depth-major copies: (N, D, C, H, W), so one depth slice of every image is one 2-d batch
     xt = np.ascontiguousarray(x.transpose(0, 2, 1, 3, 4))
     acc = np.empty((n, d_out, problem.out_channels) + problem.out_size[1:], dtype=x.dtype)

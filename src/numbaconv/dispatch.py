@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import reference
-from .kernels import depthwise, direct, gemm, im2col, transposed
+from .kernels import depthwise, direct, gemm, im2col, transposed, winograd
 from .problem import ConvProblem
 
 
@@ -116,6 +116,23 @@ def _gemm_run(problem, x, w, b, out):
     gemm.conv2d_implicit_gemm(x, w, _bias(problem, b), out, *_geometry(problem), problem.groups)
 
 
+def _winograd_run(problem, x, w, b, out):
+    (pt, _), (pl, _) = problem.padding
+    if not winograd.conv2d_winograd(x, w, _bias(problem, b), out, pt, pl):
+        # Inf or NaN in the data: an exact kernel propagates them as the reference does
+        get("auto", problem, exact=True).run(problem, x, w, b, out)
+
+
+def _winograd_limits(problem):
+    if problem.kernel_size != (3, 3):
+        return f"computes 3x3 kernels only, got {problem.kernel_size[0]}x{problem.kernel_size[1]}"
+    if problem.stride != (1, 1) or problem.dilation != (1, 1):
+        return "computes stride 1, dilation 1 only"
+    if problem.groups != 1:
+        return f"computes ungrouped convolutions only, got groups={problem.groups}"
+    return None
+
+
 def _transposed_direct_run(problem, x, w, b, out):
     transposed.conv_transpose2d_direct(x, w, _bias(problem, b), out, *_geometry(problem),
                                        problem.groups)
@@ -145,6 +162,11 @@ ALGORITHMS = (
                 "default), then one GEMM per block; 1x1 stride-1 is a GEMM with no copy",
         size_invariant=True),
     Algorithm(
+        name="winograd", transposed=False, run=_winograd_run, limits=_winograd_limits,
+        exact=False,
+        summary="Winograd F(4x4, 3x3): 36 GEMMs on transformed 6x6 tiles, 4x fewer multiplies; "
+                "3x3 stride 1 ungrouped; not bit-exact (see the README's error figures)"),
+    Algorithm(
         name="direct", transposed=True, run=_transposed_direct_run, size_invariant=True,
         summary="gather by stride phase (no multiplies on stuffed zeros), 16 output-channel x "
                 "pixel accumulators in registers"),
@@ -162,16 +184,36 @@ def names():
     return tuple(dict.fromkeys(a.name for a in ALGORITHMS))
 
 
-def candidates(problem):
+_INEXACT = "not exact (rounding differs from the reference) and the call asked for exact=True"
+
+
+def candidates(problem, exact=False):
     """``{name: reason or None}`` for every algorithm of the problem's kind, in table order."""
-    return {a.name: a.why_not(problem) for a in ALGORITHMS if a.transposed == problem.transposed}
+    return {a.name: (_INEXACT if exact and not a.exact else a.why_not(problem))
+            for a in ALGORITHMS if a.transposed == problem.transposed}
 
 
-def rule(problem):
+# Winograd pays for its transforms when there are enough tiles and channels; below these the
+# exact kernels are as fast (``numbaconv bench`` on 2 cores: ResNet 3x3 C256 14x14 at batch 1,
+# 16 tiles, ran 1.6 ms against 0.75 ms direct, mostly transforming the 590K weights).
+_WINOGRAD_MIN_TILES = 32
+_WINOGRAD_MIN_CHANNELS = 16
+
+
+def _winograd_pays(problem):
+    oh, ow = problem.out_size
+    tiles = problem.batch * -(-oh // winograd.TILE) * -(-ow // winograd.TILE)
+    return (tiles >= _WINOGRAD_MIN_TILES
+            and min(problem.in_channels, problem.out_channels) >= _WINOGRAD_MIN_CHANNELS)
+
+
+def rule(problem, exact=False):
     """The algorithm ``'auto'`` prefers, by kernel size, groups, channels and image size.
 
     Forward convolution:
 
+    0. ``winograd`` for 3x3 stride-1 ungrouped layers with at least 16 input and output channels
+       and 32 output tiles of 4x4 (all images), unless ``exact``.
     1. ``depthwise`` when ``groups == C_in > 1`` (one channel per group).
     2. ``direct`` for other grouped convolutions with narrow groups (``C_out / groups < 32``):
        a GEMM per group would be too small to run fast.
@@ -189,6 +231,8 @@ def rule(problem):
         w_in = problem.in_size[-1]
         cin_g = problem.in_channels // problem.groups
         return "gemm" if w_in < 16 or (w_in < 32 and cin_g >= 256) else "direct"
+    if not exact and _winograd_limits(problem) is None and _winograd_pays(problem):
+        return "winograd"
     if problem.is_depthwise and problem.groups > 1:
         return "depthwise"
     if problem.groups > 1 and problem.out_channels // problem.groups < 32:
@@ -198,29 +242,31 @@ def rule(problem):
     return "direct"
 
 
-def auto_choice(problem):
+def auto_choice(problem, exact=False):
     """The algorithm ``'auto'`` runs: :func:`rule`'s choice when it can compute the problem,
-    else the first algorithm in table order that can (the reference handles everything)."""
-    preferred = rule(problem)
+    else the first algorithm in table order that can (the reference handles everything); with
+    ``exact``, never an inexact one."""
+    preferred = rule(problem, exact)
     for a in ALGORITHMS:
         if a.name == preferred and a.transposed == problem.transposed and \
                 a.why_not(problem) is None:
             return a.name
     for a in ALGORITHMS:
-        if a.why_not(problem) is None:
+        if a.exact and a.why_not(problem) is None:
             return a.name
     raise AssertionError(f"no algorithm for {problem}")
 
 
-def get(name, problem):
-    """The :class:`Algorithm` called ``name`` for ``problem``'s kind, checked to support it."""
+def get(name, problem, exact=False):
+    """The :class:`Algorithm` called ``name`` for ``problem``'s kind, checked to support it (and
+    to be exact, with ``exact``)."""
     if name == "auto":
-        name = auto_choice(problem)
+        name = auto_choice(problem, exact)
     if name not in names():
         raise ValueError(f"algorithm must be 'auto', 'tune' or one of {names()}, got {name!r}")
     for a in ALGORITHMS:
         if a.name == name and a.transposed == problem.transposed:
-            reason = a.why_not(problem)
+            reason = _INEXACT if exact and not a.exact else a.why_not(problem)
             if reason:
                 raise UnsupportedAlgorithm(f"algorithm {name!r} cannot compute {problem}: {reason}")
             return a

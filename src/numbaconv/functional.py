@@ -16,10 +16,15 @@ _ALGORITHM_DOC = """algorithm : str, optional
         problem and use the fastest from then on, see :mod:`numbaconv.tuning`) or the name of an
         algorithm (see :func:`explain` and ``numbaconv.dispatch.ALGORITHMS``); a forced
         algorithm that cannot compute the problem raises
-        :class:`~numbaconv.dispatch.UnsupportedAlgorithm` with the reason."""
+        :class:`~numbaconv.dispatch.UnsupportedAlgorithm` with the reason.
+    exact : bool, optional
+        Only algorithms whose result equals the reference bit for bit whenever every partial sum
+        is exact (integer-valued data): ``'auto'`` then never picks ``'winograd'``, and forcing it
+        raises. Default False: ``'auto'`` may use Winograd for 3x3 stride-1 layers; its error is
+        bounded (see :mod:`numbaconv.kernels.winograd`) and the README gives measured figures."""
 
 
-def _run(prepared, algorithm, out):
+def _run(prepared, algorithm, out, exact=False):
     result, batched = output_array(prepared, out)
     problem, x, w, b = prepared.problem, prepared.x, prepared.w, prepared.b
     if problem.nd == 1:
@@ -33,12 +38,12 @@ def _run(prepared, algorithm, out):
         if problem.batch:
             with _threads.launch():
                 depth_lowering.run(problem, x, w, b, batched,
-                                   "auto" if algorithm == "tune" else algorithm)
+                                   "auto" if algorithm == "tune" else algorithm, exact)
         return result
     if algorithm == "tune":
         chosen = _tuned(problem, x, w, b, batched)
     else:
-        chosen = dispatch.get(algorithm, problem)
+        chosen = dispatch.get(algorithm, problem, exact)
     if problem.batch:
         with _threads.launch():
             chosen.run(problem, x, w, b, batched)
@@ -112,7 +117,7 @@ def _padded(func, nd, input, weight, stride, padding, dilation, padding_mode):
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            padding_mode="zeros", data_format="NCHW", weight_format=None, algorithm="auto",
-           out=None):
+           exact=False, out=None):
     r"""2-D convolution (cross-correlation) over an input of several planes.
 
     Same semantics, argument forms and result as ``torch.nn.functional.conv2d``:
@@ -184,17 +189,18 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if data_format != "NCHW" or weight_format is not None:
         return _layout_call("conv2d", 2, False, conv2d, input, weight, bias,
                             dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
-                                 padding_mode=padding_mode), data_format, weight_format,
+                                 padding_mode=padding_mode, exact=exact), data_format,
+                            weight_format,
                             algorithm, out)
     input, padding = _padded("conv2d", 2, input, weight, stride, padding, dilation, padding_mode)
     prepared = prepare("conv2d", 2, input, weight, bias, transposed=False, stride=stride,
                        padding=padding, dilation=dilation, groups=groups)
-    return _run(prepared, algorithm, out)
+    return _run(prepared, algorithm, out, exact)
 
 
 def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
            padding_mode="zeros", data_format="NCW", weight_format=None, algorithm="auto",
-           out=None):
+           exact=False, out=None):
     """1-D convolution, as ``torch.nn.functional.conv1d``.
 
     ``input`` (N, C_in, L) or (C_in, L); ``weight`` (C_out, C_in / groups, k); ``padding`` an int,
@@ -208,17 +214,18 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if data_format != "NCW" or weight_format is not None:
         return _layout_call("conv1d", 1, False, conv1d, input, weight, bias,
                             dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
-                                 padding_mode=padding_mode), data_format, weight_format,
+                                 padding_mode=padding_mode, exact=exact), data_format,
+                            weight_format,
                             algorithm, out)
     input, padding = _padded("conv1d", 1, input, weight, stride, padding, dilation, padding_mode)
     prepared = prepare("conv1d", 1, input, weight, bias, transposed=False, stride=stride,
                        padding=padding, dilation=dilation, groups=groups)
-    return _run(prepared, algorithm, out)
+    return _run(prepared, algorithm, out, exact)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1, *, output_size=None, data_format="NCHW", weight_format=None,
-                     algorithm="auto", out=None):
+                     algorithm="auto", exact=False, out=None):
     r"""2-D transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose2d``.
 
     The adjoint of :func:`conv2d` with respect to its input: every input element scatters
@@ -265,17 +272,18 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     if data_format != "NCHW" or weight_format is not None:
         return _layout_call("conv_transpose2d", 2, True, conv_transpose2d, input, weight, bias,
                             dict(stride=stride, padding=padding, output_padding=output_padding,
-                                 groups=groups, dilation=dilation, output_size=output_size),
+                                 groups=groups, dilation=dilation, output_size=output_size,
+                                 exact=exact),
                             data_format, weight_format, algorithm, out)
     prepared = prepare("conv_transpose2d", 2, input, weight, bias, transposed=True, stride=stride,
                        padding=padding, dilation=dilation, groups=groups,
                        output_padding=output_padding, output_size=output_size)
-    return _run(prepared, algorithm, out)
+    return _run(prepared, algorithm, out, exact)
 
 
 def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1, *, output_size=None, data_format="NCW", weight_format=None,
-                     algorithm="auto", out=None):
+                     algorithm="auto", exact=False, out=None):
     """1-D transposed convolution, as ``torch.nn.functional.conv_transpose1d``.
 
     ``input`` (N, C_in, L) or (C_in, L); ``weight`` (C_in, C_out / groups, k). See
@@ -288,12 +296,13 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
     if data_format != "NCW" or weight_format is not None:
         return _layout_call("conv_transpose1d", 1, True, conv_transpose1d, input, weight, bias,
                             dict(stride=stride, padding=padding, output_padding=output_padding,
-                                 groups=groups, dilation=dilation, output_size=output_size),
+                                 groups=groups, dilation=dilation, output_size=output_size,
+                                 exact=exact),
                             data_format, weight_format, algorithm, out)
     prepared = prepare("conv_transpose1d", 1, input, weight, bias, transposed=True,
                        stride=stride, padding=padding, dilation=dilation, groups=groups,
                        output_padding=output_padding, output_size=output_size)
-    return _run(prepared, algorithm, out)
+    return _run(prepared, algorithm, out, exact)
 
 
 for _f in (conv2d, conv1d, conv_transpose2d, conv_transpose1d):
@@ -301,7 +310,7 @@ for _f in (conv2d, conv1d, conv_transpose2d, conv_transpose1d):
 
 
 def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algorithm="auto", out=None):
+           algorithm="auto", exact=False, out=None):
     """3-D convolution, as ``torch.nn.functional.conv3d``.
 
     ``input`` (N, C_in, D, H, W) or (C_in, D, H, W); ``weight`` (C_out, C_in / groups, kD, kH, kW);
@@ -316,11 +325,11 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     """
     prepared = prepare("conv3d", 3, input, weight, bias, transposed=False, stride=stride,
                        padding=padding, dilation=dilation, groups=groups)
-    return _run(prepared, algorithm, out)
+    return _run(prepared, algorithm, out, exact)
 
 
 def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, algorithm="auto", out=None):
+                     dilation=1, *, output_size=None, algorithm="auto", exact=False, out=None):
     """3-D transposed convolution, as ``torch.nn.functional.conv_transpose3d``.
 
     ``input`` (N, C_in, D, H, W) or (C_in, D, H, W); ``weight`` (C_in, C_out / groups, kD, kH,
@@ -335,10 +344,10 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
     prepared = prepare("conv_transpose3d", 3, input, weight, bias, transposed=True,
                        stride=stride, padding=padding, dilation=dilation, groups=groups,
                        output_padding=output_padding, output_size=output_size)
-    return _run(prepared, algorithm, out)
+    return _run(prepared, algorithm, out, exact)
 
 
-def convolve(problem, input, weight, bias=None, *, algorithm="auto", out=None):
+def convolve(problem, input, weight, bias=None, *, algorithm="auto", exact=False, out=None):
     """Run the convolution a :class:`~numbaconv.problem.ConvProblem` describes on these arrays.
 
     The problem's stride, padding, dilation, groups (and output padding) are passed to
@@ -351,9 +360,9 @@ def convolve(problem, input, weight, bias=None, *, algorithm="auto", out=None):
         raise ValueError(f"no {problem.nd}-d convolution function for {problem}")
     if problem.transposed:
         return fn(input, weight, bias, problem.stride, problem.padding, problem.output_padding,
-                  problem.groups, problem.dilation, algorithm=algorithm, out=out)
+                  problem.groups, problem.dilation, algorithm=algorithm, exact=exact, out=out)
     return fn(input, weight, bias, problem.stride, problem.padding, problem.dilation,
-              problem.groups, algorithm=algorithm, out=out)
+              problem.groups, algorithm=algorithm, exact=exact, out=out)
 
 
 class Explanation:
@@ -381,7 +390,7 @@ class Explanation:
 
 
 def explain(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-            transposed=False, output_padding=0, output_size=None, dtype=None):
+            transposed=False, output_padding=0, output_size=None, dtype=None, exact=False):
     """Which algorithm ``'auto'`` would pick for these arguments, and why not the others.
 
     Takes the arguments of :func:`conv2d` (or :func:`conv_transpose2d` with
@@ -421,7 +430,8 @@ def explain(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,
                                        dtype=dtype)
     if problem.nd == 1:
         problem = problem.lifted_to_2d()
-    return Explanation(problem, dispatch.auto_choice(problem), dispatch.candidates(problem))
+    return Explanation(problem, dispatch.auto_choice(problem, exact),
+                       dispatch.candidates(problem, exact))
 
 
 def algorithms():

@@ -44,7 +44,6 @@ one masked store per row segment otherwise (vectors crossing a row end or the ba
 
 import collections
 import math
-import threading
 
 import numba
 import numpy as np
@@ -55,6 +54,7 @@ from numba.extending import intrinsic
 
 from numbaconv import _threads
 from numbaconv._jit import kernel, parallel_kernel, vector_bytes
+from numbaconv.kernels.scratch import buffer
 
 
 _VBYTES = vector_bytes()
@@ -666,24 +666,6 @@ def _fill_band(xf, xs, n, g, cin, cin_g, h, w, oy0, nrows, wq, plane,
 # Planning and the public functions
 # ---------------------------------------------------------------------------------------------
 
-_tls = threading.local()
-_KEEP_BYTES = 64 << 20
-
-
-def _get_scratch(n, dtype):
-    """A buffer of at least ``n`` elements, reused across calls from the same Python thread
-    (fresh memory would be page-faulted in on every call)."""
-    cache = getattr(_tls, "scratch", None)
-    if cache is None:
-        cache = _tls.scratch = {}
-    buf = cache.get(dtype)
-    if buf is None or buf.size < n:
-        buf = np.empty(n, dtype=dtype)
-        if buf.nbytes <= _KEEP_BYTES:
-            cache[dtype] = buf
-    return buf
-
-
 def _plan_work(n_img, groups, oh, ow, wq, halo, cin_g, nphase, n_cob, tile_c, rows, ntap,
                lanes, itemsize, nthreads):
     """Choose the prange work items: band height, output-channel chunks per band, tile chunk.
@@ -772,7 +754,7 @@ def conv2d_direct_packed(x, packed, b, out, stride_h, stride_w, pad_top, pad_lef
                                     p.cin_g * p.kh * p.kw, lanes, x.dtype.itemsize, nthreads)
     tq = (_RV if rows else _NACC // p.tile_c) * lanes
     slot = _scratch_len(p.cin_g, nphase, band, halo, wq, tq, lanes)
-    scratch = _get_scratch(nthreads * slot, x.dtype)
+    scratch = buffer("direct", nthreads * slot, x.dtype)
     with _threads.launch():
         _direct_driver(x, p.data, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
                        p.groups, p.tile_c, rows, band, n_cc, tchunk, scratch)

@@ -52,6 +52,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from numbaconv._jit import FASTMATH, kernel, parallel_kernel, vector_bytes
+from numbaconv.kernels.scratch import buffer
 
 
 _VBYTES = vector_bytes()
@@ -489,7 +490,7 @@ def _strip_row(kc, a, aoff, lda, b, boff, ldb, c, coff, n):
 # ---------------------------------------------------------------------------------------------
 
 @kernel
-def _gemm_tile(t, af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b, bpk):
+def _gemm_tile(t, af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b, bpk, overwrite):
     _noinline()
     nr = NV * _lanes(cf)
     n_nb = (n + nc - 1) // nc
@@ -509,19 +510,20 @@ def _gemm_tile(t, af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b, bpk):
             bsrc, bld, bstep, bbase = bf, ldb, nr, k0 * ldb + n0
         for jp in range(n_np):
             _strip(kcur, af, m0 * lda + k0, MR * lda, 1, lda, bsrc, bbase + jp * bstep, bld,
-                   cf, m0 * ldc + n0 + jp * nr, ldc, mcur, min(nr, ncur - jp * nr), cf, 0, 0)
+                   cf, m0 * ldc + n0 + jp * nr, ldc, mcur, min(nr, ncur - jp * nr), cf, 0,
+                   2 if overwrite and k0 == 0 else 0)
 
 
 @parallel_kernel
 def _gemm_driver(af, lda, ga, bf, ldb, gb, cf, ldc, gc, groups, m, n, k, mc, nc, kc, pack_b,
-                 ws_b):
+                 ws_b, overwrite):
     """``groups`` independent products, product ``g`` on ``af[g*ga:]``, ``bf[g*gb:]``,
     ``cf[g*gc:]``; one parallel region for all of them."""
     per_group = ((m + mc - 1) // mc) * ((n + nc - 1) // nc)
     for t in prange(groups * per_group):
         g = t // per_group
         _gemm_tile(np.int64(t - g * per_group), af[g * ga:], lda, bf[g * gb:], ldb, cf[g * gc:],
-                   ldc, m, n, k, mc, nc, kc, pack_b, ws_b[numba.get_thread_id()])
+                   ldc, m, n, k, mc, nc, kc, pack_b, ws_b[numba.get_thread_id()], overwrite)
 
 
 def _flat_rows(arr):
@@ -613,8 +615,9 @@ def gemm(a, b, c):
     gemm_grouped(af, lda, 0, bf, ldb, 0, cf, ldc, 0, 1, m, n, k)
 
 
-def gemm_grouped(af, lda, ga, bf, ldb, gb, cf, ldc, gc, groups, m, n, k):
-    """``C_g += A_g @ B_g`` for ``g < groups``, all in one parallel region.
+def gemm_grouped(af, lda, ga, bf, ldb, gb, cf, ldc, gc, groups, m, n, k, overwrite=False):
+    """``C_g += A_g @ B_g`` (``C_g = A_g @ B_g`` with ``overwrite``: ``C`` is never read) for
+    ``g < groups``, all in one parallel region.
 
     ``A_g[i, kk] = af[g*ga + i*lda + kk]`` (``M x K``), ``B_g[kk, j] = bf[g*gb + kk*ldb + j]``
     (``K x N``), ``C_g[i, j] = cf[g*gc + i*ldc + j]`` (``M x N``): 1-d arrays of one dtype with
@@ -627,9 +630,10 @@ def gemm_grouped(af, lda, ga, bf, ldb, gb, cf, ldc, gc, groups, m, n, k):
     nthreads = numba.config.NUMBA_NUM_THREADS
     nr = NV * (_VBYTES // itemsize)
     pack_b = _l1_hostile(ldb, itemsize) or n < nr
-    ws_b = np.empty((nthreads, -(-nc // nr) * nr * kc if pack_b else 1), dtype=cf.dtype)
+    b_len = -(-nc // nr) * nr * kc if pack_b else 1
+    ws_b = buffer("gemm.b", nthreads * b_len, cf.dtype).reshape(nthreads, b_len)
     _gemm_driver(af, lda, ga, bf, ldb, gb, cf, ldc, gc, groups, m, n, k, mc, nc, kc, pack_b,
-                 ws_b)
+                 ws_b, overwrite)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1066,8 +1070,9 @@ def conv2d_implicit_gemm_packed(x, pw, b, out, stride_h, stride_w, pad_top, pad_
               pad_left, dil_h, dil_w, x.itemsize)
     nthreads = numba.config.NUMBA_NUM_THREADS
     nr = NV * (_VBYTES // x.itemsize)
-    ws_band = np.empty((nthreads, max(1, p.band_len)), dtype=x.dtype)
-    ws_b = np.empty((nthreads, 1 if p.plain else p.kc * nr), dtype=x.dtype)
+    band_len, b_len = max(1, p.band_len), 1 if p.plain else p.kc * nr
+    ws_band = buffer("gemm.band", nthreads * band_len, x.dtype).reshape(nthreads, band_len)
+    ws_b = buffer("gemm.b", nthreads * b_len, x.dtype).reshape(nthreads, b_len)
     ws_pc = np.empty((nthreads, 3, 2 * nr), dtype=np.int64)
     xf, of = x.reshape(-1), out.reshape(-1)
     prm = np.array([n_img, cin, h, wd, cout, oh, ow, stride_h, stride_w, pad_top, pad_left,

@@ -26,6 +26,7 @@ from numba import prange
 
 from .._jit import kernel, parallel_kernel, vector_bytes
 from . import gemm as _gemm
+from .scratch import buffer
 
 # Workspace budget of one call (bytes); see set_workspace_limit.
 _workspace_limit = 64 << 20
@@ -189,6 +190,7 @@ def conv2d_im2col(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, di
                                out[n].reshape(-1), oh * ow, cog * oh * ow, groups, cog, h * wd, k)
         return
     chunk, kc, ldc = _tiling(nb * groups, k, oh * ow, x.itemsize)
-    ws = np.empty((numba.config.NUMBA_NUM_THREADS, kc * ldc), dtype=x.dtype)
+    nthreads = numba.config.NUMBA_NUM_THREADS
+    ws = buffer("im2col", nthreads * kc * ldc, x.dtype).reshape(nthreads, kc * ldc)
     _conv_im2col(x, wf, out.reshape(-1), groups, cout, kh, kw, stride_h, stride_w, pad_top,
                  pad_left, dil_h, dil_w, oh, ow, chunk, kc, ldc, ws)

@@ -20,7 +20,6 @@ for GEMM tiles: there each channel is a task, and each tap's gradient is a vecto
 product (:func:`_vdot`, a fixed lane order) of the ``dY`` plane with the tap's im2col row.
 """
 
-import threading
 
 import numba
 import numpy as np
@@ -32,33 +31,12 @@ from numba.extending import intrinsic
 from .._jit import kernel, parallel_kernel
 from . import gemm as _gemm
 from .im2col import _im2col_rows
+from .scratch import buffer
 
 _PIXEL_CHUNK = 256     # reduction block (micro-kernel K loop): B panel 256 x 32 floats in L1
 _K_COLS = 256          # gradient columns (im2col rows) per task: its B panels stay in L2
 _MIN_TASKS = 8         # parallel tasks wanted (2 cores; balance)
-_KEEP_BYTES = 16 << 20  # largest scratch buffer kept between calls (per Python thread)
-
-_scratch = threading.local()
-
-
-def _buffer(slot, size, dtype):
-    """A scratch array of ``size`` elements kept between calls of this Python thread.
-
-    An ``np.empty`` of more than a few hundred KiB comes back from the C allocator as fresh pages
-    (large freed blocks go back to the operating system), and the first touch of each page is a
-    page fault: 2 ms per call for 2.4 MB of scratch in a measurement here. The workspaces are
-    the same on every call of a layer, so they are kept; those above ``_KEEP_BYTES`` are not.
-    """
-    dtype = np.dtype(dtype)
-    kept = getattr(_scratch, slot, None)
-    if kept is not None and kept.dtype == dtype and kept.size >= size:
-        return kept[:size]
-    buf = np.empty(size, dtype=dtype)
-    if size * dtype.itemsize <= _KEEP_BYTES:
-        setattr(_scratch, slot, buf)
-    return buf
-
-
+_KEEP_BYTES = 16 << 20  # largest scratch kept between calls (see scratch.py)
 # Vector accumulators of a dot product: independent FMA chains that hide the FMA latency.
 _DOT_CHAINS = 4
 
@@ -279,7 +257,8 @@ def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, p
         # depthwise: one weight row per channel, too narrow for GEMM tiles
         pc = min(4096, oh * ow)
         threads = numba.config.NUMBA_NUM_THREADS
-        ws_col = _buffer("col", threads * k * pc, x.dtype).reshape(threads, k * pc)
+        ws_col = buffer("weight_grad.col", threads * k * pc, x.dtype,
+                        _KEEP_BYTES).reshape(threads, k * pc)
         dw = np.empty(weight_shape, dtype=x.dtype)
         _depthwise_driver(x, grad_out.reshape(-1), dw.reshape(-1), cog, kh, kw, stride_h,
                           stride_w, pad_top, pad_left, dil_h, dil_w, oh, ow, pc, pc, ws_col)
@@ -288,9 +267,11 @@ def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, p
     pc = min(_PIXEL_CHUNK, oh * ow)
     ldcol = pc + (nr // _gemm.NV if _gemm._l1_hostile(pc, itemsize) else 0)
     threads = numba.config.NUMBA_NUM_THREADS
-    ws_col = _buffer("col", threads * kt * ldcol, x.dtype).reshape(threads, kt * ldcol)
+    ws_col = buffer("weight_grad.col", threads * kt * ldcol, x.dtype,
+                    _KEEP_BYTES).reshape(threads, kt * ldcol)
     nb_ = -(-kt // nr) * nr * pc
-    ws_b = _buffer("b", threads * nb_, x.dtype).reshape(threads, nb_)
+    ws_b = buffer("weight_grad.b", threads * nb_, x.dtype, _KEEP_BYTES).reshape(threads,
+                                                                          nb_)
     dw = np.empty(weight_shape, dtype=x.dtype)
     _driver(x, grad_out.reshape(-1), dw.reshape(-1), cout, groups, kh, kw, stride_h, stride_w,
             pad_top, pad_left, dil_h, dil_w, oh, ow, ct, n_cb, kt, n_kb, pc, ldcol, ws_col, ws_b)

@@ -1,0 +1,502 @@
+"""Winograd F(4x4, 3x3): 3x3 stride-1 convolution with 4x fewer multiplications.
+
+What it computes
+----------------
+``torch.nn.functional.conv2d`` for 3x3 kernels, stride 1, dilation 1, one group, any zero
+padding. The output is cut into 4x4 tiles; tile ``(ty, tx)`` reads the 6x6 input patch ``d`` at
+rows ``4*ty - pad_top ...`` and columns ``4*tx - pad_left ...`` (zeros outside the image) and is
+
+    Y = A^T [ sum_c (G g_c G^T) * (B^T d_c B) ] A          (``*`` elementwise, 6x6)
+
+with the interpolation points 0, +-1, +-2 and infinity::
+
+    B^T = [[4, 0,-5, 0, 1, 0],    G = [[ 1/4,    0,    0],    A^T = [[1, 1, 1, 1, 1, 0],
+           [0,-4,-4, 1, 1, 0],         [-1/6, -1/6, -1/6],           [0, 1,-1, 2,-2, 0],
+           [0, 4,-4,-1, 1, 0],         [-1/6,  1/6, -1/6],           [0, 1, 1, 4, 4, 0],
+           [0,-2,-1, 2, 1, 0],         [1/24, 1/12,  1/6],           [0, 1,-1, 8,-8, 1]]
+           [0, 2,-1,-2, 1, 0],         [1/24,-1/12,  1/6],
+           [0, 4, 0,-5, 0, 1]]         [   0,    0,    1]]
+
+A 4x4 output tile costs 36 multiplications per (input, output) channel pair instead of 144.
+
+Arithmetic and accuracy
+-----------------------
+The result is *not* the reference's sum: the transforms add and scale values (``G`` holds
+1/6 and 1/24, which no binary float represents), so even integer data gives rounding errors.
+Elementwise, ``|Y - y| <= gamma * eps * (|A^T| (sum_c (|G||g_c||G^T|) * (|B^T||d_c||B|)) |A|)``
+with ``gamma`` a small multiple of ``C_in`` plus the transform depths; the tests check that bound
+(see ``tests/test_winograd.py``) and the README quotes the error measured on real layers. The
+order of every operation is fixed by the code and the problem shape, so results are identical from
+run to run and for any thread count. Inexact: ``algorithm='auto'`` uses it only when the call
+allows inexact algorithms.
+
+How
+---
+1. Weights: ``U[xi] = (G (x) G) vec(g)`` as one GEMM, ``U`` of shape (36, C_out, C_in).
+2. For a chunk of tile rows (whole rows of 4x4 tiles, across images; sized so the chunk's
+   transformed input and products stay in cache):
+   a. input transform, parallel over (tile row, channel): the six input rows are phase-split
+      (column ``4*tx + r`` to phase ``r``) so both 1-D transforms are contiguous vector
+      arithmetic over the tiles of the row; ``V`` (36, C_in, tiles).
+   b. 36 independent GEMMs ``M[xi] = U[xi] @ V[xi]`` (C_out x tiles, sum over C_in in ascending
+      order) on numbaconv's register-tiled micro-kernel, one parallel region.
+   c. output transform, parallel over (output channel, tile row): ``A^T M A`` per tile, again
+      contiguous over the tiles of a row, plus the bias; rows and columns past the output are
+      dropped.
+"""
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from numbaconv._jit import kernel, parallel_kernel, vector_bytes
+from numbaconv.kernels import gemm
+from numbaconv.kernels.scratch import buffer
+
+# Transform matrices (float64; cast to the compute dtype where used as GEMM operands).
+B_T = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=float)
+G = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+A_T = np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                [0, 1, -1, 8, -8, 1]], dtype=float)
+
+TILE = 4     # output tile edge
+ALPHA = 6    # transformed tile edge
+
+_VBYTES = vector_bytes()
+_CHUNK_BYTES = 4 * 1024 * 1024   # transformed input + products of one chunk of tile rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Vector transforms (LLVM IR)
+# ---------------------------------------------------------------------------------------------
+# Each intrinsic transforms one vector's worth of tiles (``lanes`` tiles, one per lane). Written as
+# IR because the equivalent Numba loops read and write dozens of arrays at once, and LLVM then
+# gives up vectorising them (too many possible overlaps to check at run time).
+
+def _combine(builder, coeffs, vecs, vty, fty):
+    """``[sum_j coeffs[r][j] * vecs[j] for r]`` in ascending ``j``, skipping zero coefficients:
+    the first term a copy (or negation, or product), each further one an add, a subtract or a
+    fused multiply-add. Coefficients are rounded once to the vector's element type."""
+    np_t = np.float32 if fty == ir.FloatType() else np.float64
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                                         "llvm.fma.v%d%s" % (vty.count, "f32" if np_t is np.float32
+                                                               else "f64"))
+    out = []
+    for row in coeffs:
+        acc = None
+        for c, v in zip(row, vecs):
+            if c == 0:
+                continue
+            const = ir.Constant(vty, [float(np_t(c))] * vty.count)
+            if acc is None:
+                acc = v if c == 1 else builder.fneg(v) if c == -1 else builder.fmul(const, v)
+            elif c == 1:
+                acc = builder.fadd(acc, v)
+            elif c == -1:
+                acc = builder.fsub(acc, v)
+            else:
+                acc = builder.call(fma, [const, v, acc])
+        out.append(acc)
+    return out
+
+
+class _Vec:
+    """IR helpers for one float array type: vector type, lane masks, addressed loads/stores."""
+
+    def __init__(self, context, builder, arr_ty):
+        self.builder = builder
+        self.context = context
+        self.fty = context.get_value_type(arr_ty.dtype)
+        self.isz = context.get_abi_sizeof(self.fty)
+        self.lanes = _VBYTES // self.isz
+        self.vty = ir.VectorType(self.fty, self.lanes)
+        self.sfx = "f32" if self.isz == 4 else "f64"
+        self.i64 = ir.IntType(64)
+        self.i32 = ir.IntType(32)
+
+    def ptr(self, arr_ty, arr, off):
+        data = self.context.make_array(arr_ty)(self.context, self.builder, arr).data
+        return self.builder.gep(data, [self.as64(off)])
+
+    def as64(self, v):
+        if isinstance(v, int):
+            return ir.Constant(self.i64, v)
+        return self.builder.sext(v, self.i64) if v.type.width < 64 else v
+
+    def mask(self, n_valid, width):
+        """``<width x i1>``: lanes ``l`` with ``l < n_valid``."""
+        b = self.builder
+        i32v = ir.VectorType(self.i32, width)
+        n32 = b.trunc(self.as64(n_valid), self.i32)
+        u = ir.Constant(i32v, ir.Undefined)
+        spl = b.shuffle_vector(b.insert_element(u, n32, ir.Constant(self.i32, 0)), u,
+                               ir.Constant(i32v, [0] * width))
+        return b.icmp_signed("<", ir.Constant(i32v, list(range(width))), spl)
+
+    def _masked(self, name, ty):
+        i1v = ir.VectorType(ir.IntType(1), ty.count)
+        key = "v%d%s" % (ty.count, self.sfx)
+        if name == "load":
+            fnty = ir.FunctionType(ty, [ty.as_pointer(), self.i32, i1v, ty])
+        else:
+            fnty = ir.FunctionType(ir.VoidType(), [ty, ty.as_pointer(), self.i32, i1v])
+        return cgutils.get_or_insert_function(self.builder.module, fnty,
+                                              "llvm.masked.%s.%s.p0" % (name, key))
+
+    def load(self, p, mask=None, width=None):
+        ty = ir.VectorType(self.fty, width or self.lanes)
+        vp = self.builder.bitcast(p, ty.as_pointer())
+        if mask is None:
+            return self.builder.load(vp, align=self.isz)
+        return self.builder.call(self._masked("load", ty),
+                                 [vp, ir.Constant(self.i32, self.isz), mask,
+                                  ir.Constant(ty, [0.0] * ty.count)])
+
+    def store(self, v, p, mask):
+        vp = self.builder.bitcast(p, v.type.as_pointer())
+        self.builder.call(self._masked("store", v.type),
+                          [v, vp, ir.Constant(self.i32, self.isz), mask])
+
+    def shuffle(self, a, b, idx):
+        return self.builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(self.i32, len(idx)),
+                                                              idx))
+
+    def splat(self, s):
+        b = self.builder
+        i32v = ir.VectorType(self.i32, self.lanes)
+        u = ir.Constant(self.vty, ir.Undefined)
+        return b.shuffle_vector(b.insert_element(u, s, ir.Constant(self.i32, 0)), u,
+                                ir.Constant(i32v, [0] * self.lanes))
+
+
+@intrinsic
+def _input_tiles(typingctx, rows, roff, pitch, v, voff, plane, n_valid):
+    """``v[voff + (xi*6 + nu)*plane + l] = (B^T d_l B)[xi, nu]`` for tiles ``l < n_valid``, where
+    ``d_l[i, j] = rows[roff + i*pitch + 4*l + j]`` (patch rows ``pitch`` apart, tiles 4 columns
+    apart). Reads ``4*lanes + 4`` elements of each patch row whatever ``n_valid`` (the caller
+    leaves that much room; the extra lanes are never stored). Returns 0, or NaN if any element
+    read is an Inf or a NaN (the sum of every element times zero)."""
+    sig = rows.dtype(rows, roff, pitch, v, voff, plane, n_valid)
+
+    def codegen(context, builder, signature, args):
+        rows_v, roff_v, pitch_v, v_v, voff_v, plane_v, nv_v = args
+        e = _Vec(context, builder, signature.args[0])
+        L = e.lanes
+        base = e.ptr(signature.args[0], rows_v, roff_v)
+        pitch = e.as64(pitch_v)
+        wide = ir.VectorType(e.fty, 4 * L)
+        und = ir.Constant(wide, ir.Undefined)
+        zero = ir.Constant(wide, [0.0] * (4 * L))
+        finite = zero
+        t = []
+        for i in range(ALPHA):
+            row = builder.gep(base, [builder.mul(ir.Constant(e.i64, i), pitch)])
+            lo = e.load(row, width=4 * L)
+            hi = e.load(builder.gep(row, [ir.Constant(e.i64, TILE)]), width=4 * L)
+            finite = builder.fadd(finite, builder.fmul(lo, zero))
+            finite = builder.fadd(finite, builder.fmul(hi, zero))
+            d = [e.shuffle(lo, und, [j + TILE * l for l in range(L)]) for j in range(TILE)]
+            d += [e.shuffle(hi, und, [j + TILE * l for l in range(L)]) for j in range(2)]
+            t.append(_combine(builder, B_T, d, e.vty, e.fty))
+        vbase = e.ptr(signature.args[3], v_v, voff_v)
+        plane = e.as64(plane_v)
+        mask = e.mask(nv_v, L)
+        for nu in range(ALPHA):
+            col = _combine(builder, B_T, [t[i][nu] for i in range(ALPHA)], e.vty, e.fty)
+            for xi in range(ALPHA):
+                p = builder.gep(vbase, [builder.mul(ir.Constant(e.i64, xi * ALPHA + nu), plane)])
+                e.store(col[xi], p, mask)
+        total = builder.extract_element(finite, ir.Constant(e.i32, 0))
+        for l in range(1, 4 * L):
+            total = builder.fadd(total, builder.extract_element(finite, ir.Constant(e.i32, l)))
+        return total
+
+    return sig, codegen
+
+
+@intrinsic
+def _output_tiles(typingctx, m, moff, plane, bias, rows, roff, pitch, n_valid):
+    """``rows[roff + i*pitch + 4*l + j] = bias + (A^T M_l A)[i, j]`` for tiles ``l < n_valid``,
+    ``M_l[xi, nu] = m[moff + (xi*6 + nu)*plane + l]``."""
+    sig = types.void(m, moff, plane, bias, rows, roff, pitch, n_valid)
+
+    def codegen(context, builder, signature, args):
+        m_v, moff_v, plane_v, bias_v, rows_v, roff_v, pitch_v, nv_v = args
+        e = _Vec(context, builder, signature.args[0])
+        L = e.lanes
+        mbase = e.ptr(signature.args[0], m_v, moff_v)
+        plane = e.as64(plane_v)
+        mask = e.mask(nv_v, L)
+        mv = [[e.load(builder.gep(mbase, [builder.mul(ir.Constant(e.i64, xi * ALPHA + nu),
+                                                        plane)]), mask)
+               for nu in range(ALPHA)] for xi in range(ALPHA)]
+        s = [_combine(builder, A_T, [mv[xi][nu] for xi in range(ALPHA)], e.vty, e.fty)
+             for nu in range(ALPHA)]
+        b = e.splat(bias_v)
+        rbase = e.ptr(signature.args[4], rows_v, roff_v)
+        pitch = e.as64(pitch_v)
+        wide_mask = e.mask(builder.mul(e.as64(nv_v), ir.Constant(e.i64, TILE)), TILE * L)
+        for i in range(TILE):
+            y = [builder.fadd(b, yj) for yj in
+                 _combine(builder, A_T, [s[nu][i] for nu in range(ALPHA)], e.vty, e.fty)]
+            pair = [q for l in range(L) for q in (l, L + l)]
+            y01 = e.shuffle(y[0], y[1], pair)
+            y23 = e.shuffle(y[2], y[3], pair)
+            quad = e.shuffle(y01, y23, [q for l in range(L)
+                                        for q in (2 * l, 2 * l + 1, 2 * L + 2 * l, 2 * L + 2 * l + 1)])
+            e.store(quad, builder.gep(rbase, [builder.mul(ir.Constant(e.i64, i), pitch)]),
+                    wide_mask)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _weight_tiles(typingctx, w, woff, u, uoff, plane, n_valid):
+    """``u[uoff + (xi*6 + nu)*plane + l] = (G g_l G^T)[xi, nu]`` for ``l < n_valid``, with
+    ``g_l[a, b] = w[woff + 9*l + 3*a + b]`` (3x3 kernels as they lie in memory: one wide load,
+    split by shuffles)."""
+    sig = types.void(w, woff, u, uoff, plane, n_valid)
+
+    def codegen(context, builder, signature, args):
+        w_v, woff_v, u_v, uoff_v, plane_v, nv_v = args
+        e = _Vec(context, builder, signature.args[0])
+        L = e.lanes
+        base = e.ptr(signature.args[0], w_v, woff_v)
+        mask = e.mask(nv_v, L)
+        fptr = e.fty.as_pointer()
+        pv = ir.VectorType(fptr, L)
+        gather = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(e.vty, [pv, e.i32, mask.type, e.vty]),
+            "llvm.masked.gather.v%d%s.v%dp0" % (L, e.sfx, L))
+        zero = ir.Constant(e.vty, [0.0] * L)
+        i64v = ir.VectorType(e.i64, L)
+        start = builder.ptrtoint(base, e.i64)
+        start = builder.shuffle_vector(
+            builder.insert_element(ir.Constant(i64v, ir.Undefined), start,
+                                   ir.Constant(e.i32, 0)),
+            ir.Constant(i64v, ir.Undefined), ir.Constant(ir.VectorType(e.i32, L), [0] * L))
+
+        def taps(a, c):
+            offs = ir.Constant(i64v, [(9 * l + 3 * a + c) * e.isz for l in range(L)])
+            ptrs = builder.inttoptr(builder.add(start, offs), pv)
+            return builder.call(gather, [ptrs, ir.Constant(e.i32, e.isz), mask, zero])
+
+        g = [[taps(a, c) for c in range(3)] for a in range(3)]
+        # cols[c][xi] = (G g)[xi, c]
+        cols = [_combine(builder, G, [g[a][c] for a in range(3)], e.vty, e.fty) for c in range(3)]
+        ubase = e.ptr(signature.args[2], u_v, uoff_v)
+        plane = e.as64(plane_v)
+        for xi in range(ALPHA):
+            row = _combine(builder, G, [cols[c][xi] for c in range(3)], e.vty, e.fty)
+            for nu in range(ALPHA):
+                p = builder.gep(ubase, [builder.mul(ir.Constant(e.i64, xi * ALPHA + nu), plane)])
+                e.store(row[nu], p, mask)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _lanes(typingctx, arr):
+    n = _VBYTES // (arr.dtype.bitwidth // 8)
+
+    def codegen(context, builder, signature, args):
+        return context.get_constant(types.intp, n)
+
+    return types.intp(arr), codegen
+
+
+# ---------------------------------------------------------------------------------------------
+# Transform passes
+# ---------------------------------------------------------------------------------------------
+# Tiles of a chunk are numbered flat, ``f = row * (ntx + 1) + tx``: every tile row carries one
+# extra (unused) tile, so the patch columns of tile ``f`` start at column ``4*f`` of a buffer that
+# holds the chunk's padded input rows side by side, and one vector of tiles is one run of
+# ``4*lanes`` columns whatever the image width.
+
+@kernel
+def row_pitch(nf, lanes):
+    """Elements between patch rows in the input buffer: ``4*nf`` columns plus the reads past the
+    last tile (:func:`_input_tiles` reads ``4*lanes + 4`` columns per vector)."""
+    return TILE * nf + TILE * lanes + 2 * TILE
+
+
+@kernel
+def _input_chunk(xf, c, cin, h, wd, r0, r1, nty, ntx, pt, pl, vf, plane, buf):
+    """``V[xi*6 + nu, c, f]`` (at ``vf[(xi*6 + nu)*plane + c*nf + f]``, ``nf = (r1 - r0) *
+    (ntx + 1)``) for the tiles of tile rows ``r0 .. r1`` of channel ``c``.
+
+    ``buf[i*pitch + 4*f + j]``: column ``j`` of patch row ``i`` of tile ``f``, the zero-padded
+    input."""
+    ntp = ntx + 1
+    width = TILE * ntp
+    nf = (r1 - r0) * ntp
+    lanes = _lanes(buf)
+    pitch = row_pitch(nf, lanes)
+    lo = min(width, pl)
+    hi = min(width, pl + wd)
+    for rr in range(r1 - r0):
+        r = r0 + rr
+        n = r // nty
+        ty = r - n * nty
+        base = (n * cin + c) * h * wd
+        for i in range(ALPHA):
+            y = TILE * ty - pt + i
+            d = i * pitch + rr * width
+            if 0 <= y < h and hi > lo:
+                gemm._zero_row(buf, d, lo)
+                gemm._copy_row(xf, base + y * wd + (lo - pl), buf, d + lo, hi - lo)
+                gemm._zero_row(buf, d + hi, width - hi)
+            else:
+                gemm._zero_row(buf, d, width)
+    for i in range(ALPHA):
+        gemm._zero_row(buf, i * pitch + nf * TILE, pitch - nf * TILE)
+    bad = buf[0] * 0
+    for f in range(0, nf, lanes):
+        bad += _input_tiles(buf, TILE * f, pitch, vf, c * nf + f, plane, min(lanes, nf - f))
+    return bad
+
+
+@parallel_kernel
+def _input_transform(x, r0, r1, nty, ntx, pt, pl, v, ws):
+    """``V`` (36 planes of C_in x nf, ``v.shape[1]`` apart) for tile rows ``r0 .. r1`` (global
+    tile row ``r``: image ``r // nty``, row ``r % nty``). Returns NaN if the input read holds an
+    Inf or a NaN, else 0."""
+    cin, h, wd = x.shape[1], x.shape[2], x.shape[3]
+    xf = x.reshape(-1)
+    vf = v.reshape(-1)
+    plane = v.shape[1]
+    bad = 0.0
+    for c in prange(cin):
+        bad += _input_chunk(xf, c, cin, h, wd, r0, r1, nty, ntx, pt, pl, vf, plane,
+                            ws[numba.get_thread_id()])
+    return bad
+
+
+@kernel
+def _output_chunk(mf, k, plane, nf, r0, r1, nty, ntx, bias_k, of, cout, oh, ow, buf):
+    """``out[n, k, 4*ty + i, 4*tx + j] = bias_k + (A^T M_f A)[i, j]`` for the tiles of tile rows
+    ``r0 .. r1`` (``M_f[xi, nu] = mf[(xi*6 + nu)*plane + k*nf + f]``), clipped to the output;
+    ``buf[i*pitch + 4*f + j]`` holds output row ``i`` of the tiles before the copy out."""
+    ntp = ntx + 1
+    lanes = _lanes(buf)
+    pitch = row_pitch(nf, lanes)
+    for f in range(0, nf, lanes):
+        _output_tiles(mf, k * nf + f, plane, bias_k, buf, TILE * f, pitch, min(lanes, nf - f))
+    for rr in range(r1 - r0):
+        r = r0 + rr
+        n = r // nty
+        ty = r - n * nty
+        for i in range(TILE):
+            oy = TILE * ty + i
+            if oy < oh:
+                gemm._copy_row(buf, i * pitch + rr * TILE * ntp, of,
+                               ((n * cout + k) * oh + oy) * ow, ow)
+
+
+@parallel_kernel
+def _output_transform(m, nf, r0, r1, nty, ntx, bias, out, ws):
+    cout, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    plane = m.shape[1]
+    mf = m.reshape(-1)
+    of = out.reshape(-1)
+    for k in prange(cout):
+        _output_chunk(mf, k, plane, nf, r0, r1, nty, ntx, bias[k], of, cout, oh, ow,
+                      ws[numba.get_thread_id()])
+
+
+@parallel_kernel
+def _weight_transform(w, u):
+    """``U[xi*6 + nu, q] = (G g_q G^T)[xi, nu]`` for the 3x3 kernels ``g_q`` of ``w`` in order
+    (``q = k*C_in + c``)."""
+    wf = w.reshape(-1)
+    count = wf.size // 9
+    plane = u.shape[1]
+    lanes = _lanes(u)
+    uf = u.reshape(-1)
+    blocks = (count + lanes - 1) // lanes
+    for blk in prange(blocks):
+        q = blk * lanes
+        _weight_tiles(wf, 9 * q, uf, q, plane, min(lanes, count - q))
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+def plane_stride(size, itemsize):
+    """Elements between the 36 planes of a transformed array holding ``size`` each: ``size``
+    rounded up to a cache line plus one more line, so that the 36 streams a transform writes
+    (and the GEMM reads) do not all map to the same cache sets when ``size`` is a multiple of
+    the 4 KiB page."""
+    line = 64 // itemsize
+    return -(-size // line) * line + line
+
+
+def transform_weights(w, u=None):
+    """``U`` (36, P) with ``U[xi*6 + nu, k*C_in + c] = (G w[k, c] G^T)[xi, nu]`` (``G w`` first,
+    then times ``G^T``; each product in the fixed order of :func:`_combine`), ``P`` at least
+    ``C_out*C_in``; into ``u`` if given."""
+    if u is None:
+        u = np.empty((ALPHA * ALPHA, w.shape[0] * w.shape[1]), dtype=w.dtype)
+    _weight_transform(w, u)
+    return u
+
+
+def tile_rows_per_chunk(batch, out_h, out_w, cin, cout, itemsize):
+    """Tile rows transformed at once: whole rows whose ``V`` and ``M`` together fit
+    ``_CHUNK_BYTES`` (at least one row); a function of the shape only."""
+    ntp = -(-out_w // TILE) + 1
+    per_row = ALPHA * ALPHA * (cin + cout) * ntp * itemsize
+    total = batch * -(-out_h // TILE)
+    return max(1, min(total, _CHUNK_BYTES // per_row))
+
+
+def conv2d_winograd(x, w, bias, out, pt, pl):
+    """``out = conv2d(x, w, bias, stride=1, padding=(pt, ..., pl, ...))`` for 3x3 ``w``.
+
+    ``x`` (N, C_in, H, W), ``w`` (C_out, C_in, 3, 3), ``bias`` (C_out,), ``out`` (N, C_out, OH, OW)
+    with ``OH``/``OW`` what the padding gives; C-contiguous, one float dtype.
+
+    Returns True when it wrote every element of ``out``; False, leaving ``out`` partly written,
+    when the weights or the input hold an Inf or a NaN: the transforms would mix them into
+    whole tiles (``inf - inf`` is NaN), so such data is for an exact algorithm to compute.
+    """
+    n, cin = x.shape[:2]
+    cout, oh, ow = out.shape[1:]
+    if n == 0 or cout == 0 or oh == 0 or ow == 0:
+        return True
+    if not np.isfinite(w).all():
+        return False
+    dt = x.dtype
+    sq = ALPHA * ALPHA
+    isz = dt.itemsize
+    up = plane_stride(cout * cin, isz)
+    u = transform_weights(w, buffer("winograd.u", sq * up, dt).reshape(sq, up))
+    nty, ntx = -(-oh // TILE), -(-ow // TILE)
+    rows = tile_rows_per_chunk(n, oh, ow, cin, cout, isz)
+    nthreads = numba.config.NUMBA_NUM_THREADS
+    ntp = ntx + 1
+    lanes = gemm._VBYTES // isz
+    pitch = row_pitch(rows * ntp, lanes)
+    ws_in = buffer("winograd.in", nthreads * ALPHA * pitch, dt).reshape(nthreads, -1)
+    ws_out = buffer("winograd.out", nthreads * TILE * pitch, dt).reshape(nthreads, -1)
+    total = n * nty
+    for r0 in range(0, total, rows):
+        r1 = min(total, r0 + rows)
+        nf = (r1 - r0) * ntp
+        vp, mp = plane_stride(cin * nf, isz), plane_stride(cout * nf, isz)
+        v = buffer("winograd.v", sq * vp, dt).reshape(sq, vp)
+        m = buffer("winograd.m", sq * mp, dt).reshape(sq, mp)
+        if _input_transform(x, r0, r1, nty, ntx, pt, pl, v, ws_in) != 0:
+            return False
+        gemm.gemm_grouped(u.reshape(-1), cin, up, v.reshape(-1), nf, vp, m.reshape(-1), nf, mp,
+                          sq, cout, nf, cin, overwrite=True)
+        _output_transform(m, nf, r0, r1, nty, ntx, bias, out, ws_out)
+    return True

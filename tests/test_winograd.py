@@ -1,0 +1,113 @@
+"""Winograd F(4x4, 3x3): its error bound on real layers, the exact= switch, and its edges.
+
+The table-driven tests (test_algorithms.py) already hold it to its bound on every 3x3 stride-1
+case of the grid, NaN-prefilled outputs, 1 vs 2 threads and concurrent calls.
+"""
+
+import numpy as np
+import pytest
+
+import numbaconv
+from numbaconv import dispatch, reference
+from numbaconv.dispatch import UnsupportedAlgorithm
+from numbaconv.kernels import winograd
+
+from cases import Case
+from error_bounds import summation_bound, winograd_bound
+
+# ResNet / VGG / U-Net 3x3 layers (batch 1, a smaller spatial size where the full one is slow
+# for the float64 reference).
+LAYERS = [
+    Case((1, 64, 56, 56), (64, 64, 3, 3), padding=1),
+    Case((1, 128, 28, 28), (128, 128, 3, 3), padding=1),
+    Case((2, 256, 14, 14), (256, 256, 3, 3), padding=1, bias=False),
+    Case((1, 32, 64, 64), (16, 32, 3, 3), padding="valid"),
+    Case((1, 96, 30, 30), (48, 96, 3, 3), padding=1, dtype="float64"),
+]
+
+
+@pytest.mark.parametrize("case", LAYERS, ids=str)
+def test_real_layers_within_the_bound(case, rng):
+    x, w, b = case.arrays(rng, kind="normal")
+    saved = x.copy(), w.copy()
+    got = numbaconv.conv2d(x, w, b, **case.kwargs, algorithm="winograd")
+    want = reference.conv2d(x.astype(np.float64), w.astype(np.float64),
+                            None if b is None else b.astype(np.float64), **case.kwargs)
+    error = np.abs(got - want)
+    assert (error <= winograd_bound(case, x, w, b)).all()
+    # the bound is not vacuous: the error is of the order of an exact kernel's rounding
+    assert error.max() <= 64 * summation_bound(case, x, w, b).max()
+    assert np.array_equal(x, saved[0]) and np.array_equal(w, saved[1])
+
+
+def test_chunking_does_not_change_the_bits(monkeypatch, rng):
+    """Chunks of tile rows are a matter of cache use only: every tile's sums are the same."""
+    case = Case((2, 8, 30, 22), (12, 8, 3, 3), padding=1)
+    x, w, b = case.arrays(rng, kind="normal")
+    whole = numbaconv.conv2d(x, w, b, padding=1, algorithm="winograd")
+    monkeypatch.setattr(winograd, "_CHUNK_BYTES", 1)   # one tile row per chunk
+    assert winograd.tile_rows_per_chunk(2, 30, 22, 8, 12, 4) == 1
+    assert np.array_equal(numbaconv.conv2d(x, w, b, padding=1, algorithm="winograd"), whole)
+
+
+def test_exact_true_excludes_it(rng):
+    x = rng.integers(-4, 5, (1, 32, 40, 40)).astype(np.float32)
+    w = rng.integers(-4, 5, (32, 32, 3, 3)).astype(np.float32)
+    assert numbaconv.explain(x, w, padding=1).choice == "winograd"
+    explained = numbaconv.explain(x, w, padding=1, exact=True)
+    assert explained.choice != "winograd" and "exact=True" in explained.reasons["winograd"]
+    with pytest.raises(UnsupportedAlgorithm, match="exact=True"):
+        numbaconv.conv2d(x, w, padding=1, algorithm="winograd", exact=True)
+    exact = numbaconv.conv2d(x, w, padding=1, exact=True)
+    assert np.array_equal(exact, reference.conv2d(x, w, padding=1))
+    # conv1d/conv3d and the channels-last path take the switch as well
+    assert numbaconv.conv3d(x[:, :, None], w[:, :, None], padding=(0, 1, 1), exact=True).shape \
+        == (1, 32, 1, 40, 40)
+    xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    yl = numbaconv.conv2d(xl, w, padding=1, data_format="NHWC", weight_format="OIHW", exact=True)
+    assert np.array_equal(yl.transpose(0, 3, 1, 2), exact)
+
+
+def test_auto_uses_it_only_where_it_pays():
+    assert dispatch.auto_choice(Case((1, 64, 56, 56), (64, 64, 3, 3), padding=1).problem) \
+        == "winograd"
+    # 16 tiles: transforming the weights would cost more than the multiplications saved
+    assert dispatch.auto_choice(Case((1, 256, 14, 14), (256, 256, 3, 3), padding=1).problem) \
+        != "winograd"
+    assert dispatch.auto_choice(Case((1, 3, 224, 224), (64, 3, 3, 3), padding=1).problem) \
+        != "winograd"
+    for refused in [Case((1, 64, 56, 56), (64, 64, 3, 3), stride=2, padding=1),
+                    Case((1, 64, 56, 56), (64, 64, 3, 3), dilation=2, padding=2),
+                    Case((1, 64, 56, 56), (64, 32, 3, 3), groups=2, padding=1),
+                    Case((1, 64, 56, 56), (64, 64, 5, 5), padding=2)]:
+        algo = next(a for a in dispatch.ALGORITHMS if a.name == "winograd")
+        assert algo.why_not(refused.problem) is not None
+        assert dispatch.auto_choice(refused.problem) != "winograd"
+
+
+@pytest.mark.parametrize("where", ["input-inf", "input-nan", "weight-inf", "weight-nan"])
+def test_non_finite_values_propagate_as_in_the_reference(where, rng):
+    """The transforms would smear an Inf or NaN over whole tiles (inf - inf = NaN); such data is
+    handed to an exact kernel, so the result equals the reference's, NaN for NaN."""
+    x = rng.integers(-4, 5, (1, 16, 20, 20)).astype(np.float32)
+    w = rng.integers(-4, 5, (16, 16, 3, 3)).astype(np.float32)
+    kind, value = where.split("-")
+    target = x if kind == "input" else w
+    target.reshape(-1)[target.size // 3] = np.inf if value == "inf" else np.nan
+    got = numbaconv.conv2d(x, w, padding=1, algorithm="winograd")
+    with np.errstate(invalid="ignore"):   # inf * 0 in the reference
+        want = reference.conv2d(x, w, padding=1)
+    assert np.array_equal(got, want, equal_nan=True)
+    assert np.isfinite(want).any()
+
+
+def test_empty_and_tiny_problems(rng):
+    for x_shape, pad in [((0, 4, 8, 8), 1), ((1, 4, 3, 3), 0), ((1, 4, 1, 1), 1), ((1, 4, 2, 9), 1)]:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+        got = numbaconv.conv2d(x, w, padding=pad, algorithm="winograd")
+        want = reference.conv2d(x.astype(np.float64), w.astype(np.float64), padding=pad)
+        case = Case(x_shape, (5, 4, 3, 3), padding=pad, bias=False)
+        assert got.shape == want.shape
+        if got.size:
+            assert (np.abs(got - want) <= winograd_bound(case, x, w, None)).all()
