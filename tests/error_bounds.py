@@ -32,10 +32,24 @@ def summation_bound(case, x, w, b):
     return 2 * gamma * magnitude
 
 
-def winograd_magnitude(x, w, padding, out_hw):
+def winograd_magnitude(x, w, padding, out_hw, dilation=(1, 1)):
     """``|A^T| (sum_c (|G||g_c||G^T|) * (|B^T||d_c||B|)) |A|`` per output element (float64),
-    tiles placed as the kernel places them (4x4 from the top-left output)."""
+    tiles placed as the kernel places them (4x4 from the top-left output; with dilation, from the
+    top-left of each phase, the outputs of one row and column residue)."""
     (pt, _), (pl, _) = padding
+    dh, dw = dilation
+    if (dh, dw) != (1, 1):
+        oh, ow = out_hw
+        rows, cols = dh * (-(-oh // dh) + 2), dw * (-(-ow // dw) + 2)
+        padded = np.zeros(x.shape[:2] + (rows + x.shape[2] + pt, cols + x.shape[3] + pl))
+        padded[:, :, pt:pt + x.shape[2], pl:pl + x.shape[3]] = np.abs(x)
+        result = np.zeros(x.shape[:1] + w.shape[:1] + (oh, ow))
+        for a in range(min(dh, oh)):
+            for b in range(min(dw, ow)):
+                size = (-(-(oh - a) // dh), -(-(ow - b) // dw))
+                result[:, :, a::dh, b::dw] = winograd_magnitude(
+                    padded[:, :, a::dh, b::dw], w, ((0, 0), (0, 0)), size)
+        return result
     oh, ow = out_hw
     nty, ntx = -(-oh // 4), -(-ow // 4)
     ax = np.abs(x).astype(np.float64)
@@ -59,7 +73,7 @@ def winograd_bound(case, x, w, b):
     problem = case.problem
     u = np.finfo(np.dtype(case.dtype)).eps / 2
     n = problem.in_channels + (2 + 6) + (6 + 6) + 1 + (6 + 6) + 1
-    bound = n * u * winograd_magnitude(x, w, problem.padding, problem.out_size)
+    bound = n * u * winograd_magnitude(x, w, problem.padding, problem.out_size, problem.dilation)
     if b is not None:
         bound += u * np.abs(b).astype(np.float64)[:, None, None]
     return 2 * bound

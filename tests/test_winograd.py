@@ -23,6 +23,8 @@ LAYERS = [
     Case((2, 256, 14, 14), (256, 256, 3, 3), padding=1, bias=False),
     Case((1, 32, 64, 64), (16, 32, 3, 3), padding="valid"),
     Case((1, 96, 30, 30), (48, 96, 3, 3), padding=1, dtype="float64"),
+    Case((1, 64, 33, 33), (64, 64, 3, 3), padding=2, dilation=2),            # DeepLab-style
+    Case((2, 16, 19, 23), (24, 16, 3, 3), padding=((3, 1), (0, 2)), dilation=(3, 2)),
 ]
 
 
@@ -51,8 +53,8 @@ def test_chunking_does_not_change_the_bits(monkeypatch, rng):
 
 
 def test_exact_true_excludes_it(rng):
-    x = rng.integers(-4, 5, (1, 32, 40, 40)).astype(np.float32)
-    w = rng.integers(-4, 5, (32, 32, 3, 3)).astype(np.float32)
+    x = rng.integers(-4, 5, (1, 64, 48, 48)).astype(np.float32)
+    w = rng.integers(-4, 5, (64, 64, 3, 3)).astype(np.float32)
     assert numbaconv.explain(x, w, padding=1).choice == "winograd"
     explained = numbaconv.explain(x, w, padding=1, exact=True)
     assert explained.choice != "winograd" and "exact=True" in explained.reasons["winograd"]
@@ -62,10 +64,25 @@ def test_exact_true_excludes_it(rng):
     assert np.array_equal(exact, reference.conv2d(x, w, padding=1))
     # conv1d/conv3d and the channels-last path take the switch as well
     assert numbaconv.conv3d(x[:, :, None], w[:, :, None], padding=(0, 1, 1), exact=True).shape \
-        == (1, 32, 1, 40, 40)
+        == (1, 64, 1, 48, 48)
     xl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     yl = numbaconv.conv2d(xl, w, padding=1, data_format="NHWC", weight_format="OIHW", exact=True)
     assert np.array_equal(yl.transpose(0, 3, 1, 2), exact)
+
+
+def test_dilated_phases_are_the_stride_one_algorithm(rng):
+    """Dilation d: each of the d x d output phases is the undilated convolution of the matching
+    decimated input, bit for bit (same tiles, same sums)."""
+    x = rng.standard_normal((1, 8, 21, 18)).astype(np.float32)
+    w = rng.standard_normal((5, 8, 3, 3)).astype(np.float32)
+    y = numbaconv.conv2d(x, w, padding=2, dilation=2, algorithm="winograd")
+    xp = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    for a in range(2):
+        for b in range(2):
+            phase = numbaconv.conv2d(np.ascontiguousarray(xp[:, :, a::2, b::2]), w,
+                                     algorithm="winograd")
+            assert np.array_equal(y[:, :, a::2, b::2], phase[:, :, :y[:, :, a::2].shape[2],
+                                                             :y[:, :, :, b::2].shape[3]])
 
 
 def test_auto_uses_it_only_where_it_pays():
@@ -76,8 +93,12 @@ def test_auto_uses_it_only_where_it_pays():
         != "winograd"
     assert dispatch.auto_choice(Case((1, 3, 224, 224), (64, 3, 3, 3), padding=1).problem) \
         != "winograd"
+    assert dispatch.auto_choice(Case((1, 64, 28, 28), (64, 64, 3, 3), padding=1).problem) \
+        != "winograd"
+    dilated = Case((1, 256, 33, 33), (256, 256, 3, 3), padding=2, dilation=2).problem
+    assert dispatch.auto_choice(dilated) != "winograd"
+    assert next(a for a in dispatch.ALGORITHMS if a.name == "winograd").why_not(dilated) is None
     for refused in [Case((1, 64, 56, 56), (64, 64, 3, 3), stride=2, padding=1),
-                    Case((1, 64, 56, 56), (64, 64, 3, 3), dilation=2, padding=2),
                     Case((1, 64, 56, 56), (64, 32, 3, 3), groups=2, padding=1),
                     Case((1, 64, 56, 56), (64, 64, 5, 5), padding=2)]:
         algo = next(a for a in dispatch.ALGORITHMS if a.name == "winograd")

@@ -118,7 +118,12 @@ def _gemm_run(problem, x, w, b, out):
 
 def _winograd_run(problem, x, w, b, out):
     (pt, _), (pl, _) = problem.padding
-    if not winograd.conv2d_winograd(x, w, _bias(problem, b), out, pt, pl):
+    if problem.dilation == (1, 1):
+        done = winograd.conv2d_winograd(x, w, _bias(problem, b), out, pt, pl)
+    else:
+        done = winograd.conv2d_winograd_dilated(x, w, _bias(problem, b), out, problem.padding,
+                                                problem.dilation)
+    if not done:
         # Inf or NaN in the data: an exact kernel propagates them as the reference does
         get("auto", problem, exact=True).run(problem, x, w, b, out)
 
@@ -126,8 +131,8 @@ def _winograd_run(problem, x, w, b, out):
 def _winograd_limits(problem):
     if problem.kernel_size != (3, 3):
         return f"computes 3x3 kernels only, got {problem.kernel_size[0]}x{problem.kernel_size[1]}"
-    if problem.stride != (1, 1) or problem.dilation != (1, 1):
-        return "computes stride 1, dilation 1 only"
+    if problem.stride != (1, 1):
+        return "computes stride 1 only (dilated kernels as stride-1 phases)"
     if problem.groups != 1:
         return f"computes ungrouped convolutions only, got groups={problem.groups}"
     return None
@@ -165,7 +170,8 @@ ALGORITHMS = (
         name="winograd", transposed=False, run=_winograd_run, limits=_winograd_limits,
         exact=False,
         summary="Winograd F(4x4, 3x3): 36 GEMMs on transformed 6x6 tiles, 4x fewer multiplies; "
-                "3x3 stride 1 ungrouped; not bit-exact (see the README's error figures)"),
+                "3x3 stride 1 ungrouped (dilated as stride-1 phases); not bit-exact (see the "
+                "README's error figures)"),
     Algorithm(
         name="direct", transposed=True, run=_transposed_direct_run, size_invariant=True,
         summary="gather by stride phase (no multiplies on stuffed zeros), 16 output-channel x "
@@ -193,17 +199,22 @@ def candidates(problem, exact=False):
             for a in ALGORITHMS if a.transposed == problem.transposed}
 
 
-# Winograd pays for its transforms when there are enough tiles and channels; below these the
-# exact kernels are as fast (``numbaconv bench`` on 2 cores: ResNet 3x3 C256 14x14 at batch 1,
-# 16 tiles, ran 1.6 ms against 0.75 ms direct, mostly transforming the 590K weights).
-_WINOGRAD_MIN_TILES = 32
-_WINOGRAD_MIN_CHANNELS = 16
+# Winograd pays for its transforms on large, dense, undilated layers whose output fills its 4x4
+# tiles (each tile row also carries one unused tile). Measured with ``numbaconv bench`` on 2
+# cores against the best exact kernel: 1.5-2x on ResNet-50 3x3 C64 56 and C128 28 and VGG-16
+# conv1_2; slower on C32 56x56 and C64 28x28 (too little work per transformed value), on 14x14 and
+# 7x7 maps (61% and 51% of the tiles' outputs used) and on dilated layers (phases are small maps).
+_WINOGRAD_MIN_MACS = 50_000_000
+_WINOGRAD_MIN_CHANNELS = 32
+_WINOGRAD_MIN_TILE_USE = 0.75
 
 
 def _winograd_pays(problem):
     oh, ow = problem.out_size
-    tiles = problem.batch * -(-oh // winograd.TILE) * -(-ow // winograd.TILE)
-    return (tiles >= _WINOGRAD_MIN_TILES
+    t = winograd.TILE
+    used = oh * ow / (t * -(-oh // t) * t * (-(-ow // t) + 1))
+    return (problem.dilation == (1, 1) and problem.macs >= _WINOGRAD_MIN_MACS
+            and used >= _WINOGRAD_MIN_TILE_USE
             and min(problem.in_channels, problem.out_channels) >= _WINOGRAD_MIN_CHANNELS)
 
 
@@ -212,8 +223,9 @@ def rule(problem, exact=False):
 
     Forward convolution:
 
-    0. ``winograd`` for 3x3 stride-1 ungrouped layers with at least 16 input and output channels
-       and 32 output tiles of 4x4 (all images), unless ``exact``.
+    0. ``winograd`` for 3x3 stride-1 undilated ungrouped layers of at least 50M multiply-adds, 32
+       input and output channels, and outputs that use 75% of the 4x4 tiles covering them (maps
+       of about 28 pixels and wider), unless ``exact``.
     1. ``depthwise`` when ``groups == C_in > 1`` (one channel per group).
     2. ``direct`` for other grouped convolutions with narrow groups (``C_out / groups < 32``):
        a GEMM per group would be too small to run fast.

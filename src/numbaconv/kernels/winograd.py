@@ -500,3 +500,41 @@ def conv2d_winograd(x, w, bias, out, pt, pl):
                           sq, cout, nf, cin, overwrite=True)
         _output_transform(m, nf, r0, r1, nty, ntx, bias, out, ws_out)
     return True
+
+
+def conv2d_winograd_dilated(x, w, bias, out, pads, dil):
+    """:func:`conv2d_winograd` for a dilated 3x3 kernel: ``dil = (dh, dw)``, ``pads`` the
+    ``((top, bottom), (left, right))`` padding.
+
+    Outputs whose row is ``a`` mod ``dh`` and column ``b`` mod ``dw`` read only input rows and
+    columns of the same residues, through an undilated 3x3 kernel: each of the ``dh*dw`` phases
+    is a stride-1 convolution of a decimated input. The phases are stacked as one batch (zero
+    padded to a common size), so the weights are transformed once and the tiles of all phases
+    share the GEMMs. Returns False, as :func:`conv2d_winograd`, for non-finite data.
+    """
+    dh, dw = dil
+    n, cin, h, wd = x.shape
+    cout, oh, ow = out.shape[1:]
+    if n == 0 or cout == 0 or oh == 0 or ow == 0:
+        return True
+    (pt, pb), (pl, pr) = pads
+    sh, sw = -(-oh // dh), -(-ow // dw)             # largest phase output
+    padded = np.zeros((n, cin, max(h + pt + pb, dh * (sh + 2)), max(wd + pl + pr, dw * (sw + 2))),
+                      dtype=x.dtype)
+    rows, cols = slice(max(0, -pt), min(h, padded.shape[2] - pt)), \
+        slice(max(0, -pl), min(wd, padded.shape[3] - pl))
+    padded[:, :, rows.start + pt:rows.stop + pt, cols.start + pl:cols.stop + pl] = x[:, :, rows, cols]
+    phases = np.empty((dh, dw, n, cin, sh + 2, sw + 2), dtype=x.dtype)
+    for a in range(dh):
+        for b in range(dw):
+            phases[a, b] = padded[:, :, a::dh, b::dw][:, :, :sh + 2, :sw + 2]
+    result = np.empty((dh * dw * n, cout, sh, sw), dtype=x.dtype)
+    if not conv2d_winograd(phases.reshape((dh * dw * n, cin, sh + 2, sw + 2)), w, bias, result,
+                           0, 0):
+        return False
+    result = result.reshape(dh, dw, n, cout, sh, sw)
+    for a in range(min(dh, oh)):
+        for b in range(min(dw, ow)):
+            part = out[:, :, a::dh, b::dw]
+            part[...] = result[a, b, :, :, :part.shape[2], :part.shape[3]]
+    return True
