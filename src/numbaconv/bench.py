@@ -26,6 +26,7 @@ from .suite import LAYERS, Layer, get
 QUICK_LAYERS = ("resnet50_3x3_c128_28", "resnet50_1x1_c64to256_56", "mobilenetv2_dw3x3_c144_56",
                 "resnext50_3x3g32_c128_56", "t3x3s2_c32to16_128")
 PEER_NAMES = tuple(p.name for p in peers.PEERS)
+_PAUSE_AFTER_PEER = 0.4   # seconds: lets a peer's spinning thread pool go to sleep
 
 
 @dataclass
@@ -205,13 +206,17 @@ def bench_layer(layer, threads, repeats, min_seconds, rounds, algorithms, peer_n
             result.extra_bytes = extra_memory(run, y.nbytes)
         runners[name] = run
     per_round = max(1, -(-repeats // rounds))
+    previous = None
     for r in range(rounds):
         for name, run in runners.items():
             if progress:
                 progress(f"{layer.name}: {name} (round {r + 1}/{rounds})")
             # let the previous candidate's spinning thread pool (OpenMP, ONNX Runtime, OpenBLAS)
-            # go idle, so it does not steal cores from this one; then warm the caches
-            time.sleep(0.05)
+            # go idle, so it does not steal cores from this one; then warm the caches. Peers'
+            # pools spin for up to a few hundred ms after their last call (the first numbaconv
+            # candidate of a round, after ONNX Runtime, measured 20-30% slow with a 50 ms pause).
+            time.sleep(_PAUSE_AFTER_PEER if previous in PEER_NAMES else 0.05)
+            previous = name
             run()
             spent, count = 0.0, 0
             while count < per_round or spent < min_seconds / rounds:
