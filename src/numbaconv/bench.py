@@ -27,6 +27,7 @@ QUICK_LAYERS = ("resnet50_3x3_c128_28", "resnet50_1x1_c64to256_56", "mobilenetv2
                 "resnext50_3x3g32_c128_56", "t3x3s2_c32to16_128")
 PEER_NAMES = tuple(p.name for p in peers.PEERS)
 _PAUSE_AFTER_PEER = 0.4   # seconds: lets a peer's spinning thread pool go to sleep
+_WARM_SECONDS = 0.03      # untimed calls before each candidate's timed calls
 
 
 @dataclass
@@ -217,7 +218,10 @@ def bench_layer(layer, threads, repeats, min_seconds, rounds, algorithms, peer_n
             # candidate of a round, after ONNX Runtime, measured 20-30% slow with a 50 ms pause).
             time.sleep(_PAUSE_AFTER_PEER if previous in PEER_NAMES else 0.05)
             previous = name
+            warm = time.perf_counter()
             run()
+            while time.perf_counter() - warm < _WARM_SECONDS:   # clocks ramp up after a pause
+                run()
             spent, count = 0.0, 0
             while count < per_round or spent < min_seconds / rounds:
                 start = time.perf_counter()
