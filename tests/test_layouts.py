@@ -80,3 +80,49 @@ def test_layout_errors(rng):
         numbaconv.conv2d(np.ones((1, 8, 8, 5), np.float32), w, data_format="NHWC")
     with pytest.raises(ValueError, match="out must be"):
         numbaconv.conv2d(x, w, data_format="NHWC", out=np.empty((1, 4, 6, 6), np.float32))
+
+
+NDHWC_CASES = [
+    ((2, 3, 4, 5, 6), (4, 3, 3, 3, 3), dict(padding=1), False),
+    ((1, 4, 5, 6, 7), (6, 2, 2, 3, 1), dict(stride=(2, 1, 2), padding=((1, 0), 0, (0, 2)), groups=2),
+     False),
+    ((1, 2, 5, 5, 5), (5, 2, 1, 1, 1), dict(), False),                 # 1x1x1: one GEMM in place
+    ((2, 4, 3, 4, 5), (4, 3, 2, 3, 2), dict(stride=2, padding=1, output_padding=1), True),
+    ((1, 4, 3, 3, 4), (4, 2, 3, 2, 3), dict(stride=(1, 2, 2), groups=2, dilation=(2, 1, 1)), True),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw,transposed", NDHWC_CASES)
+def test_conv3d_ndhwc_equals_ncdhw(x_shape, w_shape, kw, transposed, rng):
+    """(N, D, H, W, C) data with TensorFlow's DHWIO / DHWOI weights (and torch's) gives the
+    NCDHW result, transposed, bit for bit on integer data; inputs are not modified."""
+    fn = numbaconv.conv_transpose3d if transposed else numbaconv.conv3d
+    x = rng.integers(-4, 5, x_shape).astype(np.float32)
+    w = rng.integers(-4, 5, w_shape).astype(np.float32)
+    c_out = w_shape[1] * kw.get("groups", 1) if transposed else w_shape[0]
+    b = rng.integers(-4, 5, c_out).astype(np.float32)
+    expected = fn(x, w, b, **kw, exact=True)
+    ref = (reference.conv_transpose3d if transposed else reference.conv3d)(x, w, b, **kw)
+    assert np.array_equal(expected, ref)
+    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 4, 1))
+    w_tf = np.ascontiguousarray(w.transpose(2, 3, 4, 1, 0))
+    saved = x_last.copy(), w_tf.copy()
+    got = fn(x_last, w_tf, b, **kw, data_format="NDHWC", exact=True)
+    assert np.array_equal(got, expected.transpose(0, 2, 3, 4, 1))
+    got_torch_w = fn(x_last, w, b, **kw, data_format="NDHWC", weight_format="IODHW" if transposed
+                     else "OIDHW", exact=True)
+    assert np.array_equal(got_torch_w, got)
+    unbatched = fn(x_last[0], w_tf, b, **kw, data_format="NDHWC", exact=True)
+    assert np.array_equal(unbatched, got[0])
+    assert np.array_equal(x_last, saved[0]) and np.array_equal(w_tf, saved[1])
+
+
+def test_conv3d_layout_errors(rng):
+    x = np.zeros((1, 4, 4, 4, 2), np.float32)
+    with pytest.raises(ValueError, match="data_format must be 'NCDHW' or 'NDHWC'"):
+        numbaconv.conv3d(x, np.zeros((3, 3, 3, 2, 2)), data_format="NHWC")
+    with pytest.raises(ValueError, match="weight_format must be 'OIDHW' or 'DHWIO'"):
+        numbaconv.conv3d(x, np.zeros((3, 3, 3, 2, 2)), data_format="NDHWC", weight_format="HWIO")
+    with pytest.raises(ValueError, match="weight_format must be 'IODHW' or 'DHWOI'"):
+        numbaconv.conv_transpose3d(x, np.zeros((3, 3, 3, 2, 2)), data_format="NDHWC",
+                                   weight_format="OIDHW")

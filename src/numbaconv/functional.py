@@ -84,7 +84,8 @@ def _layout_call(func, nd, transposed, fn, input, weight, bias, hyper, data_form
         raise ValueError(f"{func}: channels-last input must have shape (N, *spatial, C) or "
                          f"(*spatial, C) with {nd} spatial dimension(s), got shape {x.shape}")
     xb = x[None] if x.ndim == nd + 1 else x
-    if (not transposed and hyper["padding_mode"] == "zeros" and algorithm in ("auto", "gemm")
+    if (not transposed and hyper.get("padding_mode", "zeros") == "zeros"
+            and algorithm in ("auto", "gemm")
             and layouts.is_pointwise_problem(nd, xb.shape, w_std.shape, hyper["stride"],
                                              hyper["padding"], hyper["dilation"],
                                              hyper["groups"])):
@@ -310,37 +311,50 @@ for _f in (conv2d, conv1d, conv_transpose2d, conv_transpose1d):
 
 
 def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           algorithm="auto", exact=False, out=None):
+           data_format="NCDHW", weight_format=None, algorithm="auto", exact=False, out=None):
     """3-D convolution, as ``torch.nn.functional.conv3d``.
 
     ``input`` (N, C_in, D, H, W) or (C_in, D, H, W); ``weight`` (C_out, C_in / groups, kD, kH, kW);
     arguments per spatial dimension as in :func:`conv2d` (``padding`` also ``'valid'``,
     ``'same'``, ``'same_tf'`` or three ``(low, high)`` pairs). Computed as one batched 2-D
     convolution per kernel depth offset (:mod:`numbaconv.depth_lowering`); ``algorithm`` names the
-    2-D algorithm (or ``'reference'`` for the 3-D reference).
+    2-D algorithm (or ``'reference'`` for the 3-D reference). ``data_format='NDHWC'`` takes and
+    returns (N, D, H, W, C) arrays, with weights in TensorFlow's ``'DHWIO'`` layout by default
+    (``weight_format='OIDHW'`` for torch's); see :mod:`numbaconv.layouts`.
 
     >>> import numpy as np, numbaconv
     >>> numbaconv.conv3d(np.ones((1, 2, 4, 5, 6)), np.ones((3, 2, 3, 3, 3)), padding=1).shape
     (1, 3, 4, 5, 6)
     """
+    if data_format != "NCDHW" or weight_format is not None:
+        return _layout_call("conv3d", 3, False, conv3d, input, weight, bias,
+                            dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                                 exact=exact), data_format, weight_format, algorithm, out)
     prepared = prepare("conv3d", 3, input, weight, bias, transposed=False, stride=stride,
                        padding=padding, dilation=dilation, groups=groups)
     return _run(prepared, algorithm, out, exact)
 
 
 def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, algorithm="auto", exact=False, out=None):
+                     dilation=1, *, output_size=None, data_format="NCDHW", weight_format=None,
+                     algorithm="auto", exact=False, out=None):
     """3-D transposed convolution, as ``torch.nn.functional.conv_transpose3d``.
 
     ``input`` (N, C_in, D, H, W) or (C_in, D, H, W); ``weight`` (C_in, C_out / groups, kD, kH,
     kW); see :func:`conv_transpose2d`. Computed as one batched 2-D transposed convolution per
-    kernel depth offset.
+    kernel depth offset. ``data_format='NDHWC'``: (N, D, H, W, C) data, weights by default in
+    TensorFlow's ``'DHWOI'`` layout (kD, kH, kW, C_out / groups, C_in).
 
     >>> import numpy as np, numbaconv
     >>> numbaconv.conv_transpose3d(np.ones((1, 2, 3, 4, 5)), np.ones((2, 4, 2, 2, 2)),
     ...                            stride=2).shape
     (1, 4, 6, 8, 10)
     """
+    if data_format != "NCDHW" or weight_format is not None:
+        return _layout_call("conv_transpose3d", 3, True, conv_transpose3d, input, weight, bias,
+                            dict(stride=stride, padding=padding, output_padding=output_padding,
+                                 groups=groups, dilation=dilation, output_size=output_size,
+                                 exact=exact), data_format, weight_format, algorithm, out)
     prepared = prepare("conv_transpose3d", 3, input, weight, bias, transposed=True,
                        stride=stride, padding=padding, dilation=dilation, groups=groups,
                        output_padding=output_padding, output_size=output_size)

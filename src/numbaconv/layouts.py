@@ -1,9 +1,10 @@
 """Channels-last data (``'NHWC'``, ``'NWC'``) and TensorFlow weight layouts.
 
-``data_format='NHWC'`` takes and returns (N, H, W, C) arrays (``'NWC'``: (N, L, C)). Weights
-default to TensorFlow's layout for that format: ``'HWIO'`` (kH, kW, C_in/groups, C_out) for
-convolution and ``'HWOI'`` (kH, kW, C_out/groups, C_in) for transposed convolution (``'WIO'`` /
-``'WOI'`` in 1-D); torch's ``'OIHW'`` / ``'IOHW'`` (``'OIW'`` / ``'IOW'``) are accepted too.
+``data_format='NHWC'`` takes and returns (N, H, W, C) arrays (``'NWC'``: (N, L, C); ``'NDHWC'``:
+(N, D, H, W, C)). Weights default to TensorFlow's layout for that format: ``'HWIO'`` (kH, kW,
+C_in/groups, C_out) for convolution and ``'HWOI'`` (kH, kW, C_out/groups, C_in) for transposed
+convolution (``'WIO'`` / ``'WOI'`` in 1-D, ``'DHWIO'`` / ``'DHWOI'`` in 3-D); torch's ``'OIHW'`` /
+``'IOHW'`` (``'OIW'`` / ``'IOW'``, ``'OIDHW'`` / ``'IODHW'``) are accepted too.
 
 A 1x1, stride-1, unpadded, ungrouped convolution in channels-last is a plain matrix product,
 ``(N*H*W, C_in) @ (C_in, C_out)``, with both operands as they lie in memory: it runs on
@@ -19,9 +20,10 @@ from ._front import _operand, as_array, check_fits, compute_dtype
 from .kernels import gemm
 from .problem import ConvProblem
 
-_DATA = {1: ("NCW", "NWC"), 2: ("NCHW", "NHWC")}
+_DATA = {1: ("NCW", "NWC"), 2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
 _WEIGHTS = {(1, False): ("OIW", "WIO"), (2, False): ("OIHW", "HWIO"),
-            (1, True): ("IOW", "WOI"), (2, True): ("IOHW", "HWOI")}
+            (3, False): ("OIDHW", "DHWIO"),
+            (1, True): ("IOW", "WOI"), (2, True): ("IOHW", "HWOI"), (3, True): ("IODHW", "DHWOI")}
 
 
 def formats(func, nd, transposed, data_format, weight_format):
