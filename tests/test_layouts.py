@@ -126,3 +126,31 @@ def test_conv3d_layout_errors(rng):
     with pytest.raises(ValueError, match="weight_format must be 'IODHW' or 'DHWOI'"):
         numbaconv.conv_transpose3d(x, np.zeros((3, 3, 3, 2, 2)), data_format="NDHWC",
                                    weight_format="OIDHW")
+
+
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, padding=1), dict(padding="same", dilation=2),
+                                dict(padding=((0, 2), (3, 1)), stride=(1, 2)), dict(), dict(padding=4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_nhwc_depthwise_equals_the_reference(kw, dtype, rng):
+    """The channels-last depthwise kernel (no transposes) gives the reference's bits on integer
+    data, batched or not, with out=, for 1 and 2 threads; inputs unchanged."""
+    x = rng.integers(-4, 5, (2, 13, 11, 37)).astype(dtype)          # C = 37: a masked tail
+    w = rng.integers(-4, 5, (37, 1, 3, 3)).astype(dtype)
+    b = rng.integers(-4, 5, 37).astype(dtype)
+    expected = reference.conv2d(x.transpose(0, 3, 1, 2), w, b, groups=37, **kw).transpose(0, 2, 3, 1)
+    w_tf = np.ascontiguousarray(w.transpose(2, 3, 1, 0))              # HWIO: (3, 3, 1, 37)
+    saved = x.copy(), w_tf.copy()
+    with numbaconv.num_threads(1):
+        one = numbaconv.conv2d(x, w_tf, b, groups=37, data_format="NHWC", **kw)
+    assert np.array_equal(one, expected)
+    out = np.full(expected.shape, np.nan, dtype)
+    assert numbaconv.conv2d(x, w_tf, b, groups=37, data_format="NHWC", out=out, **kw) is out
+    assert np.array_equal(out, expected)
+    assert np.array_equal(numbaconv.conv2d(x[1], w_tf, b, groups=37, data_format="NHWC", **kw),
+                          expected[1])
+    strided = np.asfortranarray(x)
+    assert np.array_equal(numbaconv.conv2d(strided, w_tf, None, groups=37, data_format="NHWC", **kw),
+                          numbaconv.conv2d(x, w_tf, None, groups=37, data_format="NHWC", **kw))
+    assert np.array_equal(x, saved[0]) and np.array_equal(w_tf, saved[1])
+    with pytest.raises(ValueError, match="out must"):
+        numbaconv.conv2d(x, w_tf, b, groups=37, data_format="NHWC", out=out.astype(np.float16), **kw)

@@ -90,6 +90,12 @@ def _layout_call(func, nd, transposed, fn, input, weight, bias, hyper, data_form
                                              hyper["padding"], hyper["dilation"],
                                              hyper["groups"])):
         return layouts.pointwise(func, nd, x, w, bias, weight_tf, out)
+    if (nd == 2 and not transposed and hyper.get("padding_mode", "zeros") == "zeros"
+            and algorithm in ("auto", "depthwise")):
+        problem = layouts.depthwise_problem(xb.shape, w_std.shape, hyper["stride"],
+                                            hyper["padding"], hyper["dilation"], hyper["groups"])
+        if problem is not None:
+            return layouts.depthwise(func, problem, x, w_std, bias, out)
     y = layouts.channels_last(
         fn(layouts.channels_first(xb, nd), w_std, bias, **hyper, algorithm=algorithm), nd)
     y = y[0] if x.ndim == nd + 1 else y

@@ -6,7 +6,10 @@ C_in/groups, C_out) for convolution and ``'HWOI'`` (kH, kW, C_out/groups, C_in) 
 convolution (``'WIO'`` / ``'WOI'`` in 1-D, ``'DHWIO'`` / ``'DHWOI'`` in 3-D); torch's ``'OIHW'`` /
 ``'IOHW'`` (``'OIW'`` / ``'IOW'``, ``'OIDHW'`` / ``'IODHW'``) are accepted too.
 
-A 1x1, stride-1, unpadded, ungrouped convolution in channels-last is a plain matrix product,
+A depthwise 2-D convolution (``groups == C_in == C_out``) in NHWC runs natively
+(:mod:`numbaconv.kernels.depthwise_nhwc`): channels are contiguous, so each tap is a vector
+multiply-add across channels, with no padding copy. A 1x1, stride-1, unpadded, ungrouped
+convolution in channels-last is a plain matrix product,
 ``(N*H*W, C_in) @ (C_in, C_out)``, with both operands as they lie in memory: it runs on
 numbaconv's GEMM directly (bias first, then one FMA per input channel in ascending order), with
 no transposes. Other problems are transposed to channels-first, computed by the usual kernels,
@@ -17,7 +20,7 @@ import numpy as np
 
 from . import _threads
 from ._front import _operand, as_array, check_fits, compute_dtype
-from .kernels import gemm
+from .kernels import depthwise_nhwc, gemm
 from .problem import ConvProblem
 
 _DATA = {1: ("NCW", "NWC"), 2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
@@ -100,3 +103,48 @@ def is_pointwise_problem(nd, x_shape, w_torch_shape, stride, padding, dilation, 
         return False  # the general path raises the proper error
     return (problem.groups == 1 and all(s == 1 for s in problem.stride)
             and all(p == (0, 0) for p in problem.padding))
+
+
+def depthwise_problem(x_shape, w_torch_shape, stride, padding, dilation, groups):
+    """The ConvProblem of a channels-last 2-D call that the native depthwise kernel computes
+    (channel multiplier 1), or None (the general path then also reports any error)."""
+    if len(w_torch_shape) != 4 or len(x_shape) not in (3, 4):
+        return None
+    batched = x_shape if len(x_shape) == 4 else (1,) + tuple(x_shape)
+    try:
+        problem = ConvProblem.for_conv((batched[0], batched[-1]) + tuple(batched[1:-1]),
+                                       w_torch_shape, stride=stride, padding=padding,
+                                       dilation=dilation, groups=groups)
+    except (ValueError, TypeError):
+        return None
+    if not (problem.groups == problem.in_channels == problem.out_channels > 1):
+        return None
+    return problem
+
+
+def depthwise(func, problem, x, w_torch, b, out):
+    """The channels-last depthwise convolution on its native kernel; ``x`` (N, H, W, C) or
+    unbatched, ``w_torch`` (C, 1, kH, kW)."""
+    dtype = compute_dtype((("input", x), ("weight", w_torch), ("bias", b)))
+    xb = _operand(x if x.ndim == 4 else x[None], dtype, "input")
+    taps = depthwise_nhwc.weight_as_taps(_operand(w_torch, dtype, "weight"))
+    bias = (np.zeros(problem.out_channels, dtype) if b is None
+            else _operand(as_array(b, "bias"), dtype, "bias"))
+    oh, ow = problem.out_size
+    shape = (problem.batch, oh, ow, problem.out_channels)[(0 if x.ndim == 4 else 1):]
+    if out is None:
+        check_fits(int(np.prod(shape)) * dtype.itemsize, f"the output {shape} ({dtype})")
+        result = np.empty(shape, dtype=dtype)
+    else:
+        if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous \
+                or not out.flags.writeable:
+            raise ValueError(f"{func}: out must be a writeable C-contiguous {dtype} array of "
+                             f"shape {shape}, got {out.dtype} {out.shape}")
+        if any(np.may_share_memory(out, a) for a in (xb, taps, bias)):
+            raise ValueError(f"{func}: out must not overlap the input, weight or bias")
+        result = out
+    (sh, sw), ((pt, _), (pl, _)), (dh, dw) = problem.stride, problem.padding, problem.dilation
+    with _threads.launch():
+        depthwise_nhwc.conv2d_depthwise_nhwc(xb, taps, bias, result.reshape(
+            (problem.batch, oh, ow, problem.out_channels)), sh, sw, pt, pl, dh, dw)
+    return result
