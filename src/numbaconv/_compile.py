@@ -41,9 +41,9 @@ def precompile(dtypes=("float32", "float64")):
 
     >>> import numbaconv
     >>> sorted(numbaconv.precompile(dtypes=("float32",)))
-    ['depthwise', 'direct', 'direct (transposed)', 'gemm', 'gemm (transposed)', 'im2col', 'weight gradient', 'winograd']
+    ['depthwise', 'depthwise (NHWC)', 'direct', 'direct (transposed)', 'gemm', 'gemm (transposed)', 'im2col', 'weight gradient', 'winograd']
     """
-    from .kernels import weight_grad
+    from .kernels import depthwise_nhwc, weight_grad
 
     spent = {}
     rng = np.random.default_rng(0)
@@ -68,4 +68,9 @@ def precompile(dtypes=("float32", "float64")):
                     problem.groups)
                 spent["weight gradient"] = spent.get("weight gradient", 0.0) + \
                     time.perf_counter() - start
+        start = time.perf_counter()
+        depthwise_nhwc.conv2d_depthwise_nhwc(
+            np.ones((1, 5, 5, 3), dtype), np.ones((3, 3, 3), dtype), np.ones(3, dtype),
+            np.empty((1, 5, 5, 3), dtype), 1, 1, 1, 1, 1, 1)
+        spent["depthwise (NHWC)"] = spent.get("depthwise (NHWC)", 0.0) + time.perf_counter() - start
     return spent
