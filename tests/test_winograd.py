@@ -132,3 +132,17 @@ def test_empty_and_tiny_problems(rng):
         assert got.shape == want.shape
         if got.size:
             assert (np.abs(got - want) <= winograd_bound(case, x, w, None)).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_values_near_overflow_go_to_an_exact_kernel(dtype, rng):
+    """Transforms scale values by up to 10^2 and 19^2: data whose transformed values could
+    overflow (while the direct sums stay finite) is computed by an exact kernel instead."""
+    big = np.finfo(dtype).max / 1e4
+    x = rng.integers(-4, 5, (1, 8, 12, 12)).astype(dtype)
+    x[0, 0, 5, 5] = big
+    w = np.zeros((4, 8, 3, 3), dtype)
+    w[:, 0, 1, 1] = 1
+    got = numbaconv.conv2d(x, w, padding=1, algorithm="winograd")
+    want = reference.conv2d(x, w, padding=1)
+    assert np.isfinite(want).all() and np.array_equal(got, want)

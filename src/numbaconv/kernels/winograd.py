@@ -179,8 +179,8 @@ def _input_tiles(typingctx, rows, roff, pitch, v, voff, plane, n_valid):
     """``v[voff + (xi*6 + nu)*plane + l] = (B^T d_l B)[xi, nu]`` for tiles ``l < n_valid``, where
     ``d_l[i, j] = rows[roff + i*pitch + 4*l + j]`` (patch rows ``pitch`` apart, tiles 4 columns
     apart). Reads ``4*lanes + 4`` elements of each patch row whatever ``n_valid`` (the caller
-    leaves that much room; the extra lanes are never stored). Returns 0, or NaN if any element
-    read is an Inf or a NaN (the sum of every element times zero)."""
+    leaves that much room; the extra lanes are never stored). Returns the largest magnitude read,
+    or NaN if any element read is an Inf or a NaN (the sum of every element times zero)."""
     sig = rows.dtype(rows, roff, pitch, v, voff, plane, n_valid)
 
     def codegen(context, builder, signature, args):
@@ -193,6 +193,12 @@ def _input_tiles(typingctx, rows, roff, pitch, v, voff, plane, n_valid):
         und = ir.Constant(wide, ir.Undefined)
         zero = ir.Constant(wide, [0.0] * (4 * L))
         finite = zero
+        mod = builder.module
+        fabs = cgutils.get_or_insert_function(mod, ir.FunctionType(wide, [wide]),
+                                              "llvm.fabs.v%d%s" % (4 * L, e.sfx))
+        smax = cgutils.get_or_insert_function(mod, ir.FunctionType(e.fty, [e.fty, e.fty]),
+                                              "llvm.maxnum.%s" % e.sfx)
+        largest = zero
         t = []
         for i in range(ALPHA):
             row = builder.gep(base, [builder.mul(ir.Constant(e.i64, i), pitch)])
@@ -200,6 +206,11 @@ def _input_tiles(typingctx, rows, roff, pitch, v, voff, plane, n_valid):
             hi = e.load(builder.gep(row, [ir.Constant(e.i64, TILE)]), width=4 * L)
             finite = builder.fadd(finite, builder.fmul(lo, zero))
             finite = builder.fadd(finite, builder.fmul(hi, zero))
+            for part in (lo, hi):
+                # a compare and select is one vmaxps (maxnum would add NaN fix-ups; NaN is
+                # caught by the sum above)
+                mag = builder.call(fabs, [part])
+                largest = builder.select(builder.fcmp_ordered(">", mag, largest), mag, largest)
             d = [e.shuffle(lo, und, [j + TILE * l for l in range(L)]) for j in range(TILE)]
             d += [e.shuffle(hi, und, [j + TILE * l for l in range(L)]) for j in range(2)]
             t.append(_combine(builder, B_T, d, e.vty, e.fty))
@@ -212,9 +223,11 @@ def _input_tiles(typingctx, rows, roff, pitch, v, voff, plane, n_valid):
                 p = builder.gep(vbase, [builder.mul(ir.Constant(e.i64, xi * ALPHA + nu), plane)])
                 e.store(col[xi], p, mask)
         total = builder.extract_element(finite, ir.Constant(e.i32, 0))
+        big = builder.extract_element(largest, ir.Constant(e.i32, 0))
         for l in range(1, 4 * L):
             total = builder.fadd(total, builder.extract_element(finite, ir.Constant(e.i32, l)))
-        return total
+            big = builder.call(smax, [big, builder.extract_element(largest, ir.Constant(e.i32, l))])
+        return builder.fadd(total, big)
 
     return sig, codegen
 
@@ -367,7 +380,7 @@ def _input_chunk(xf, c, cin, h, wd, r0, r1, nty, ntx, pt, pl, vf, plane, buf):
 def _input_transform(x, r0, r1, nty, ntx, pt, pl, v, ws):
     """``V`` (36 planes of C_in x nf, ``v.shape[1]`` apart) for tile rows ``r0 .. r1`` (global
     tile row ``r``: image ``r // nty``, row ``r % nty``). Returns NaN if the input read holds an
-    Inf or a NaN, else 0."""
+    Inf or a NaN, else a bound on its largest magnitude (a sum of maxima)."""
     cin, h, wd = x.shape[1], x.shape[2], x.shape[3]
     xf = x.reshape(-1)
     vf = v.reshape(-1)
@@ -465,8 +478,9 @@ def conv2d_winograd(x, w, bias, out, pt, pl):
     with ``OH``/``OW`` what the padding gives; C-contiguous, one float dtype.
 
     Returns True when it wrote every element of ``out``; False, leaving ``out`` partly written,
-    when the weights or the input hold an Inf or a NaN: the transforms would mix them into
-    whole tiles (``inf - inf`` is NaN), so such data is for an exact algorithm to compute.
+    when the weights or the input hold an Inf or a NaN (the transforms would mix them into
+    whole tiles: ``inf - inf`` is NaN) or values so large that a transformed value could
+    overflow where the direct sum does not: such data is for an exact algorithm to compute.
     """
     n, cin = x.shape[:2]
     cout, oh, ow = out.shape[1:]
@@ -474,6 +488,11 @@ def conv2d_winograd(x, w, bias, out, pt, pl):
         return True
     if not np.isfinite(w).all():
         return False
+    # Every intermediate is at most 10^2 |x| (input transform), |w| (weight transform), a sum of
+    # C_in products, then 19^2 times that (output transform): beyond the dtype's range only if
+    # max|x| * w_scale exceeds its largest value, where the exact kernels may still be finite.
+    w_scale = float(np.abs(w).max(initial=0)) * cin * 100 * 19 ** 2 * 2
+    limit = float(np.finfo(x.dtype).max)
     dt = x.dtype
     sq = ALPHA * ALPHA
     isz = dt.itemsize
@@ -494,7 +513,8 @@ def conv2d_winograd(x, w, bias, out, pt, pl):
         vp, mp = plane_stride(cin * nf, isz), plane_stride(cout * nf, isz)
         v = buffer("winograd.v", sq * vp, dt).reshape(sq, vp)
         m = buffer("winograd.m", sq * mp, dt).reshape(sq, mp)
-        if _input_transform(x, r0, r1, nty, ntx, pt, pl, v, ws_in) != 0:
+        largest = _input_transform(x, r0, r1, nty, ntx, pt, pl, v, ws_in)
+        if not largest * w_scale <= limit:      # NaN/Inf in the input, or possible overflow
             return False
         gemm.gemm_grouped(u.reshape(-1), cin, up, v.reshape(-1), nf, vp, m.reshape(-1), nf, mp,
                           sq, cout, nf, cin, overwrite=True)
