@@ -11,12 +11,10 @@ padding copy, no phase split, any stride and dilation.
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
-from numbaconv._jit import parallel_kernel, vector_bytes
-
-_VBYTES = vector_bytes()
+from numbaconv._jit import parallel_kernel
+from numbaconv.kernels.ir_vectors import Vectors
 
 
 @intrinsic
@@ -30,38 +28,14 @@ def _pixel(typingctx, out, o, x, xbase, w, taps, ntaps, c, bias):
     def codegen(context, builder, signature, args):
         out_v, o_v, x_v, xb_v, w_v, taps_v, nt_v, c_v, bias_v = args
         aty = signature.args
-        fty = context.get_value_type(aty[0].dtype)
-        isz = context.get_abi_sizeof(fty)
-        lanes = _VBYTES // isz
-        vty = ir.VectorType(fty, lanes)
-        vp = vty.as_pointer()
-        i64, i32 = ir.IntType(64), ir.IntType(32)
-        i1v = ir.VectorType(ir.IntType(1), lanes)
-        i32v = ir.VectorType(i32, lanes)
-        sfx = "v%d%s" % (lanes, "f32" if isz == 4 else "f64")
-        mod = builder.module
-        fma = cgutils.get_or_insert_function(mod, ir.FunctionType(vty, [vty, vty, vty]),
-                                             "llvm.fma." + sfx)
-        mload = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(vty, [vp, i32, i1v, vty]), "llvm.masked.load.%s.p0" % sfx)
-        mstore = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(ir.VoidType(), [vty, vp, i32, i1v]),
-            "llvm.masked.store.%s.p0" % sfx)
-        align = ir.Constant(i32, isz)
-        zero = ir.Constant(vty, [0.0] * lanes)
-
-        def as64(v):
-            return builder.sext(v, i64) if v.type.width < 64 else v
-
-        def data(i, arr):
-            return context.make_array(aty[i])(context, builder, arr).data
-
-        pout = builder.gep(data(0, out_v), [as64(o_v)])
-        px = builder.gep(data(2, x_v), [as64(xb_v)])
-        pw, pb, pt = data(4, w_v), data(8, bias_v), data(5, taps_v)
+        e = Vectors(context, builder, aty[0])
+        i64 = e.i64
+        L = e.lanes
+        pout, px = e.ptr(aty[0], out_v, o_v), e.ptr(aty[2], x_v, xb_v)
+        pw, pb, pt = e.ptr(aty[4], w_v, 0), e.ptr(aty[8], bias_v, 0), e.ptr(aty[5], taps_v, 0)
         tty = context.get_value_type(aty[5].dtype)
-        nt, c = as64(nt_v), as64(c_v)
-        nblk = builder.sdiv(builder.add(c, ir.Constant(i64, lanes - 1)), ir.Constant(i64, lanes))
+        nt, c = e.as64(nt_v), e.as64(c_v)
+        nblk = builder.sdiv(builder.add(c, ir.Constant(i64, L - 1)), ir.Constant(i64, L))
         entry = builder.block
         blk = builder.append_basic_block("px.block")
         tap = builder.append_basic_block("px.tap")
@@ -69,43 +43,36 @@ def _pixel(typingctx, out, o, x, xbase, w, taps, ntaps, c, bias):
         done = builder.append_basic_block("px.done")
         builder.cbranch(builder.icmp_signed(">", nblk, ir.Constant(i64, 0)), blk, done)
 
+        # per vector of channels: start at the bias, one FMA per tap, store
         builder.position_at_end(blk)
         j = builder.phi(i64)
         j.add_incoming(ir.Constant(i64, 0), entry)
-        off = builder.mul(j, ir.Constant(i64, lanes))
-        rest = builder.trunc(builder.sub(c, off), i32)
-        u = ir.Constant(i32v, ir.Undefined)
-        spl = builder.shuffle_vector(builder.insert_element(u, rest, ir.Constant(i32, 0)), u,
-                                     ir.Constant(i32v, [0] * lanes))
-        mask = builder.icmp_signed("<", ir.Constant(i32v, list(range(lanes))), spl)
-
-        def vload(p, offset):
-            return builder.call(mload, [builder.bitcast(builder.gep(p, [offset]), vp), align,
-                                        mask, zero])
-
-        start = vload(pb, off)
+        off = builder.mul(j, ir.Constant(i64, L))
+        mask = e.mask(builder.sub(c, off), L)
+        start = e.load(builder.gep(pb, [off]), mask)
         builder.cbranch(builder.icmp_signed(">", nt, ir.Constant(i64, 0)), tap, store)
 
         builder.position_at_end(tap)
         t = builder.phi(i64)
         t.add_incoming(ir.Constant(i64, 0), blk)
-        acc = builder.phi(vty)
+        acc = builder.phi(e.vty)
         acc.add_incoming(start, blk)
-        xo = as64(builder.load(builder.gep(pt, [builder.mul(t, ir.Constant(i64, 2))]), typ=tty))
-        wo = as64(builder.load(builder.gep(pt, [builder.add(builder.mul(t, ir.Constant(i64, 2)),
-                                                            ir.Constant(i64, 1))]), typ=tty))
-        new = builder.call(fma, [vload(px, builder.add(xo, off)), vload(pw, builder.add(wo, off)),
-                                 acc])
+        two_t = builder.mul(t, ir.Constant(i64, 2))
+        xo = e.as64(builder.load(builder.gep(pt, [two_t]), typ=tty))
+        wo = e.as64(builder.load(builder.gep(pt, [builder.add(two_t, ir.Constant(i64, 1))]),
+                                 typ=tty))
+        new = e.fma(e.load(builder.gep(px, [builder.add(xo, off)]), mask),
+                    e.load(builder.gep(pw, [builder.add(wo, off)]), mask), acc)
         tn = builder.add(t, ir.Constant(i64, 1))
         t.add_incoming(tn, tap)
         acc.add_incoming(new, tap)
         builder.cbranch(builder.icmp_signed("<", tn, nt), tap, store)
 
         builder.position_at_end(store)
-        res = builder.phi(vty)
+        res = builder.phi(e.vty)
         res.add_incoming(start, blk)
         res.add_incoming(new, tap)
-        builder.call(mstore, [res, builder.bitcast(builder.gep(pout, [off]), vp), align, mask])
+        e.store(res, builder.gep(pout, [off]), mask)
         jn = builder.add(j, ir.Constant(i64, 1))
         j.add_incoming(jn, store)
         builder.cbranch(builder.icmp_signed("<", jn, nblk), blk, done)

@@ -24,7 +24,7 @@ product (:func:`_vdot`, a fixed lane order) of the ``dY`` plane with the tap's i
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import prange
 from numba.core import cgutils
 from numba.extending import intrinsic
 

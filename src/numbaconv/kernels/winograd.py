@@ -54,6 +54,8 @@ from numba.extending import intrinsic
 
 from numbaconv._jit import kernel, parallel_kernel, vector_bytes
 from numbaconv.kernels import gemm
+from numbaconv.kernels.gemm import _lanes
+from numbaconv.kernels.ir_vectors import Vectors
 from numbaconv.kernels.scratch import buffer
 
 # Transform matrices (float64; cast to the compute dtype where used as GEMM operands).
@@ -105,75 +107,6 @@ def _combine(builder, coeffs, vecs, vty, fty):
     return out
 
 
-class _Vec:
-    """IR helpers for one float array type: vector type, lane masks, addressed loads/stores."""
-
-    def __init__(self, context, builder, arr_ty):
-        self.builder = builder
-        self.context = context
-        self.fty = context.get_value_type(arr_ty.dtype)
-        self.isz = context.get_abi_sizeof(self.fty)
-        self.lanes = _VBYTES // self.isz
-        self.vty = ir.VectorType(self.fty, self.lanes)
-        self.sfx = "f32" if self.isz == 4 else "f64"
-        self.i64 = ir.IntType(64)
-        self.i32 = ir.IntType(32)
-
-    def ptr(self, arr_ty, arr, off):
-        data = self.context.make_array(arr_ty)(self.context, self.builder, arr).data
-        return self.builder.gep(data, [self.as64(off)])
-
-    def as64(self, v):
-        if isinstance(v, int):
-            return ir.Constant(self.i64, v)
-        return self.builder.sext(v, self.i64) if v.type.width < 64 else v
-
-    def mask(self, n_valid, width):
-        """``<width x i1>``: lanes ``l`` with ``l < n_valid``."""
-        b = self.builder
-        i32v = ir.VectorType(self.i32, width)
-        n32 = b.trunc(self.as64(n_valid), self.i32)
-        u = ir.Constant(i32v, ir.Undefined)
-        spl = b.shuffle_vector(b.insert_element(u, n32, ir.Constant(self.i32, 0)), u,
-                               ir.Constant(i32v, [0] * width))
-        return b.icmp_signed("<", ir.Constant(i32v, list(range(width))), spl)
-
-    def _masked(self, name, ty):
-        i1v = ir.VectorType(ir.IntType(1), ty.count)
-        key = "v%d%s" % (ty.count, self.sfx)
-        if name == "load":
-            fnty = ir.FunctionType(ty, [ty.as_pointer(), self.i32, i1v, ty])
-        else:
-            fnty = ir.FunctionType(ir.VoidType(), [ty, ty.as_pointer(), self.i32, i1v])
-        return cgutils.get_or_insert_function(self.builder.module, fnty,
-                                              "llvm.masked.%s.%s.p0" % (name, key))
-
-    def load(self, p, mask=None, width=None):
-        ty = ir.VectorType(self.fty, width or self.lanes)
-        vp = self.builder.bitcast(p, ty.as_pointer())
-        if mask is None:
-            return self.builder.load(vp, align=self.isz)
-        return self.builder.call(self._masked("load", ty),
-                                 [vp, ir.Constant(self.i32, self.isz), mask,
-                                  ir.Constant(ty, [0.0] * ty.count)])
-
-    def store(self, v, p, mask):
-        vp = self.builder.bitcast(p, v.type.as_pointer())
-        self.builder.call(self._masked("store", v.type),
-                          [v, vp, ir.Constant(self.i32, self.isz), mask])
-
-    def shuffle(self, a, b, idx):
-        return self.builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(self.i32, len(idx)),
-                                                              idx))
-
-    def splat(self, s):
-        b = self.builder
-        i32v = ir.VectorType(self.i32, self.lanes)
-        u = ir.Constant(self.vty, ir.Undefined)
-        return b.shuffle_vector(b.insert_element(u, s, ir.Constant(self.i32, 0)), u,
-                                ir.Constant(i32v, [0] * self.lanes))
-
-
 @intrinsic
 def _input_tiles(typingctx, rows, roff, pitch, v, voff, plane, n_valid):
     """``v[voff + (xi*6 + nu)*plane + l] = (B^T d_l B)[xi, nu]`` for tiles ``l < n_valid``, where
@@ -185,7 +118,7 @@ def _input_tiles(typingctx, rows, roff, pitch, v, voff, plane, n_valid):
 
     def codegen(context, builder, signature, args):
         rows_v, roff_v, pitch_v, v_v, voff_v, plane_v, nv_v = args
-        e = _Vec(context, builder, signature.args[0])
+        e = Vectors(context, builder, signature.args[0])
         L = e.lanes
         base = e.ptr(signature.args[0], rows_v, roff_v)
         pitch = e.as64(pitch_v)
@@ -240,7 +173,7 @@ def _output_tiles(typingctx, m, moff, plane, bias, rows, roff, pitch, n_valid):
 
     def codegen(context, builder, signature, args):
         m_v, moff_v, plane_v, bias_v, rows_v, roff_v, pitch_v, nv_v = args
-        e = _Vec(context, builder, signature.args[0])
+        e = Vectors(context, builder, signature.args[0])
         L = e.lanes
         mbase = e.ptr(signature.args[0], m_v, moff_v)
         plane = e.as64(plane_v)
@@ -278,7 +211,7 @@ def _weight_tiles(typingctx, w, woff, u, uoff, plane, n_valid):
 
     def codegen(context, builder, signature, args):
         w_v, woff_v, u_v, uoff_v, plane_v, nv_v = args
-        e = _Vec(context, builder, signature.args[0])
+        e = Vectors(context, builder, signature.args[0])
         L = e.lanes
         base = e.ptr(signature.args[0], w_v, woff_v)
         mask = e.mask(nv_v, L)
@@ -313,16 +246,6 @@ def _weight_tiles(typingctx, w, woff, u, uoff, plane, n_valid):
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-@intrinsic
-def _lanes(typingctx, arr):
-    n = _VBYTES // (arr.dtype.bitwidth // 8)
-
-    def codegen(context, builder, signature, args):
-        return context.get_constant(types.intp, n)
-
-    return types.intp(arr), codegen
 
 
 # ---------------------------------------------------------------------------------------------

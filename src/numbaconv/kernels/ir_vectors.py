@@ -1,0 +1,86 @@
+"""LLVM IR helpers for the kernels written as Numba intrinsics: one vector register's type for
+an array's dtype (AVX-512: 16 float32 / 8 float64 lanes), lane masks, masked loads and stores,
+shuffles, splats and fused multiply-adds."""
+
+from llvmlite import ir
+from numba.core import cgutils
+
+from numbaconv._jit import vector_bytes
+
+_VBYTES = vector_bytes()
+
+
+class Vectors:
+    """IR helpers for one float array type: vector type, lane masks, addressed loads/stores."""
+
+    def __init__(self, context, builder, arr_ty):
+        self.builder = builder
+        self.context = context
+        self.fty = context.get_value_type(arr_ty.dtype)
+        self.isz = context.get_abi_sizeof(self.fty)
+        self.lanes = _VBYTES // self.isz
+        self.vty = ir.VectorType(self.fty, self.lanes)
+        self.sfx = "f32" if self.isz == 4 else "f64"
+        self.i64 = ir.IntType(64)
+        self.i32 = ir.IntType(32)
+
+    def ptr(self, arr_ty, arr, off):
+        data = self.context.make_array(arr_ty)(self.context, self.builder, arr).data
+        return self.builder.gep(data, [self.as64(off)])
+
+    def as64(self, v):
+        if isinstance(v, int):
+            return ir.Constant(self.i64, v)
+        return self.builder.sext(v, self.i64) if v.type.width < 64 else v
+
+    def mask(self, n_valid, width):
+        """``<width x i1>``: lanes ``l`` with ``l < n_valid``."""
+        b = self.builder
+        i32v = ir.VectorType(self.i32, width)
+        n32 = b.trunc(self.as64(n_valid), self.i32)
+        u = ir.Constant(i32v, ir.Undefined)
+        spl = b.shuffle_vector(b.insert_element(u, n32, ir.Constant(self.i32, 0)), u,
+                               ir.Constant(i32v, [0] * width))
+        return b.icmp_signed("<", ir.Constant(i32v, list(range(width))), spl)
+
+    def _masked(self, name, ty):
+        i1v = ir.VectorType(ir.IntType(1), ty.count)
+        key = "v%d%s" % (ty.count, self.sfx)
+        if name == "load":
+            fnty = ir.FunctionType(ty, [ty.as_pointer(), self.i32, i1v, ty])
+        else:
+            fnty = ir.FunctionType(ir.VoidType(), [ty, ty.as_pointer(), self.i32, i1v])
+        return cgutils.get_or_insert_function(self.builder.module, fnty,
+                                              "llvm.masked.%s.%s.p0" % (name, key))
+
+    def load(self, p, mask=None, width=None):
+        ty = ir.VectorType(self.fty, width or self.lanes)
+        vp = self.builder.bitcast(p, ty.as_pointer())
+        if mask is None:
+            return self.builder.load(vp, align=self.isz)
+        return self.builder.call(self._masked("load", ty),
+                                 [vp, ir.Constant(self.i32, self.isz), mask,
+                                  ir.Constant(ty, [0.0] * ty.count)])
+
+    def store(self, v, p, mask):
+        vp = self.builder.bitcast(p, v.type.as_pointer())
+        self.builder.call(self._masked("store", v.type),
+                          [v, vp, ir.Constant(self.i32, self.isz), mask])
+
+    def shuffle(self, a, b, idx):
+        return self.builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(self.i32, len(idx)),
+                                                              idx))
+
+    def fma(self, a, b, c):
+        """``a * b + c`` rounded once, elementwise."""
+        fn = cgutils.get_or_insert_function(
+            self.builder.module, ir.FunctionType(a.type, [a.type] * 3),
+            "llvm.fma.v%d%s" % (a.type.count, self.sfx))
+        return self.builder.call(fn, [a, b, c])
+
+    def splat(self, s):
+        b = self.builder
+        i32v = ir.VectorType(self.i32, self.lanes)
+        u = ir.Constant(self.vty, ir.Undefined)
+        return b.shuffle_vector(b.insert_element(u, s, ir.Constant(self.i32, 0)), u,
+                                ir.Constant(i32v, [0] * self.lanes))
