@@ -85,3 +85,16 @@ def test_bench_reports_a_wrong_candidate_instead_of_timing_it(monkeypatch):
 def test_demo_command_runs(capsys):
     assert cli.main(["demo", "resnet50_3x3_c128_28", "--repeats", "1"]) == 0
     assert "1x128x28x28" in capsys.readouterr().out
+
+
+def test_bench_layouts_command(capsys):
+    """``numbaconv bench-layouts`` times a 2-D and a 3-D layer in both layouts (and torch when
+    installed) and prints the ratios."""
+    from numbaconv import layout_bench
+    rows = layout_bench.run(["mobilenetv2_1x1_c192to32_28", "c3d_3x3x3_c256_4x14"],
+                            min_time=0.01, rounds=1)
+    assert [r["layer"] for r in rows] == ["mobilenetv2_1x1_c192to32_28", "c3d_3x3x3_c256_4x14"]
+    assert all(r["ours_first"] > 0 and r["ours_last"] > 0 for r in rows)
+    assert "NHWC / NCHW speed: geometric mean" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown layers"):
+        layout_bench.run(["no_such_layer"])

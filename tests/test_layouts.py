@@ -154,3 +154,144 @@ def test_native_nhwc_depthwise_equals_the_reference(kw, dtype, rng):
     assert np.array_equal(x, saved[0]) and np.array_equal(w_tf, saved[1])
     with pytest.raises(ValueError, match="out must"):
         numbaconv.conv2d(x, w_tf, b, groups=37, data_format="NHWC", out=out.astype(np.float16), **kw)
+
+
+DENSE_FORMS = [dict(padding=1), dict(stride=2, padding=1), dict(padding="same", dilation=2),
+               dict(padding=((0, 2), (3, 1)), stride=(1, 2)), dict(), dict(padding=4),
+               dict(stride=3, dilation=(1, 2), padding=(2, 0))]
+
+
+@pytest.fixture
+def dense_calls(monkeypatch):
+    """Counts calls of the channels-last implicit-GEMM kernel (so a test knows it ran)."""
+    from numbaconv.kernels import conv_nhwc
+    calls = []
+    real = conv_nhwc.conv2d_nhwc
+
+    def spy(*args):
+        calls.append(args[1].shape)
+        return real(*args)
+
+    monkeypatch.setattr(conv_nhwc, "conv2d_nhwc", spy)
+    return calls
+
+
+@pytest.mark.parametrize("kw", DENSE_FORMS, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("groups,c_in,c_out,k", [(1, 19, 70, 3), (2, 10, 80, 3), (1, 3, 33, 5)])
+def test_native_nhwc_dense_equals_the_reference(kw, dtype, groups, c_in, c_out, k, rng,
+                                                dense_calls):
+    """The channels-last implicit GEMM (no transposes) gives the reference's bits on integer
+    data for strides, dilations, asymmetric padding, groups and a column tail (70 = 64 + 6
+    channels), batched or not, with out=, for 1 and 2 threads; inputs unchanged."""
+    x = rng.integers(-4, 5, (2, 13, 11, c_in)).astype(dtype)
+    w = rng.integers(-4, 5, (c_out, c_in // groups, k, k)).astype(dtype)
+    b = rng.integers(-4, 5, c_out).astype(dtype)
+    expected = reference.conv2d(x.transpose(0, 3, 1, 2), w, b, groups=groups,
+                                **kw).transpose(0, 2, 3, 1)
+    w_tf = _tf_weight(w)
+    saved = x.copy(), w_tf.copy()
+    with numbaconv.num_threads(1):
+        one = numbaconv.conv2d(x, w_tf, b, groups=groups, data_format="NHWC", **kw)
+    assert dense_calls, "the native channels-last kernel did not run"
+    assert np.array_equal(one, expected)
+    out = np.full(expected.shape, np.nan, dtype)
+    assert numbaconv.conv2d(x, w_tf, b, groups=groups, data_format="NHWC", out=out, **kw) is out
+    assert np.array_equal(out, expected)
+    assert np.array_equal(numbaconv.conv2d(x[1], w, b, groups=groups, data_format="NHWC",
+                                           weight_format="OIHW", algorithm="gemm", **kw),
+                          expected[1])
+    strided = np.asfortranarray(x)
+    assert np.array_equal(numbaconv.conv2d(strided, w_tf, None, groups=groups,
+                                           data_format="NHWC", **kw),
+                          expected - b)
+    assert np.array_equal(x, saved[0]) and np.array_equal(w_tf, saved[1])
+    with pytest.raises(ValueError, match="out must"):
+        numbaconv.conv2d(x, w_tf, b, groups=groups, data_format="NHWC",
+                         out=out.astype(np.float16), **kw)
+    shared = np.zeros(x.size + out.size, dtype)
+    x_in = shared[:x.size].reshape(x.shape)
+    x_in[...] = x
+    with pytest.raises(ValueError, match="out must not overlap"):
+        numbaconv.conv2d(x_in, w_tf, b, groups=groups, data_format="NHWC",
+                         out=shared[:out.size].reshape(out.shape), **kw)
+
+
+def test_native_nhwc_dense_real_data_is_thread_invariant_and_within_bound(rng, dense_calls):
+    """Random real data (a ResNet-like 3x3 layer): the same bits for 1 and 2 threads and run to
+    run; within the forward error bound of the float64 reference."""
+    x = rng.standard_normal((2, 14, 14, 96)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 96, 128)).astype(np.float32)
+    b = rng.standard_normal(128).astype(np.float32)
+    with numbaconv.num_threads(1):
+        one = numbaconv.conv2d(x, w, b, padding=1, data_format="NHWC")
+    with numbaconv.num_threads(2):
+        two = numbaconv.conv2d(x, w, b, padding=1, data_format="NHWC")
+        again = numbaconv.conv2d(x, w, b, padding=1, data_format="NHWC")
+    assert len(dense_calls) == 3
+    assert np.array_equal(one, two) and np.array_equal(two, again)
+    x64, w64 = x.astype(np.float64).transpose(0, 3, 1, 2), w.astype(np.float64).transpose(3, 2, 0, 1)
+    exact = reference.conv2d(x64, w64, b.astype(np.float64), padding=1).transpose(0, 2, 3, 1)
+    magnitude = reference.conv2d(np.abs(x64), np.abs(w64), np.abs(b.astype(np.float64)),
+                                 padding=1).transpose(0, 2, 3, 1)
+    k = 96 * 9 + 1
+    assert np.all(np.abs(one - exact) <= k * np.finfo(np.float32).eps / 2 * magnitude)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_native_nhwc_padding_modes(mode, rng, dense_calls):
+    """Padding modes on the channels-last kernels (dense and depthwise, 2-D and 1-D) equal the
+    channels-first results, which are tested against torch."""
+    x = rng.integers(-4, 5, (2, 9, 8, 40)).astype(np.float32)
+    w = rng.integers(-4, 5, (48, 40, 3, 3)).astype(np.float32)
+    want = numbaconv.conv2d(x.transpose(0, 3, 1, 2), w, padding=(2, 1), padding_mode=mode)
+    got = numbaconv.conv2d(x, _tf_weight(w), padding=(2, 1), padding_mode=mode, data_format="NHWC")
+    assert dense_calls and np.array_equal(got, _nhwc(want))
+    wd = rng.integers(-4, 5, (40, 1, 3, 3)).astype(np.float32)
+    want = numbaconv.conv2d(x.transpose(0, 3, 1, 2), wd, padding=1, groups=40, padding_mode=mode)
+    got = numbaconv.conv2d(x, _tf_weight(wd), padding=1, groups=40, padding_mode=mode,
+                           data_format="NHWC")
+    assert np.array_equal(got, _nhwc(want))
+    x1, w1 = x[:, 0], w[:, :, 0]
+    want = numbaconv.conv1d(x1.transpose(0, 2, 1), w1, padding=2, padding_mode=mode)
+    got = numbaconv.conv1d(x1, w1.transpose(2, 1, 0), padding=2, padding_mode=mode,
+                           data_format="NWC")
+    assert np.array_equal(got, np.ascontiguousarray(want.transpose(0, 2, 1)))
+
+
+def test_native_nwc_1d(rng, dense_calls):
+    """conv1d in NWC runs on the channels-last kernel as a unit-height image."""
+    x = rng.integers(-4, 5, (3, 50, 24)).astype(np.float64)
+    w = rng.integers(-4, 5, (64, 24, 5)).astype(np.float64)
+    want = reference.conv1d(x.transpose(0, 2, 1), w, None, stride=2, padding=3,
+                            dilation=2).transpose(0, 2, 1)
+    got = numbaconv.conv1d(x, w.transpose(2, 1, 0), stride=2, padding=3, dilation=2,
+                           data_format="NWC")
+    assert dense_calls and np.array_equal(got, want)
+    assert np.array_equal(numbaconv.conv1d(x[0], w.transpose(2, 1, 0), stride=2, padding=3,
+                                           dilation=2, data_format="NWC"), want[0])
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 33, 70), (1, 3, 4096), (3, 64, 1), (1, 31, 32)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blocked_transpose(shape, dtype, rng):
+    from numbaconv.kernels import transpose
+    src = rng.standard_normal(shape).astype(dtype)
+    assert np.array_equal(transpose.swap_last_two(src), src.transpose(0, 2, 1))
+    dst = np.empty((shape[0], shape[2], shape[1]), dtype)
+    assert transpose.swap_last_two(src, dst) is dst
+
+
+def test_transposing_path_layouts(rng):
+    """Problems without a native channels-last kernel (few channels per group, one channel,
+    3-D) give the channels-first bits through the blocked transposes."""
+    x = rng.integers(-4, 5, (2, 12, 10, 8)).astype(np.float32)
+    w = rng.integers(-4, 5, (8, 2, 3, 3)).astype(np.float32)
+    want = reference.conv2d(x.transpose(0, 3, 1, 2), w, None, padding=1, groups=4)
+    assert np.array_equal(numbaconv.conv2d(x, _tf_weight(w), padding=1, groups=4,
+                                           data_format="NHWC"), _nhwc(want))
+    x1 = x[..., :1]
+    w1 = rng.integers(-4, 5, (1, 1, 5, 5)).astype(np.float32)
+    want = reference.conv2d(x1.transpose(0, 3, 1, 2), w1, None, padding=2)
+    got = numbaconv.conv2d(x1, _tf_weight(w1), padding=2, data_format="NHWC")
+    assert got.flags.c_contiguous and np.array_equal(got, _nhwc(want))

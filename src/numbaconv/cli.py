@@ -4,6 +4,7 @@
 ``numbaconv demo``: convolve the built-in real network layers and print, for each, the output
 shape, parameters, MACs and FLOPs, the algorithm ``auto`` picks, and the measured speed.
 ``numbaconv bench-grad``: forward + backward against torch autograd (:mod:`numbaconv.grad_bench`).
+``numbaconv bench-layouts``: channels-first against channels-last (:mod:`numbaconv.layout_bench`).
 ``numbaconv shape`` / ``numbaconv summary``: shapes and costs of layer specs or a built-in model
 (see :mod:`numbaconv.shape_cli`).
 """
@@ -84,6 +85,12 @@ def _bench_grad(args):
     return run(args)
 
 
+def _bench_layouts(args):
+    from .layout_bench import main as run
+
+    return run(args)
+
+
 def main(argv=None):
     from .bench import PEER_NAMES
 
@@ -124,6 +131,12 @@ def main(argv=None):
     p_grad.add_argument("--threads", type=int, default=2)
     p_grad.add_argument("--min-time", type=float, default=0.3)
     p_grad.set_defaults(func=_bench_grad)
+    p_lay = sub.add_parser(
+        "bench-layouts", help="time the suite's forward layers channels-first and channels-last")
+    p_lay.add_argument("layers", nargs="*", help="layer names (default: all forward layers)")
+    p_lay.add_argument("--threads", type=int, default=2)
+    p_lay.add_argument("--min-time", type=float, default=0.2)
+    p_lay.set_defaults(func=_bench_layouts)
     from .shape_cli import register
     register(sub)
     args = parser.parse_args(argv)

@@ -68,8 +68,8 @@ def _tuned(problem, x, w, b, out):
 def _layout_call(func, nd, transposed, fn, input, weight, bias, hyper, data_format,
                  weight_format, algorithm, out):
     """``fn`` on channels-last data and/or TensorFlow-ordered weights (see
-    :mod:`numbaconv.layouts`): the 1x1 case as one GEMM in place, the rest transposed around the
-    channels-first kernels."""
+    :mod:`numbaconv.layouts`): native channels-last kernels where they apply, the rest
+    transposed around the channels-first kernels."""
     data_last, weight_tf = layouts.formats(func, nd, transposed, data_format, weight_format)
     x, w = as_array(input, "input"), as_array(weight, "weight")
     if weight_tf:
@@ -84,28 +84,58 @@ def _layout_call(func, nd, transposed, fn, input, weight, bias, hyper, data_form
         raise ValueError(f"{func}: channels-last input must have shape (N, *spatial, C) or "
                          f"(*spatial, C) with {nd} spatial dimension(s), got shape {x.shape}")
     xb = x[None] if x.ndim == nd + 1 else x
+    native = _channels_last_native(func, nd, transposed, x, w_std, bias, hyper, algorithm, out)
+    if native is not None:
+        return native
     if (not transposed and hyper.get("padding_mode", "zeros") == "zeros"
             and algorithm in ("auto", "gemm")
             and layouts.is_pointwise_problem(nd, xb.shape, w_std.shape, hyper["stride"],
                                              hyper["padding"], hyper["dilation"],
                                              hyper["groups"])):
         return layouts.pointwise(func, nd, x, w, bias, weight_tf, out)
-    if (nd == 2 and not transposed and hyper.get("padding_mode", "zeros") == "zeros"
-            and algorithm in ("auto", "depthwise")):
-        problem = layouts.depthwise_problem(xb.shape, w_std.shape, hyper["stride"],
-                                            hyper["padding"], hyper["dilation"], hyper["groups"])
-        if problem is not None:
-            return layouts.depthwise(func, problem, x, w_std, bias, out)
-    y = layouts.channels_last(
-        fn(layouts.channels_first(xb, nd), w_std, bias, **hyper, algorithm=algorithm), nd)
+    y = layouts.to_channels_last(
+        fn(layouts.to_channels_first(xb, nd), w_std, bias, **hyper, algorithm=algorithm), nd)
     y = y[0] if x.ndim == nd + 1 else y
     if out is None:
-        return np.ascontiguousarray(y)
+        return y
     if out.shape != y.shape or out.dtype != y.dtype or not out.flags.writeable:
         raise ValueError(f"{func}: out must be a writeable {y.dtype} array of shape {y.shape}, "
                          f"got {out.dtype} {out.shape}")
     out[...] = y
     return out
+
+
+def _channels_last_native(func, nd, transposed, x, w_std, bias, hyper, algorithm, out):
+    """A 1-D/2-D channels-last forward call on a native channels-last kernel (depthwise with
+    multiplier 1 for 'auto'/'depthwise', the implicit GEMM for 'auto'/'gemm'), or None.
+
+    Padding modes other than zeros pad a channels-last copy first (one copy, as channels-first
+    does)."""
+    if transposed or nd > 2 or algorithm not in ("auto", "gemm", "depthwise"):
+        return None
+    if x.ndim not in (nd + 1, nd + 2) or w_std.ndim != nd + 2:
+        return None  # the general path reports the shapes
+    stride, padding = hyper["stride"], hyper["padding"]
+    mode = hyper.get("padding_mode", "zeros")
+    padding_modes.check_mode(mode, func)
+    if mode != "zeros":
+        pairs = _args.conv_padding(padding, nd, w_std.shape[2:],
+                                   _args.int_tuple(stride, nd, "stride", 1),
+                                   _args.int_tuple(hyper["dilation"], nd, "dilation", 1),
+                                   x.shape[x.ndim - nd - 1:-1])
+        x = padding_modes.pad(x, pairs, mode, func, first_axis=x.ndim - nd - 1)
+        padding = 0
+    xb = x[None] if x.ndim == nd + 1 else x
+    problem = layouts.native_problem(nd, xb.shape, w_std.shape, stride, padding,
+                                     hyper["dilation"], hyper["groups"])
+    if problem is None:
+        return None
+    if nd == 2 and layouts.is_depthwise(problem) and algorithm in ("auto", "depthwise"):
+        return layouts.depthwise(func, problem, x, w_std, bias, out)
+    dtype = compute_dtype((("input", x), ("weight", w_std), ("bias", bias)))
+    if algorithm in ("auto", "gemm") and layouts.dense_pays(problem, dtype):
+        return layouts.dense(func, nd, problem, x, w_std, bias, out)
+    return None
 
 
 def _padded(func, nd, input, weight, stride, padding, dilation, padding_mode):

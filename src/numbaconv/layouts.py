@@ -6,21 +6,28 @@ C_in/groups, C_out) for convolution and ``'HWOI'`` (kH, kW, C_out/groups, C_in) 
 convolution (``'WIO'`` / ``'WOI'`` in 1-D, ``'DHWIO'`` / ``'DHWOI'`` in 3-D); torch's ``'OIHW'`` /
 ``'IOHW'`` (``'OIW'`` / ``'IOW'``, ``'OIDHW'`` / ``'IODHW'``) are accepted too.
 
-A depthwise 2-D convolution (``groups == C_in == C_out``) in NHWC runs natively
-(:mod:`numbaconv.kernels.depthwise_nhwc`): channels are contiguous, so each tap is a vector
-multiply-add across channels, with no padding copy. A 1x1, stride-1, unpadded, ungrouped
-convolution in channels-last is a plain matrix product,
-``(N*H*W, C_in) @ (C_in, C_out)``, with both operands as they lie in memory: it runs on
-numbaconv's GEMM directly (bias first, then one FMA per input channel in ascending order), with
-no transposes. Other problems are transposed to channels-first, computed by the usual kernels,
-and transposed back (two copies of the data).
+Native channels-last kernels, used by ``algorithm='auto'`` (and the named algorithm):
+
+* 1-D and 2-D convolution with at least half a register tile of output channels per group
+  (32 float32 / 16 float64; ``'gemm'``): :mod:`numbaconv.kernels.conv_nhwc`, an implicit GEMM
+  with pixels as rows that reads the input, the HWIO weights and the output as they lie (1x1
+  layers included).
+* Depthwise 2-D convolution (``groups == C_in == C_out``; ``'depthwise'``):
+  :mod:`numbaconv.kernels.depthwise_nhwc`, each tap a vector multiply-add across channels, no
+  padding copy.
+* 3-D 1x1x1, stride-1, unpadded, ungrouped convolution: one GEMM
+  ``(N*D*H*W, C_in) @ (C_in, C_out)`` on the arrays as they lie.
+
+Padding modes pad a channels-last copy first. Everything else (transposed convolution,
+groups with few output channels, other algorithms, 3-D KxK) is transposed to channels-first by a
+blocked transpose kernel, computed by the usual kernels, and transposed back.
 """
 
 import numpy as np
 
 from . import _threads
 from ._front import _operand, as_array, check_fits, compute_dtype
-from .kernels import depthwise_nhwc, gemm
+from .kernels import conv_nhwc, depthwise_nhwc, gemm, transpose
 from .problem import ConvProblem
 
 _DATA = {1: ("NCW", "NWC"), 2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
@@ -58,6 +65,31 @@ def channels_first(x, nd):
 def channels_last(y, nd):
     """(N, C, *spatial) -> (N, *spatial, C), a view."""
     return y.transpose((0,) + tuple(range(2, nd + 2)) + (1,))
+
+
+def _swapped(a, nd, from_last):
+    """A contiguous copy of ``a`` with the channel axis moved (blocked transpose kernel for
+    contiguous float arrays, NumPy otherwise)."""
+    if a.dtype in (np.float32, np.float64) and a.flags.c_contiguous and a.ndim == nd + 2:
+        n = a.shape[0]
+        if a.shape[-1 if from_last else 1] == 1:  # one channel: the same memory order
+            return a.reshape((n, 1) + a.shape[1:-1] if from_last else (n,) + a.shape[2:] + (1,))
+        if from_last:
+            c, rest = a.shape[-1], a.shape[1:-1]
+            return transpose.swap_last_two(a.reshape(n, -1, c)).reshape((n, c) + rest)
+        c, rest = a.shape[1], a.shape[2:]
+        return transpose.swap_last_two(a.reshape(n, c, -1)).reshape((n,) + rest + (c,))
+    return np.ascontiguousarray(channels_first(a, nd) if from_last else channels_last(a, nd))
+
+
+def to_channels_first(x, nd):
+    """(N, *spatial, C) -> a contiguous (N, C, *spatial) copy."""
+    return _swapped(x, nd, True)
+
+
+def to_channels_last(y, nd):
+    """(N, C, *spatial) -> a contiguous (N, *spatial, C) copy."""
+    return _swapped(y, nd, False)
 
 
 def pointwise(func, nd, x, w, b, weight_tf, out):
@@ -105,21 +137,69 @@ def is_pointwise_problem(nd, x_shape, w_torch_shape, stride, padding, dilation, 
             and all(p == (0, 0) for p in problem.padding))
 
 
-def depthwise_problem(x_shape, w_torch_shape, stride, padding, dilation, groups):
-    """The ConvProblem of a channels-last 2-D call that the native depthwise kernel computes
-    (channel multiplier 1), or None (the general path then also reports any error)."""
-    if len(w_torch_shape) != 4 or len(x_shape) not in (3, 4):
+def native_problem(nd, x_shape, w_torch_shape, stride, padding, dilation, groups):
+    """The ConvProblem of a channels-last forward call (1-D as 2-D of unit height), or None
+    when the shapes are invalid (the general path then reports the error)."""
+    if len(w_torch_shape) != nd + 2 or len(x_shape) not in (nd + 1, nd + 2) or nd > 2:
         return None
-    batched = x_shape if len(x_shape) == 4 else (1,) + tuple(x_shape)
+    batched = x_shape if len(x_shape) == nd + 2 else (1,) + tuple(x_shape)
     try:
         problem = ConvProblem.for_conv((batched[0], batched[-1]) + tuple(batched[1:-1]),
                                        w_torch_shape, stride=stride, padding=padding,
                                        dilation=dilation, groups=groups)
     except (ValueError, TypeError):
         return None
-    if not (problem.groups == problem.in_channels == problem.out_channels > 1):
-        return None
-    return problem
+    return problem if nd == 2 else problem.lifted_to_2d()
+
+
+def is_depthwise(problem):
+    """Whether the native channels-last depthwise kernel computes ``problem`` (multiplier 1)."""
+    return problem.groups == problem.in_channels == problem.out_channels > 1
+
+
+def dense_pays(problem, dtype):
+    """Whether the channels-last implicit GEMM suits ``problem``: enough output channels per
+    group to fill half a register tile (smaller groups leave most of each tile idle; they are
+    computed channels-first)."""
+    nr = conv_nhwc.NV * gemm._VBYTES // np.dtype(dtype).itemsize
+    return problem.out_channels // problem.groups >= nr // 2
+
+
+def _result(func, shape, dtype, out, operands):
+    if out is None:
+        check_fits(int(np.prod(shape)) * dtype.itemsize, f"the output {shape} ({dtype})")
+        return np.empty(shape, dtype=dtype)
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        raise ValueError(f"{func}: out must be a writeable C-contiguous {dtype} array of "
+                         f"shape {shape}, got {out.dtype} {out.shape}")
+    if any(np.may_share_memory(out, a) for a in operands):
+        raise ValueError(f"{func}: out must not overlap the input, weight or bias")
+    return out
+
+
+def dense(func, nd, problem, x, w_torch, b, out):
+    """A channels-last convolution on the native implicit-GEMM kernel
+    (:mod:`numbaconv.kernels.conv_nhwc`); ``x`` (N, *spatial, C) or unbatched, ``w_torch`` in
+    torch's layout, ``problem`` its 2-D form."""
+    dtype = compute_dtype((("input", x), ("weight", w_torch), ("bias", b)))
+    xb = _operand(x if x.ndim == nd + 2 else x[None], dtype, "input")
+    w = w_torch if nd == 2 else w_torch[:, :, None]
+    # HWIO as given by TensorFlow-ordered callers is a view here: no copy then
+    hwio = _operand(w.transpose(2, 3, 1, 0), dtype, "weight")
+    if nd == 1:
+        xb = xb[:, None]
+    bias = None if b is None else _operand(as_array(b, "bias"), dtype, "bias")
+    oh, ow = problem.out_size
+    shape = (problem.batch,) + ((ow,) if nd == 1 else (oh, ow)) + (problem.out_channels,)
+    shape = shape if x.ndim == nd + 2 else shape[1:]
+    result = _result(func, shape, dtype, out, [a for a in (xb, hwio, bias) if a is not None])
+    if result.size:
+        with _threads.launch():
+            conv_nhwc.conv2d_nhwc(xb, hwio, bias, result.reshape(
+                (problem.batch, oh, ow, problem.out_channels)), problem.stride, problem.padding,
+                problem.dilation, problem.groups)
+    return result
 
 
 def depthwise(func, problem, x, w_torch, b, out):
@@ -132,17 +212,7 @@ def depthwise(func, problem, x, w_torch, b, out):
             else _operand(as_array(b, "bias"), dtype, "bias"))
     oh, ow = problem.out_size
     shape = (problem.batch, oh, ow, problem.out_channels)[(0 if x.ndim == 4 else 1):]
-    if out is None:
-        check_fits(int(np.prod(shape)) * dtype.itemsize, f"the output {shape} ({dtype})")
-        result = np.empty(shape, dtype=dtype)
-    else:
-        if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous \
-                or not out.flags.writeable:
-            raise ValueError(f"{func}: out must be a writeable C-contiguous {dtype} array of "
-                             f"shape {shape}, got {out.dtype} {out.shape}")
-        if any(np.may_share_memory(out, a) for a in (xb, taps, bias)):
-            raise ValueError(f"{func}: out must not overlap the input, weight or bias")
-        result = out
+    result = _result(func, shape, dtype, out, (xb, taps, bias))
     (sh, sw), ((pt, _), (pl, _)), (dh, dw) = problem.stride, problem.padding, problem.dilation
     with _threads.launch():
         depthwise_nhwc.conv2d_depthwise_nhwc(xb, taps, bias, result.reshape(

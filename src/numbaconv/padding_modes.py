@@ -17,19 +17,20 @@ def check_mode(mode, where):
         raise ValueError(f"{where}: padding_mode must be one of {tuple(MODES)}, got {mode!r}")
 
 
-def pad(x, pairs, mode, where):
-    """``x`` padded on its last ``len(pairs)`` axes by ``(low, high)`` pairs with ``mode``
-    (not ``'zeros'``), after torch's checks: reflect needs padding smaller than the size,
-    circular no larger than it."""
+def pad(x, pairs, mode, where, first_axis=None):
+    """``x`` padded on ``len(pairs)`` axes from ``first_axis`` (default: its last axes) by
+    ``(low, high)`` pairs with ``mode`` (not ``'zeros'``), after torch's checks: reflect needs
+    padding smaller than the size, circular no larger than it."""
     nd = len(pairs)
-    for size, (lo, hi) in zip(x.shape[x.ndim - nd:], pairs):
+    first = x.ndim - nd if first_axis is None else first_axis
+    for size, (lo, hi) in zip(x.shape[first:first + nd], pairs):
         if mode == "reflect" and max(lo, hi) >= size:
             raise ValueError(f"{where}: padding_mode='reflect' needs padding smaller than the "
                              f"input size, got padding {(lo, hi)} for size {size}")
         if mode == "circular" and max(lo, hi) > size:
             raise ValueError(f"{where}: padding_mode='circular' needs padding no larger than "
                              f"the input size, got padding {(lo, hi)} for size {size}")
-    width = ((0, 0),) * (x.ndim - nd) + tuple(pairs)
+    width = ((0, 0),) * first + tuple(pairs) + ((0, 0),) * (x.ndim - first - nd)
     return np.pad(x, width, mode=MODES[mode])
 
 

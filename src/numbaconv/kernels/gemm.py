@@ -80,8 +80,8 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
     """``C[i, j] (+)= sum_k A[k, i] * B[k, j]`` for ``i < m_valid``, ``j < n_valid``.
 
     ``A[k, i] = a[aoff + k*lda + i*sia]`` (``i < mr_``; rows past ``m_valid`` are not read),
-    ``B[k, j] = b[boff + k*ldb + j]``, or with ``btab_`` ``b[boff + boffs[bk0 + k] + j]``
-    (``j < nv_*lanes``), ``C[i, j] = c[coff + i*ldc + j]``. Start value of ``C[i, j]``:
+    ``B[k, j] = b[boff + k*ldb + j]`` (``j < nv_*lanes``). A row table ``boffs[bk0 + k]``
+    replaces ``k*ldb`` with ``btab_ == 1`` and ``k*lda`` with ``btab_ == 2``. ``C[i, j] = c[coff + i*ldc + j]``. Start value of ``C[i, j]``:
     ``init == 0``: ``C`` itself; ``init == 1``: ``bias[bias_off + i]``; else 0. Then one FMA per
     ``k`` ascending. ``mr_``, ``nv_``, ``btab_`` are compile-time constants. B columns
     ``>= n_valid`` and C rows/columns outside the valid part are never read or written (masked
@@ -90,7 +90,7 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
     if not all(isinstance(v, (types.IntegerLiteral, types.BooleanLiteral))
                for v in (mr_, nv_, btab_)):
         return None
-    mr, nv, btab = mr_.literal_value, nv_.literal_value, bool(btab_.literal_value)
+    mr, nv, tab = mr_.literal_value, nv_.literal_value, int(btab_.literal_value)
     sig = types.void(kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc, m_valid,
                      n_valid, bias, bias_off, init, mr_, nv_, btab_)
 
@@ -208,13 +208,11 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
             p = builder.phi(vty)
             p.add_incoming(start[t], pre)
             acc.append(p)
-        if btab:
-            bk = builder.gep(bptr, [as64(builder.load(builder.gep(tptr, [kphi]), typ=tty))])
-        else:
-            bk = builder.gep(bptr, [builder.mul(kphi, ldb)])
+        row = as64(builder.load(builder.gep(tptr, [kphi]), typ=tty)) if tab else None
+        bk = builder.gep(bptr, [row if tab == 1 else builder.mul(kphi, ldb)])
         bv = [builder.call(mload, [vaddr(bk, k64(v * lanes)), align, colmask[v], zero])
               for v in range(nv)]
-        ka = builder.mul(kphi, lda)
+        ka = row if tab == 2 else builder.mul(kphi, lda)
         new = [None] * (mr * nv)
         for i in range(mr):
             av = splat(builder.load(builder.gep(arow[i], [ka]), typ=fty), vty)

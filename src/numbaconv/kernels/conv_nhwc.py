@@ -1,0 +1,167 @@
+"""Channels-last 2-D convolution: an implicit GEMM with output pixels as rows.
+
+What it computes
+----------------
+For input ``x`` (N, H, W, C_in), weights ``w`` (kH, kW, C_in/G, C_out) (TensorFlow's HWIO) and
+``G`` groups of ``Cg = C_in/G`` input and ``Og = C_out/G`` output channels::
+
+    y[n, oy, ox, g*Og + o] = b[g*Og + o] + sum_{ky, kx, c} xp[n, oy*sh + ky*dh, ox*sw + kx*dw, g*Cg + c]
+                                                         * w[ky, kx, c, g*Og + o]
+
+with ``xp`` the input zero-padded by ``(pt, pl)`` at the top/left. Each output is the bias
+followed by one FMA per ``k = (ky, kx, c)`` in ascending order, whatever the tiling or the
+thread count.
+
+How
+---
+In channels-last memory this is a GEMM whose rows are output pixels and whose columns are
+output channels, both as they lie: ``A[pixel, k]`` is read in place from the input (pixel
+stride ``sw*C_in``; a table gives the offset of each ``k``: its tap's shift plus its channel),
+the result is written in place into ``y`` (row stride ``C_out``) and the weights are read in
+place too (``B[k, o] = w[k*C_out + o]``). So there is no im2col matrix, no packing and no
+transpose; a padded input is copied only when the convolution pads. (Packing the weights into
+``NR``-column panels, as the GEMM does for L1-hostile strides, measured 0-40% slower: the copy
+costs more than the L1 misses it saves, as the panel streams from L2 fast enough.)
+
+The micro-kernel is :mod:`numbaconv.kernels.gemm`'s, with an ``MR`` pixels x ``NR`` channels
+tile (5 x 4 vectors) in registers. A task owns ``(image, group, block of output rows, block of
+column panels)`` and runs the whole K loop itself (no split sums): for each K block, each
+column panel meets every output row of the task (the input rows it reads stay in L2).
+"""
+
+import numpy as np
+from numba import prange
+
+from numbaconv._jit import kernel, parallel_kernel
+from numbaconv.kernels import gemm
+from numbaconv.kernels.scratch import buffer
+
+# Register tile: 5 pixels x 4 vectors of output channels (20 accumulators). Measured in one
+# process against 8x2 (the NCHW tile), 4x4, 6x4 and 4x3 on ResNet/VGG 3x3 layers: 4-vector
+# tiles were 20-40% faster than 8x2 (half the broadcasts per FMA), and 5 rows waste the least
+# on the usual widths (7, 14, 28, 56, 224 pixels per row).
+MR, NV = 5, 4
+_A_BYTES = 384 * 1024     # input read by a task's rows for one K block: in L2
+_MIN_TASKS = 8            # parallel tasks wanted (2 cores; balance)
+
+
+@kernel
+def _strip(kc, a, aoff, sia, b, boff, ldb, atab, ak0, c, coff, ldc, m, n_valid, init):
+    """``C[0:m, 0:n_valid] (+)= A @ B`` for ``m`` pixels of one output row, ``MR`` at a time:
+    pixel ``i``'s row ``k`` of A at ``a[aoff + i*sia + atab[ak0 + k]]``."""
+    gemm._noinline()
+    for i in range((m + MR - 1) // MR):
+        gemm._mk(kc, a, aoff + i * MR * sia, 0, sia, b, boff, ldb, atab, ak0, c,
+                 coff + i * MR * ldc, ldc, min(MR, m - i * MR), n_valid, c, 0, init, MR, NV, 2)
+
+
+@kernel
+def _task(t, xp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo, cout, og, k, sh,
+          sw, rows, n_rb, ppc, n_cb, kc, npan, groups):
+    gemm._noinline()
+    nr = NV * gemm._lanes(y)
+    cb = t % n_cb
+    r = t // n_cb
+    rb = r % n_rb
+    r //= n_rb
+    g = r % groups
+    n = r // groups
+    oy0 = rb * rows
+    oy1 = min(ho, oy0 + rows)
+    p0 = cb * ppc
+    p1 = min(npan, p0 + ppc)
+    col0 = g * og + p0 * nr
+    ncols = min(og, p1 * nr) - p0 * nr
+    if has_bias:
+        for oy in range(oy0, oy1):
+            base = ((n * ho + oy) * wo) * cout + col0
+            for ox in range(wo):
+                gemm._copy_row(bias, col0, y, base + ox * cout, ncols)
+    for k0 in range(0, k, kc):
+        kcur = min(kc, k - k0)
+        init = 0 if has_bias or k0 > 0 else 2
+        for p in range(p0, p1):
+            boff = k0 * cout + g * og + p * nr
+            nval = min(nr, og - p * nr)
+            for oy in range(oy0, oy1):
+                _strip(kcur, xp, ((n * hp + oy * sh) * wp) * cin + g * cg,
+                                   sw * cin, w, boff, cout, atab, k0, y,
+                                   ((n * ho + oy) * wo) * cout + g * og + p * nr, cout, wo,
+                                   nval, init)
+
+
+@parallel_kernel
+def _driver(xp, hp, wp, cin, cg, atab, w, bias, has_bias, y, batch, ho, wo, cout, og,
+            k, sh, sw, rows, n_rb, ppc, n_cb, kc, npan, groups):
+    for t in prange(batch * groups * n_rb * n_cb):
+        _task(np.int64(t), xp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo,
+              cout, og, k, sh, sw, rows, n_rb, ppc, n_cb, kc, npan, groups)
+
+
+def _blocks(batch, groups, ho, wo, og, k, cg, sh, kh, dh, itemsize, nr):
+    """``(rows per task, column panels per task, KC)``: a function of the shapes alone."""
+    kc = gemm._k_block(k, itemsize)
+    npan = -(-og // nr)
+    # input rows one output row reads per K block (its taps' rows), times the row width
+    taps_rows = min(kh, -(-kc // cg))
+    per_row = max(1, wo * sh * min(kc, cg) * itemsize * taps_rows)
+    n_rb = -(-ho // max(1, min(ho, _A_BYTES // per_row)))
+    rows = -(-ho // n_rb)
+    # more tasks: split the column panels first (each keeps all of its input reuse), then rows
+    want_cb, want_rb = 1, n_rb
+    while batch * groups * n_rb * -(-npan // -(-npan // want_cb)) < _MIN_TASKS:
+        if want_cb < npan:
+            want_cb += 1
+        elif n_rb < ho:
+            want_rb += 1
+            rows = -(-ho // want_rb)
+            n_rb = -(-ho // rows)
+        else:
+            break
+    ppc = -(-npan // want_cb)
+    return rows, n_rb, ppc, -(-npan // ppc), kc, npan
+
+
+def _padded(x, pt, pb, pl, pr):
+    """``x`` zero-padded on H and W (a kept workspace), or ``x`` itself without padding."""
+    if not (pt or pb or pl or pr):
+        return np.ascontiguousarray(x)
+    n, h, w, c = x.shape
+    hp, wp = h + pt + pb, w + pl + pr
+    xp = buffer("nhwc.padded", n * hp * wp * c, x.dtype).reshape(n, hp, wp, c)
+    xp[:, :pt] = 0
+    xp[:, pt + h:] = 0
+    xp[:, pt:pt + h, :pl] = 0
+    xp[:, pt:pt + h, pl + w:] = 0
+    xp[:, pt:pt + h, pl:pl + w] = x
+    return xp
+
+
+def conv2d_nhwc(x, w, bias, y, stride, padding, dilation, groups):
+    """``y[...] = conv2d(x, w) + bias`` in channels-last layout, computed in place.
+
+    ``x`` (N, H, W, C_in), ``w`` (kH, kW, C_in/groups, C_out) HWIO, ``bias`` (C_out,) or None,
+    ``y`` (N, H_out, W_out, C_out) C-contiguous, all of one float dtype; ``padding`` is
+    ``((top, bottom), (left, right))``. ``y`` must not overlap the other arrays.
+    """
+    (sh, sw), ((pt, pb), (pl, pr)), (dh, dw) = stride, padding, dilation
+    n, h, wd, cin = x.shape
+    kh, kw, cg, cout = w.shape
+    _, ho, wo, _ = y.shape
+    if y.size == 0:
+        return y
+    og = cout // groups
+    nr = NV * (gemm._VBYTES // y.itemsize)
+    xp = _padded(x, pt, pb, pl, pr)
+    hp, wp = xp.shape[1], xp.shape[2]
+    k = kh * kw * cg
+    taps = ((np.arange(kh)[:, None] * dh * wp + np.arange(kw)[None, :] * dw) * cin).reshape(-1)
+    atab = (taps[:, None] + np.arange(cg)[None, :]).reshape(-1).astype(np.int64)
+    wk = np.ascontiguousarray(w).reshape(-1)
+    rows, n_rb, ppc, n_cb, kc, npan = _blocks(n, groups, ho, wo, og, k, cg, sh, kh, dh,
+                                              y.itemsize, nr)
+    has_bias = bias is not None
+    b = np.ascontiguousarray(bias) if has_bias else y.reshape(-1)[:1]
+    _driver(xp.reshape(-1), hp, wp, cin, cg, atab, wk, b, has_bias, y.reshape(-1), n, ho, wo,
+            cout, og, k, sh, sw, rows, n_rb, ppc, n_cb, kc, npan, groups)
+    return y
