@@ -166,13 +166,13 @@ def dense_calls(monkeypatch):
     """Counts calls of the channels-last implicit-GEMM kernel (so a test knows it ran)."""
     from numbaconv.kernels import conv_nhwc
     calls = []
-    real = conv_nhwc.conv2d_nhwc
+    real = conv_nhwc.conv3d_ndhwc
 
     def spy(*args):
         calls.append(args[1].shape)
         return real(*args)
 
-    monkeypatch.setattr(conv_nhwc, "conv2d_nhwc", spy)
+    monkeypatch.setattr(conv_nhwc, "conv3d_ndhwc", spy)
     return calls
 
 
@@ -295,3 +295,20 @@ def test_transposing_path_layouts(rng):
     want = reference.conv2d(x1.transpose(0, 3, 1, 2), w1, None, padding=2)
     got = numbaconv.conv2d(x1, _tf_weight(w1), padding=2, data_format="NHWC")
     assert got.flags.c_contiguous and np.array_equal(got, _nhwc(want))
+
+
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=(2, 1, 2), padding=((1, 0), (0, 2), (1, 1))),
+                                dict(dilation=(2, 1, 1), padding="same"), dict()], ids=str)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_native_ndhwc_dense_equals_the_reference(kw, groups, rng, dense_calls):
+    """conv3d in NDHWC runs on the channels-last implicit GEMM (taps over depth, height and
+    width) and gives the 3-D reference's bits on integer data, batched or not."""
+    x = rng.integers(-4, 5, (2, 6, 7, 5, 6)).astype(np.float32)
+    w = rng.integers(-4, 5, (80, 6 // groups, 3, 2, 3)).astype(np.float32)
+    b = rng.integers(-4, 5, 80).astype(np.float32)
+    want = np.moveaxis(reference.conv3d(np.moveaxis(x, -1, 1), w, b, groups=groups, **kw), 1, -1)
+    w_tf = np.ascontiguousarray(w.transpose(2, 3, 4, 1, 0))
+    got = numbaconv.conv3d(x, w_tf, b, groups=groups, data_format="NDHWC", **kw)
+    assert dense_calls and np.array_equal(got, want)
+    assert np.array_equal(numbaconv.conv3d(x[0], w, b, groups=groups, data_format="NDHWC",
+                                           weight_format="OIDHW", **kw), want[0])

@@ -106,12 +106,12 @@ def _layout_call(func, nd, transposed, fn, input, weight, bias, hyper, data_form
 
 
 def _channels_last_native(func, nd, transposed, x, w_std, bias, hyper, algorithm, out):
-    """A 1-D/2-D channels-last forward call on a native channels-last kernel (depthwise with
+    """A channels-last forward call on a native channels-last kernel (2-D depthwise with
     multiplier 1 for 'auto'/'depthwise', the implicit GEMM for 'auto'/'gemm'), or None.
 
     Padding modes other than zeros pad a channels-last copy first (one copy, as channels-first
     does)."""
-    if transposed or nd > 2 or algorithm not in ("auto", "gemm", "depthwise"):
+    if transposed or algorithm not in ("auto", "gemm", "depthwise"):
         return None
     if x.ndim not in (nd + 1, nd + 2) or w_std.ndim != nd + 2:
         return None  # the general path reports the shapes

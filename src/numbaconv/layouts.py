@@ -8,18 +8,18 @@ convolution (``'WIO'`` / ``'WOI'`` in 1-D, ``'DHWIO'`` / ``'DHWOI'`` in 3-D); to
 
 Native channels-last kernels, used by ``algorithm='auto'`` (and the named algorithm):
 
-* 1-D and 2-D convolution with at least half a register tile of output channels per group
-  (32 float32 / 16 float64; ``'gemm'``): :mod:`numbaconv.kernels.conv_nhwc`, an implicit GEMM
-  with pixels as rows that reads the input, the HWIO weights and the output as they lie (1x1
-  layers included).
+* 1-D, 2-D and 3-D convolution with at least half a register tile of output channels per
+  group (32 float32 / 16 float64; ``'gemm'``): :mod:`numbaconv.kernels.conv_nhwc`, an implicit
+  GEMM with pixels as rows that reads the input, the HWIO weights and the output as they lie
+  (1x1 layers included).
 * Depthwise 2-D convolution (``groups == C_in == C_out``; ``'depthwise'``):
   :mod:`numbaconv.kernels.depthwise_nhwc`, each tap a vector multiply-add across channels, no
   padding copy.
-* 3-D 1x1x1, stride-1, unpadded, ungrouped convolution: one GEMM
+* Other 1x1 (x1), stride-1, unpadded, ungrouped convolutions: one GEMM
   ``(N*D*H*W, C_in) @ (C_in, C_out)`` on the arrays as they lie.
 
 Padding modes pad a channels-last copy first. Everything else (transposed convolution,
-groups with few output channels, other algorithms, 3-D KxK) is transposed to channels-first by a
+groups with few output channels, other algorithms) is transposed to channels-first by a
 blocked transpose kernel, computed by the usual kernels, and transposed back.
 """
 
@@ -138,9 +138,9 @@ def is_pointwise_problem(nd, x_shape, w_torch_shape, stride, padding, dilation, 
 
 
 def native_problem(nd, x_shape, w_torch_shape, stride, padding, dilation, groups):
-    """The ConvProblem of a channels-last forward call (1-D as 2-D of unit height), or None
+    """The ConvProblem of a channels-last forward call (1-D lifted to 2-D), or None
     when the shapes are invalid (the general path then reports the error)."""
-    if len(w_torch_shape) != nd + 2 or len(x_shape) not in (nd + 1, nd + 2) or nd > 2:
+    if len(w_torch_shape) != nd + 2 or len(x_shape) not in (nd + 1, nd + 2):
         return None
     batched = x_shape if len(x_shape) == nd + 2 else (1,) + tuple(x_shape)
     try:
@@ -149,7 +149,7 @@ def native_problem(nd, x_shape, w_torch_shape, stride, padding, dilation, groups
                                        dilation=dilation, groups=groups)
     except (ValueError, TypeError):
         return None
-    return problem if nd == 2 else problem.lifted_to_2d()
+    return problem.lifted_to_2d() if nd == 1 else problem
 
 
 def is_depthwise(problem):
@@ -181,24 +181,28 @@ def _result(func, shape, dtype, out, operands):
 def dense(func, nd, problem, x, w_torch, b, out):
     """A channels-last convolution on the native implicit-GEMM kernel
     (:mod:`numbaconv.kernels.conv_nhwc`); ``x`` (N, *spatial, C) or unbatched, ``w_torch`` in
-    torch's layout, ``problem`` its 2-D form."""
+    torch's layout, ``problem`` its 2-D form (1-D, 2-D) or the 3-D problem."""
     dtype = compute_dtype((("input", x), ("weight", w_torch), ("bias", b)))
     xb = _operand(x if x.ndim == nd + 2 else x[None], dtype, "input")
-    w = w_torch if nd == 2 else w_torch[:, :, None]
-    # HWIO as given by TensorFlow-ordered callers is a view here: no copy then
-    hwio = _operand(w.transpose(2, 3, 1, 0), dtype, "weight")
-    if nd == 1:
-        xb = xb[:, None]
+    # as 3-D: unit depth (and height, for 1-D) in front of the given spatial axes
+    unit = 3 - nd
+    w = w_torch.reshape(w_torch.shape[:2] + (1,) * unit + w_torch.shape[2:])
+    # DHWIO as given by TensorFlow-ordered callers is a view here: no copy then
+    dhwio = _operand(w.transpose(2, 3, 4, 1, 0), dtype, "weight")
+    x5 = xb.reshape(xb.shape[:1] + (1,) * unit + xb.shape[1:])
     bias = None if b is None else _operand(as_array(b, "bias"), dtype, "bias")
-    oh, ow = problem.out_size
-    shape = (problem.batch,) + ((ow,) if nd == 1 else (oh, ow)) + (problem.out_channels,)
+    lead = 3 - problem.nd
+    out_size = (1,) * lead + problem.out_size
+    shape = (problem.batch,) + out_size[unit:] + (problem.out_channels,)
     shape = shape if x.ndim == nd + 2 else shape[1:]
-    result = _result(func, shape, dtype, out, [a for a in (xb, hwio, bias) if a is not None])
+    result = _result(func, shape, dtype, out, [a for a in (xb, dhwio, bias) if a is not None])
     if result.size:
         with _threads.launch():
-            conv_nhwc.conv2d_nhwc(xb, hwio, bias, result.reshape(
-                (problem.batch, oh, ow, problem.out_channels)), problem.stride, problem.padding,
-                problem.dilation, problem.groups)
+            conv_nhwc.conv3d_ndhwc(
+                x5, dhwio, bias, result.reshape((problem.batch,) + out_size
+                                                + (problem.out_channels,)),
+                (1,) * lead + problem.stride, ((0, 0),) * lead + problem.padding,
+                (1,) * lead + problem.dilation, problem.groups)
     return result
 
 

@@ -56,8 +56,8 @@ def _strip(kc, a, aoff, sia, b, boff, ldb, atab, ak0, c, coff, ldc, m, n_valid, 
 
 
 @kernel
-def _task(t, xp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo, cout, og, k, sh,
-          sw, rows, n_rb, ppc, n_cb, kc, npan, groups):
+def _task(t, xp, dp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo, cout, og, k, sd, sh,
+          sw, n_rows, rows, n_rb, ppc, n_cb, kc, npan, groups):
     gemm._noinline()
     nr = NV * gemm._lanes(y)
     cb = t % n_cb
@@ -66,15 +66,16 @@ def _task(t, xp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo, cout, og, 
     r //= n_rb
     g = r % groups
     n = r // groups
-    oy0 = rb * rows
-    oy1 = min(ho, oy0 + rows)
+    # output rows are (depth, row) pairs: r0..r1 of this image's n_rows = D_out * H_out
+    r0 = rb * rows
+    r1 = min(n_rows, r0 + rows)
     p0 = cb * ppc
     p1 = min(npan, p0 + ppc)
     col0 = g * og + p0 * nr
     ncols = min(og, p1 * nr) - p0 * nr
     if has_bias:
-        for oy in range(oy0, oy1):
-            base = ((n * ho + oy) * wo) * cout + col0
+        for r in range(r0, r1):
+            base = ((n * n_rows + r) * wo) * cout + col0
             for ox in range(wo):
                 gemm._copy_row(bias, col0, y, base + ox * cout, ncols)
     for k0 in range(0, k, kc):
@@ -83,19 +84,20 @@ def _task(t, xp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo, cout, og, 
         for p in range(p0, p1):
             boff = k0 * cout + g * og + p * nr
             nval = min(nr, og - p * nr)
-            for oy in range(oy0, oy1):
-                _strip(kcur, xp, ((n * hp + oy * sh) * wp) * cin + g * cg,
-                                   sw * cin, w, boff, cout, atab, k0, y,
-                                   ((n * ho + oy) * wo) * cout + g * og + p * nr, cout, wo,
-                                   nval, init)
+            for r in range(r0, r1):
+                od = r // ho
+                oy = r - od * ho
+                _strip(kcur, xp, (((n * dp + od * sd) * hp + oy * sh) * wp) * cin + g * cg,
+                       sw * cin, w, boff, cout, atab, k0, y,
+                       ((n * n_rows + r) * wo) * cout + g * og + p * nr, cout, wo, nval, init)
 
 
 @parallel_kernel
-def _driver(xp, hp, wp, cin, cg, atab, w, bias, has_bias, y, batch, ho, wo, cout, og,
-            k, sh, sw, rows, n_rb, ppc, n_cb, kc, npan, groups):
+def _driver(xp, dp, hp, wp, cin, cg, atab, w, bias, has_bias, y, batch, ho, wo, cout, og, k, sd,
+            sh, sw, n_rows, rows, n_rb, ppc, n_cb, kc, npan, groups):
     for t in prange(batch * groups * n_rb * n_cb):
-        _task(np.int64(t), xp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo,
-              cout, og, k, sh, sw, rows, n_rb, ppc, n_cb, kc, npan, groups)
+        _task(np.int64(t), xp, dp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo, cout,
+              og, k, sd, sh, sw, n_rows, rows, n_rb, ppc, n_cb, kc, npan, groups)
 
 
 def _blocks(batch, groups, ho, wo, og, k, cg, sh, kh, dh, itemsize, nr):
@@ -122,19 +124,55 @@ def _blocks(batch, groups, ho, wo, og, k, cg, sh, kh, dh, itemsize, nr):
     return rows, n_rb, ppc, -(-npan // ppc), kc, npan
 
 
-def _padded(x, pt, pb, pl, pr):
-    """``x`` zero-padded on H and W (a kept workspace), or ``x`` itself without padding."""
-    if not (pt or pb or pl or pr):
+def _padded(x, pads):
+    """``x`` (N, D, H, W, C) zero-padded by ``pads`` ((front, back), (top, bottom), (left,
+    right)) in a kept workspace, or ``x`` itself without padding."""
+    if not any(lo or hi for lo, hi in pads):
         return np.ascontiguousarray(x)
-    n, h, w, c = x.shape
-    hp, wp = h + pt + pb, w + pl + pr
-    xp = buffer("nhwc.padded", n * hp * wp * c, x.dtype).reshape(n, hp, wp, c)
-    xp[:, :pt] = 0
-    xp[:, pt + h:] = 0
-    xp[:, pt:pt + h, :pl] = 0
-    xp[:, pt:pt + h, pl + w:] = 0
-    xp[:, pt:pt + h, pl:pl + w] = x
+    n, c = x.shape[0], x.shape[-1]
+    inner = tuple(slice(lo, lo + size) for (lo, _), size in zip(pads, x.shape[1:4]))
+    shape = (n,) + tuple(size + lo + hi for (lo, hi), size in zip(pads, x.shape[1:4])) + (c,)
+    xp = buffer("nhwc.padded", int(np.prod(shape)), x.dtype).reshape(shape)
+    # zero only the border: the slabs before/after the interior along each axis
+    for axis, ((lo, hi), size) in enumerate(zip(pads, x.shape[1:4])):
+        head = (slice(None),) + inner[:axis]
+        xp[head + (slice(0, lo),)] = 0
+        xp[head + (slice(lo + size, None),)] = 0
+    xp[(slice(None),) + inner] = x
     return xp
+
+
+def conv3d_ndhwc(x, w, bias, y, stride, padding, dilation, groups):
+    """``y[...] = conv3d(x, w) + bias`` in channels-last layout, computed in place.
+
+    ``x`` (N, D, H, W, C_in), ``w`` (kD, kH, kW, C_in/groups, C_out) DHWIO, ``bias`` (C_out,) or
+    None, ``y`` (N, D_out, H_out, W_out, C_out) C-contiguous, all of one float dtype;
+    ``stride``, ``dilation`` triples, ``padding`` ``((front, back), (top, bottom), (left,
+    right))``. ``y`` must not overlap the other arrays.
+    """
+    (sd, sh, sw), (dd, dh, dw) = stride, dilation
+    n, _, _, _, cin = x.shape
+    kd, kh, kw, cg, cout = w.shape
+    _, do, ho, wo, _ = y.shape
+    if y.size == 0:
+        return y
+    og = cout // groups
+    nr = NV * (gemm._VBYTES // y.itemsize)
+    xp = _padded(x, padding)
+    dp, hp, wp = xp.shape[1:4]
+    k = kd * kh * kw * cg
+    taps = (((np.arange(kd)[:, None, None] * dd * hp + np.arange(kh)[None, :, None] * dh) * wp
+             + np.arange(kw)[None, None, :] * dw) * cin).reshape(-1)
+    atab = (taps[:, None] + np.arange(cg)[None, :]).reshape(-1).astype(np.int64)
+    wk = np.ascontiguousarray(w).reshape(-1)
+    n_rows = do * ho
+    rows, n_rb, ppc, n_cb, kc, npan = _blocks(n, groups, n_rows, wo, og, k, cg, sh, kh, dh,
+                                              y.itemsize, nr)
+    has_bias = bias is not None
+    b = np.ascontiguousarray(bias) if has_bias else y.reshape(-1)[:1]
+    _driver(xp.reshape(-1), dp, hp, wp, cin, cg, atab, wk, b, has_bias, y.reshape(-1), n, ho, wo,
+            cout, og, k, sd, sh, sw, n_rows, rows, n_rb, ppc, n_cb, kc, npan, groups)
+    return y
 
 
 def conv2d_nhwc(x, w, bias, y, stride, padding, dilation, groups):
@@ -142,26 +180,9 @@ def conv2d_nhwc(x, w, bias, y, stride, padding, dilation, groups):
 
     ``x`` (N, H, W, C_in), ``w`` (kH, kW, C_in/groups, C_out) HWIO, ``bias`` (C_out,) or None,
     ``y`` (N, H_out, W_out, C_out) C-contiguous, all of one float dtype; ``padding`` is
-    ``((top, bottom), (left, right))``. ``y`` must not overlap the other arrays.
+    ``((top, bottom), (left, right))``. ``y`` must not overlap the other arrays. A 3-D
+    convolution of unit depth.
     """
-    (sh, sw), ((pt, pb), (pl, pr)), (dh, dw) = stride, padding, dilation
-    n, h, wd, cin = x.shape
-    kh, kw, cg, cout = w.shape
-    _, ho, wo, _ = y.shape
-    if y.size == 0:
-        return y
-    og = cout // groups
-    nr = NV * (gemm._VBYTES // y.itemsize)
-    xp = _padded(x, pt, pb, pl, pr)
-    hp, wp = xp.shape[1], xp.shape[2]
-    k = kh * kw * cg
-    taps = ((np.arange(kh)[:, None] * dh * wp + np.arange(kw)[None, :] * dw) * cin).reshape(-1)
-    atab = (taps[:, None] + np.arange(cg)[None, :]).reshape(-1).astype(np.int64)
-    wk = np.ascontiguousarray(w).reshape(-1)
-    rows, n_rb, ppc, n_cb, kc, npan = _blocks(n, groups, ho, wo, og, k, cg, sh, kh, dh,
-                                              y.itemsize, nr)
-    has_bias = bias is not None
-    b = np.ascontiguousarray(bias) if has_bias else y.reshape(-1)[:1]
-    _driver(xp.reshape(-1), hp, wp, cin, cg, atab, wk, b, has_bias, y.reshape(-1), n, ho, wo,
-            cout, og, k, sh, sw, rows, n_rb, ppc, n_cb, kc, npan, groups)
+    conv3d_ndhwc(x[:, None], w[None], bias, y[:, None], (1,) + tuple(stride),
+                 ((0, 0),) + tuple(padding), (1,) + tuple(dilation), groups)
     return y
