@@ -46,13 +46,15 @@ _MIN_TASKS = 8            # parallel tasks wanted (2 cores; balance)
 
 
 @kernel
-def _strip(kc, a, aoff, sia, b, boff, ldb, atab, ak0, c, coff, ldc, m, n_valid, init):
+def _strip(kc, a, aoff, sia, b, boff, ldb, atab, ak0, c, coff, ldc, m, n_valid, bias, bias_off,
+           init):
     """``C[0:m, 0:n_valid] (+)= A @ B`` for ``m`` pixels of one output row, ``MR`` at a time:
-    pixel ``i``'s row ``k`` of A at ``a[aoff + i*sia + atab[ak0 + k]]``."""
+    pixel ``i``'s row ``k`` of A at ``a[aoff + i*sia + atab[ak0 + k]]``; ``init`` as the
+    micro-kernel's (3: start from the bias of each column)."""
     gemm._noinline()
     for i in range((m + MR - 1) // MR):
         gemm._mk(kc, a, aoff + i * MR * sia, 0, sia, b, boff, ldb, atab, ak0, c,
-                 coff + i * MR * ldc, ldc, min(MR, m - i * MR), n_valid, c, 0, init, MR, NV, 2)
+                 coff + i * MR * ldc, ldc, min(MR, m - i * MR), n_valid, bias, bias_off, init, MR, NV, 2)
 
 
 @kernel
@@ -71,16 +73,9 @@ def _task(t, xp, dp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo, cout, 
     r1 = min(n_rows, r0 + rows)
     p0 = cb * ppc
     p1 = min(npan, p0 + ppc)
-    col0 = g * og + p0 * nr
-    ncols = min(og, p1 * nr) - p0 * nr
-    if has_bias:
-        for r in range(r0, r1):
-            base = ((n * n_rows + r) * wo) * cout + col0
-            for ox in range(wo):
-                gemm._copy_row(bias, col0, y, base + ox * cout, ncols)
     for k0 in range(0, k, kc):
         kcur = min(kc, k - k0)
-        init = 0 if has_bias or k0 > 0 else 2
+        init = 0 if k0 > 0 else (3 if has_bias else 2)
         for p in range(p0, p1):
             boff = k0 * cout + g * og + p * nr
             nval = min(nr, og - p * nr)
@@ -89,7 +84,8 @@ def _task(t, xp, dp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo, cout, 
                 oy = r - od * ho
                 _strip(kcur, xp, (((n * dp + od * sd) * hp + oy * sh) * wp) * cin + g * cg,
                        sw * cin, w, boff, cout, atab, k0, y,
-                       ((n * n_rows + r) * wo) * cout + g * og + p * nr, cout, wo, nval, init)
+                       ((n * n_rows + r) * wo) * cout + g * og + p * nr, cout, wo, nval, bias,
+                       g * og + p * nr, init)
 
 
 @parallel_kernel

@@ -82,7 +82,8 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
     ``A[k, i] = a[aoff + k*lda + i*sia]`` (``i < mr_``; rows past ``m_valid`` are not read),
     ``B[k, j] = b[boff + k*ldb + j]`` (``j < nv_*lanes``). A row table ``boffs[bk0 + k]``
     replaces ``k*ldb`` with ``btab_ == 1`` and ``k*lda`` with ``btab_ == 2``. ``C[i, j] = c[coff + i*ldc + j]``. Start value of ``C[i, j]``:
-    ``init == 0``: ``C`` itself; ``init == 1``: ``bias[bias_off + i]``; else 0. Then one FMA per
+    ``init == 0``: ``C`` itself; ``init == 1``: ``bias[bias_off + i]`` (per row); ``init == 3``:
+    ``bias[bias_off + j]`` (per column); else 0. Then one FMA per
     ``k`` ascending. ``mr_``, ``nv_``, ``btab_`` are compile-time constants. B columns
     ``>= n_valid`` and C rows/columns outside the valid part are never read or written (masked
     vector accesses).
@@ -168,10 +169,12 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
         b_c = builder.append_basic_block("mk.init_c")
         b_b = builder.append_basic_block("mk.init_bias")
         b_z = builder.append_basic_block("mk.init_zero")
+        b_cb = builder.append_basic_block("mk.init_col_bias")
         b_j = builder.append_basic_block("mk.start")
         sw = builder.switch(init, b_z)
         sw.add_case(k64(0), b_c)
         sw.add_case(k64(1), b_b)
+        sw.add_case(k64(3), b_cb)
         builder.position_at_end(b_c)
         from_c = [builder.call(mload, [vaddr(crow[i], k64(v * lanes)), align,
                                        cmask[i * nv + v], zero])
@@ -186,6 +189,10 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
         builder.branch(b_j)
         builder.position_at_end(b_z)
         builder.branch(b_j)
+        builder.position_at_end(b_cb)
+        col_bias = [builder.call(mload, [vaddr(biasp, k64(v * lanes)), align, colmask[v], zero])
+                    for v in range(nv)]
+        builder.branch(b_j)
         builder.position_at_end(b_j)
         start = []
         for t in range(mr * nv):
@@ -193,6 +200,7 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
             p.add_incoming(from_c[t], b_c)
             p.add_incoming(from_b[t], b_b)
             p.add_incoming(zero, b_z)
+            p.add_incoming(col_bias[t % nv], b_cb)
             start.append(p)
 
         # The K loop: accumulators are loop-carried SSA values, i.e. registers.
