@@ -88,12 +88,12 @@ def test_demo_command_runs(capsys):
 
 
 def test_bench_layouts_command(capsys):
-    """``numbaconv bench-layouts`` times a 2-D and a 3-D layer in both layouts (and torch when
-    installed) and prints the ratios."""
+    """``numbaconv bench-layouts`` times a 2-D, a transposed and a 3-D layer in both layouts
+    (and torch when installed) and prints the ratios."""
     from numbaconv import layout_bench
-    rows = layout_bench.run(["mobilenetv2_1x1_c192to32_28", "c3d_3x3x3_c256_4x14"],
-                            min_time=0.01, rounds=1)
-    assert [r["layer"] for r in rows] == ["mobilenetv2_1x1_c192to32_28", "c3d_3x3x3_c256_4x14"]
+    names = ["mobilenetv2_1x1_c192to32_28", "dcgan_t4x4s2_c512to256_4", "c3d_3x3x3_c256_4x14"]
+    rows = layout_bench.run(names, min_time=0.01, rounds=1)
+    assert [r["layer"] for r in rows] == names
     assert all(r["ours_first"] > 0 and r["ours_last"] > 0 for r in rows)
     assert "NHWC / NCHW speed: geometric mean" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown layers"):

@@ -312,3 +312,102 @@ def test_native_ndhwc_dense_equals_the_reference(kw, groups, rng, dense_calls):
     assert dense_calls and np.array_equal(got, want)
     assert np.array_equal(numbaconv.conv3d(x[0], w, b, groups=groups, data_format="NDHWC",
                                            weight_format="OIDHW", **kw), want[0])
+
+
+@pytest.fixture
+def transposed_calls(monkeypatch):
+    """Counts calls of the channels-last stride-phase transposed kernel."""
+    from numbaconv.kernels import conv_transpose_nhwc
+    calls = []
+    real = conv_transpose_nhwc.conv_transpose3d_ndhwc
+
+    def spy(*args):
+        calls.append(args[1].shape)
+        return real(*args)
+
+    monkeypatch.setattr(conv_transpose_nhwc, "conv_transpose3d_ndhwc", spy)
+    return calls
+
+
+TRANSPOSED_FORMS = [dict(stride=2, padding=1, output_padding=1), dict(stride=(1, 2), dilation=2),
+                    dict(stride=3, padding=(0, 2), output_padding=(2, 1)),
+                    dict(stride=2, padding=1, output_size="+(1, 0)"), dict(padding=2)]
+
+
+@pytest.mark.parametrize("kw", TRANSPOSED_FORMS, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("groups,c_in,c_out,k", [(1, 9, 70, 3), (2, 10, 80, 4), (1, 5, 33, 1)])
+def test_native_nhwc_transposed_equals_the_reference(kw, dtype, groups, c_in, c_out, k, rng,
+                                                     transposed_calls):
+    """Transposed convolution in NHWC runs as stride phases on the channels-last implicit GEMM
+    (no transposes) and gives the reference's bits on integer data: strides, dilation,
+    output padding/size, groups, a 1x1 kernel with stride 3 (phases no tap reaches: the bias
+    alone), batched or not, with out=, for 1 and 2 threads; inputs unchanged."""
+    x = rng.integers(-4, 5, (2, 12, 11, c_in)).astype(dtype)
+    w = rng.integers(-4, 5, (c_in, c_out // groups, k, k)).astype(dtype)
+    b = rng.integers(-4, 5, c_out).astype(dtype)
+    if "output_size" in kw:  # one row more than the smallest output: output_padding (1, 0)
+        kw = dict(kw, output_size=((12 - 1) * 2 - 2 + k + 1, (11 - 1) * 2 - 2 + k))
+        ref_kw = dict(stride=2, padding=1, output_padding=(1, 0))
+    else:
+        ref_kw = kw
+    expected = _nhwc(reference.conv_transpose2d(x.transpose(0, 3, 1, 2), w, b, groups=groups,
+                                                **ref_kw))
+    w_tf = _tf_weight(w)
+    saved = x.copy(), w_tf.copy()
+    with numbaconv.num_threads(1):
+        one = numbaconv.conv_transpose2d(x, w_tf, b, groups=groups, data_format="NHWC", **kw)
+    assert transposed_calls, "the native channels-last transposed kernel did not run"
+    assert np.array_equal(one, expected)
+    out = np.full(expected.shape, np.nan, dtype)
+    assert numbaconv.conv_transpose2d(x, w_tf, b, groups=groups, data_format="NHWC", out=out,
+                                      **kw) is out
+    assert np.array_equal(out, expected)
+    assert np.array_equal(numbaconv.conv_transpose2d(
+        x[1], w, None, groups=groups, data_format="NHWC", weight_format="IOHW",
+        algorithm="gemm", **kw), expected[1] - b)
+    assert np.array_equal(x, saved[0]) and np.array_equal(w_tf, saved[1])
+
+
+def test_native_transposed_1d_3d_real_data_and_errors(rng, transposed_calls):
+    """NWC and NDHWC transposed calls on the native kernel; random real data gives the same
+    bits for 1 and 2 threads and stays within the forward error bound; a bias of the wrong
+    length is refused on every channels-last path."""
+    x1 = rng.integers(-4, 5, (2, 9, 6)).astype(np.float32)
+    w1 = rng.integers(-4, 5, (6, 40, 4)).astype(np.float32)         # torch (C_in, C_out, k)
+    want1 = np.moveaxis(reference.conv_transpose1d(np.moveaxis(x1, -1, 1), w1, stride=2,
+                                                   padding=1), 1, -1)
+    got1 = numbaconv.conv_transpose1d(x1, w1.transpose(2, 1, 0), stride=2, padding=1,
+                                      data_format="NWC")
+    assert transposed_calls and np.array_equal(got1, want1)
+    x3 = rng.integers(-4, 5, (1, 3, 4, 5, 6)).astype(np.float32)
+    w3 = rng.integers(-4, 5, (6, 32, 3, 3, 3)).astype(np.float32)
+    want3 = np.moveaxis(reference.conv_transpose3d(np.moveaxis(x3, -1, 1), w3, stride=2,
+                                                   padding=1, output_padding=1), 1, -1)
+    got3 = numbaconv.conv_transpose3d(x3, w3.transpose(2, 3, 4, 1, 0), stride=2, padding=1,
+                                      output_padding=1, data_format="NDHWC")
+    assert len(transposed_calls) == 2 and np.array_equal(got3, want3)
+
+    x = rng.standard_normal((1, 16, 16, 64)).astype(np.float32)
+    w = rng.standard_normal((4, 4, 32, 64)).astype(np.float32)     # HWOI
+    with numbaconv.num_threads(1):
+        one = numbaconv.conv_transpose2d(x, w, stride=2, padding=1, data_format="NHWC")
+    with numbaconv.num_threads(2):
+        two = numbaconv.conv_transpose2d(x, w, stride=2, padding=1, data_format="NHWC")
+    assert np.array_equal(one, two)
+    x64, w64 = x.astype(np.float64).transpose(0, 3, 1, 2), w.astype(np.float64).transpose(3, 2, 0, 1)
+    exact = reference.conv_transpose2d(x64, w64, stride=2, padding=1).transpose(0, 2, 3, 1)
+    magnitude = reference.conv_transpose2d(np.abs(x64), np.abs(w64), stride=2,
+                                           padding=1).transpose(0, 2, 3, 1)
+    k = 64 * 4  # taps per phase (2x2) x input channels
+    assert np.all(np.abs(one - exact) <= k * np.finfo(np.float32).eps / 2 * magnitude)
+
+    bad = np.ones(3, np.float32)
+    xs = np.ones((1, 6, 6, 16), np.float32)
+    calls = [(numbaconv.conv2d, np.ones((3, 3, 16, 64), np.float32), {}),
+             (numbaconv.conv2d, np.ones((1, 1, 16, 8), np.float32), {}),
+             (numbaconv.conv2d, np.ones((3, 3, 1, 16), np.float32), dict(groups=16)),
+             (numbaconv.conv_transpose2d, np.ones((3, 3, 64, 16), np.float32), dict(stride=2))]
+    for fn, wt, kw in calls:
+        with pytest.raises(ValueError, match=r"bias must have shape \("):
+            fn(xs, wt, bad, data_format="NHWC", **kw)

@@ -133,7 +133,7 @@ def main(argv=None):
     p_grad.set_defaults(func=_bench_grad)
     p_lay = sub.add_parser(
         "bench-layouts", help="time the suite's forward layers channels-first and channels-last")
-    p_lay.add_argument("layers", nargs="*", help="layer names (default: all forward layers)")
+    p_lay.add_argument("layers", nargs="*", help="layer names (default: the whole suite and the 3-D video layers)")
     p_lay.add_argument("--threads", type=int, default=2)
     p_lay.add_argument("--min-time", type=float, default=0.2)
     p_lay.set_defaults(func=_bench_layouts)

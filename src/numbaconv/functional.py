@@ -93,6 +93,8 @@ def _layout_call(func, nd, transposed, fn, input, weight, bias, hyper, data_form
                                              hyper["padding"], hyper["dilation"],
                                              hyper["groups"])):
         return layouts.pointwise(func, nd, x, w, bias, weight_tf, out)
+    if weight_tf:
+        w_std = layouts.torch_weight_copy(w, nd)
     y = layouts.to_channels_last(
         fn(layouts.to_channels_first(xb, nd), w_std, bias, **hyper, algorithm=algorithm), nd)
     y = y[0] if x.ndim == nd + 1 else y
@@ -106,15 +108,18 @@ def _layout_call(func, nd, transposed, fn, input, weight, bias, hyper, data_form
 
 
 def _channels_last_native(func, nd, transposed, x, w_std, bias, hyper, algorithm, out):
-    """A channels-last forward call on a native channels-last kernel (2-D depthwise with
-    multiplier 1 for 'auto'/'depthwise', the implicit GEMM for 'auto'/'gemm'), or None.
+    """A channels-last call on a native channels-last kernel (2-D depthwise with multiplier 1
+    for 'auto'/'depthwise', the implicit GEMM for 'auto'/'gemm', transposed convolution as
+    stride phases on that GEMM for 'auto'/'gemm'), or None.
 
     Padding modes other than zeros pad a channels-last copy first (one copy, as channels-first
     does)."""
-    if transposed or algorithm not in ("auto", "gemm", "depthwise"):
+    if algorithm not in ("auto", "gemm", "depthwise"):
         return None
     if x.ndim not in (nd + 1, nd + 2) or w_std.ndim != nd + 2:
         return None  # the general path reports the shapes
+    if transposed:
+        return _channels_last_transposed(func, nd, x, w_std, bias, hyper, algorithm, out)
     stride, padding = hyper["stride"], hyper["padding"]
     mode = hyper.get("padding_mode", "zeros")
     padding_modes.check_mode(mode, func)
@@ -136,6 +141,21 @@ def _channels_last_native(func, nd, transposed, x, w_std, bias, hyper, algorithm
     if algorithm in ("auto", "gemm") and layouts.dense_pays(problem, dtype):
         return layouts.dense(func, nd, problem, x, w_std, bias, out)
     return None
+
+
+def _channels_last_transposed(func, nd, x, w_std, bias, hyper, algorithm, out):
+    """A channels-last transposed call on the native stride-phase kernel, or None."""
+    if algorithm not in ("auto", "gemm"):
+        return None
+    xb = x[None] if x.ndim == nd + 1 else x
+    problem = layouts.native_problem(nd, xb.shape, w_std.shape, hyper["stride"], hyper["padding"],
+                                     hyper["dilation"], hyper["groups"], transposed=True,
+                                     output_padding=hyper["output_padding"],
+                                     output_size=hyper["output_size"])
+    dtype = compute_dtype((("input", x), ("weight", w_std), ("bias", bias)))
+    if problem is None or not layouts.dense_pays(problem, dtype):
+        return None
+    return layouts.transposed_dense(func, nd, problem, x, w_std, bias, out)
 
 
 def _padded(func, nd, input, weight, stride, padding, dilation, padding_mode):

@@ -1,8 +1,8 @@
 """``numbaconv bench-layouts``: the same layers channels-first and channels-last.
 
-For each forward layer of the built-in suite (and a few 3x3x3 video layers), times
+For each layer of the built-in suite (and a few 3x3x3 video layers), times
 ``numbaconv`` with ``data_format='NCHW'`` (torch weights) and ``'NHWC'`` (TensorFlow weights;
-``'NCDHW'`` / ``'NDHWC'`` in 3-D), and torch in NCHW and ``channels_last`` when it is installed:
+``'NCDHW'`` / ``'NDHWC'`` in 3-D; HWOI for transposed layers), and torch in NCHW and ``channels_last`` when it is installed:
 one process, the same thread count, medians of interleaved rounds. Before timing, the
 channels-last result is checked against the channels-first one (within the forward error bound).
 """
@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from . import _threads, layouts, suite
-from .functional import conv2d, conv3d
+from .functional import conv2d, conv3d, conv_transpose2d
 from .problem import ConvProblem
 
 #: 3x3x3 layers of C3D / R(2+1)D-style video networks (N, C, D, H, W), C_out = C.
@@ -36,7 +36,7 @@ def _median(fn, min_time):
 def _problems(names):
     found = []
     for layer in suite.LAYERS:
-        if not layer.problem.transposed and (not names or layer.name in names):
+        if not names or layer.name in names:
             found.append((layer.name, layer.problem))
     for name, (n, c, d, h, w) in VIDEO_LAYERS.items():
         if not names or name in names:
@@ -71,24 +71,33 @@ def run(names=None, threads=2, min_time=0.2, rounds=3, log=print):
             w_tf = np.ascontiguousarray(w.transpose(tuple(range(2, nd + 2)) + (1, 0)))
             conv, fmt = (conv2d, "NHWC") if nd == 2 else (conv3d, "NDHWC")
             kw = dict(stride=p.stride, padding=p.padding, dilation=p.dilation, groups=p.groups)
+            if p.transposed:
+                conv = conv_transpose2d
+                kw = dict(stride=p.stride, padding=tuple(lo for lo, _ in p.padding),
+                          output_padding=p.output_padding, groups=p.groups)
             cands = {"ours_first": lambda: conv(x, w, b, **kw),
                      "ours_last": lambda: conv(x_last, w_tf, b, data_format=fmt, **kw)}
             first, last = cands["ours_first"](), cands["ours_last"]()
-            magnitude = np.abs(x).max() * np.abs(w).max() * (w[0].size + 1) + np.abs(b).max()
+            terms = (w.size // w.shape[1] if p.transposed else w[0].size) + 1  # per output
+            magnitude = np.abs(x).max() * np.abs(w).max() * terms + np.abs(b).max()
             err = float(np.abs(layouts.channels_first(last, nd) - first).max())
-            if err > 2 * (w[0].size + 1) * np.finfo(np.float32).eps * magnitude:
+            if err > 2 * terms * np.finfo(np.float32).eps * magnitude:
                 raise AssertionError(f"{name}: channels-last result differs by {err:.3g}")
             if torch is not None:
                 fn = torch.nn.functional.conv2d if nd == 2 else torch.nn.functional.conv3d
                 pads = [lo for lo, _ in p.padding]
                 if any(lo != hi for lo, hi in p.padding):
                     pads = None
+                if p.transposed:
+                    fn = torch.nn.functional.conv_transpose2d
                 tx, tw, tb = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
                 fmt_t = torch.channels_last if nd == 2 else torch.channels_last_3d
                 txl, twl = tx.contiguous(memory_format=fmt_t), tw.contiguous(memory_format=fmt_t)
                 if pads is not None:
                     targs = dict(stride=p.stride, padding=pads, dilation=p.dilation,
                                  groups=p.groups)
+                    if p.transposed:
+                        targs["output_padding"] = p.output_padding
                     cands["torch_first"] = lambda: fn(tx, tw, tb, **targs)
                     cands["torch_last"] = lambda: fn(txl, twl, tb, **targs)
             times = {c: [] for c in cands}

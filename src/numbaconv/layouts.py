@@ -12,22 +12,25 @@ Native channels-last kernels, used by ``algorithm='auto'`` (and the named algori
   group (32 float32 / 16 float64; ``'gemm'``): :mod:`numbaconv.kernels.conv_nhwc`, an implicit
   GEMM with pixels as rows that reads the input, the HWIO weights and the output as they lie
   (1x1 layers included).
+* 1-D, 2-D and 3-D transposed convolution under the same condition (``'gemm'``):
+  :mod:`numbaconv.kernels.conv_transpose_nhwc`, one stride-1 convolution per stride phase of
+  the output on that implicit GEMM, written in place on the phase's grid.
 * Depthwise 2-D convolution (``groups == C_in == C_out``; ``'depthwise'``):
   :mod:`numbaconv.kernels.depthwise_nhwc`, each tap a vector multiply-add across channels, no
   padding copy.
 * Other 1x1 (x1), stride-1, unpadded, ungrouped convolutions: one GEMM
   ``(N*D*H*W, C_in) @ (C_in, C_out)`` on the arrays as they lie.
 
-Padding modes pad a channels-last copy first. Everything else (transposed convolution,
-groups with few output channels, other algorithms) is transposed to channels-first by a
+Padding modes pad a channels-last copy first. Everything else (groups with few output
+channels, other algorithms) is transposed to channels-first by a
 blocked transpose kernel, computed by the usual kernels, and transposed back.
 """
 
 import numpy as np
 
 from . import _threads
-from ._front import _operand, as_array, check_fits, compute_dtype
-from .kernels import conv_nhwc, depthwise_nhwc, gemm, transpose
+from ._front import _operand, as_array, check_fits, compute_dtype, output_padding_for
+from .kernels import conv_nhwc, conv_transpose_nhwc, depthwise_nhwc, gemm, transpose
 from .problem import ConvProblem
 
 _DATA = {1: ("NCW", "NWC"), 2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
@@ -55,6 +58,19 @@ def formats(func, nd, transposed, data_format, weight_format):
 def to_torch_weight(w, nd):
     """A TensorFlow-ordered weight as torch orders it (a view): (k..., A, B) -> (B, A, k...)."""
     return w.transpose((nd + 1, nd) + tuple(range(nd)))
+
+
+def torch_weight_copy(w, nd):
+    """A TensorFlow-ordered weight as a contiguous torch-ordered copy: (k..., A, B) -> (A, B,
+    k...), by two blocked transposes (NumPy's copy of the reversed view walks one side with a
+    large stride: several ms for a DCGAN layer's 8 MB)."""
+    if not (w.dtype in (np.float32, np.float64) and w.flags.c_contiguous and w.ndim == nd + 2
+            and w.flags.writeable):
+        return np.ascontiguousarray(to_torch_weight(w, nd))
+    kernel, (a, b) = w.shape[:nd], w.shape[nd:]
+    taps = int(np.prod(kernel))
+    tab = transpose.swap_last_two(w.reshape(taps, a, b))                   # (taps, B, A)
+    return transpose.swap_last_two(tab.reshape(1, taps, b * a)).reshape((b, a) + kernel)
 
 
 def channels_first(x, nd):
@@ -115,7 +131,8 @@ def pointwise(func, nd, x, w, b, weight_tf, out):
                              f"got {out.dtype} {out.shape}")
         result = out
     c = result.reshape(rows, c_out)
-    c[...] = 0 if b is None else _operand(b, dtype, "bias")
+    bias = _bias(func, b, dtype, c_out)
+    c[...] = 0 if bias is None else bias
     if rows:
         with _threads.launch():
             gemm.gemm(a, wm, c)
@@ -137,16 +154,25 @@ def is_pointwise_problem(nd, x_shape, w_torch_shape, stride, padding, dilation, 
             and all(p == (0, 0) for p in problem.padding))
 
 
-def native_problem(nd, x_shape, w_torch_shape, stride, padding, dilation, groups):
-    """The ConvProblem of a channels-last forward call (1-D lifted to 2-D), or None
-    when the shapes are invalid (the general path then reports the error)."""
+def native_problem(nd, x_shape, w_torch_shape, stride, padding, dilation, groups,
+                   transposed=False, output_padding=0, output_size=None):
+    """The ConvProblem of a channels-last call (1-D lifted to 2-D), or None when the
+    arguments are invalid (the general path then reports the error)."""
     if len(w_torch_shape) != nd + 2 or len(x_shape) not in (nd + 1, nd + 2):
         return None
     batched = x_shape if len(x_shape) == nd + 2 else (1,) + tuple(x_shape)
+    first = (batched[0], batched[-1]) + tuple(batched[1:-1])
     try:
-        problem = ConvProblem.for_conv((batched[0], batched[-1]) + tuple(batched[1:-1]),
-                                       w_torch_shape, stride=stride, padding=padding,
-                                       dilation=dilation, groups=groups)
+        if transposed:
+            if output_size is not None:
+                output_padding = output_padding_for(output_size, nd, first, w_torch_shape,
+                                                    stride, padding, dilation)
+            problem = ConvProblem.for_conv_transpose(
+                first, w_torch_shape, stride=stride, padding=padding,
+                output_padding=output_padding, groups=groups, dilation=dilation)
+        else:
+            problem = ConvProblem.for_conv(first, w_torch_shape, stride=stride, padding=padding,
+                                           dilation=dilation, groups=groups)
     except (ValueError, TypeError):
         return None
     return problem.lifted_to_2d() if nd == 1 else problem
@@ -163,6 +189,17 @@ def dense_pays(problem, dtype):
     computed channels-first)."""
     nr = conv_nhwc.NV * gemm._VBYTES // np.dtype(dtype).itemsize
     return problem.out_channels // problem.groups >= nr // 2
+
+
+def _bias(func, b, dtype, c_out):
+    """The bias as a contiguous ``dtype`` vector of ``c_out`` values, or None."""
+    if b is None:
+        return None
+    bias = as_array(b, "bias")
+    if bias.shape != (c_out,):
+        raise ValueError(f"{func}: bias must have shape ({c_out},) (one value per output "
+                         f"channel), got {bias.shape}")
+    return _operand(bias, dtype, "bias")
 
 
 def _result(func, shape, dtype, out, operands):
@@ -190,7 +227,7 @@ def dense(func, nd, problem, x, w_torch, b, out):
     # DHWIO as given by TensorFlow-ordered callers is a view here: no copy then
     dhwio = _operand(w.transpose(2, 3, 4, 1, 0), dtype, "weight")
     x5 = xb.reshape(xb.shape[:1] + (1,) * unit + xb.shape[1:])
-    bias = None if b is None else _operand(as_array(b, "bias"), dtype, "bias")
+    bias = _bias(func, b, dtype, problem.out_channels)
     lead = 3 - problem.nd
     out_size = (1,) * lead + problem.out_size
     shape = (problem.batch,) + out_size[unit:] + (problem.out_channels,)
@@ -206,14 +243,43 @@ def dense(func, nd, problem, x, w_torch, b, out):
     return result
 
 
+def transposed_dense(func, nd, problem, x, w_torch, b, out):
+    """A channels-last transposed convolution as stride-phase convolutions on the native
+    implicit GEMM (:mod:`numbaconv.kernels.conv_transpose_nhwc`); ``x`` (N, *spatial, C) or
+    unbatched, ``w_torch`` (C_in, C_out/groups, *kernel), ``problem`` as for :func:`dense`."""
+    dtype = compute_dtype((("input", x), ("weight", w_torch), ("bias", b)))
+    xb = _operand(x if x.ndim == nd + 2 else x[None], dtype, "input")
+    unit = 3 - nd
+    # regathered by the kernel (a blocked transpose for torch's and TensorFlow's layouts), so
+    # no contiguous copy here; a read-only array would be a separate Numba specialisation
+    w = np.asarray(w_torch, dtype=dtype)
+    w = w if w.flags.writeable else w.copy(order="K")
+    w = w.reshape(w.shape[:2] + (1,) * unit + w.shape[2:])
+    x5 = xb.reshape(xb.shape[:1] + (1,) * unit + xb.shape[1:])
+    bias = _bias(func, b, dtype, problem.out_channels)
+    lead = 3 - problem.nd
+    out_size = (1,) * lead + problem.out_size
+    shape = (problem.batch,) + out_size[unit:] + (problem.out_channels,)
+    shape = shape if x.ndim == nd + 2 else shape[1:]
+    result = _result(func, shape, dtype, out, [a for a in (xb, w, bias) if a is not None])
+    if result.size:
+        with _threads.launch():
+            conv_transpose_nhwc.conv_transpose3d_ndhwc(
+                x5, w, bias, result.reshape((problem.batch,) + out_size
+                                            + (problem.out_channels,)),
+                (1,) * lead + problem.stride, (0,) * lead + tuple(lo for lo, _ in problem.padding),
+                (1,) * lead + problem.dilation, problem.groups)
+    return result
+
+
 def depthwise(func, problem, x, w_torch, b, out):
     """The channels-last depthwise convolution on its native kernel; ``x`` (N, H, W, C) or
     unbatched, ``w_torch`` (C, 1, kH, kW)."""
     dtype = compute_dtype((("input", x), ("weight", w_torch), ("bias", b)))
     xb = _operand(x if x.ndim == 4 else x[None], dtype, "input")
     taps = depthwise_nhwc.weight_as_taps(_operand(w_torch, dtype, "weight"))
-    bias = (np.zeros(problem.out_channels, dtype) if b is None
-            else _operand(as_array(b, "bias"), dtype, "bias"))
+    bias = _bias(func, b, dtype, problem.out_channels)
+    bias = np.zeros(problem.out_channels, dtype) if bias is None else bias
     oh, ow = problem.out_size
     shape = (problem.batch, oh, ow, problem.out_channels)[(0 if x.ndim == 4 else 1):]
     result = _result(func, shape, dtype, out, (xb, taps, bias))

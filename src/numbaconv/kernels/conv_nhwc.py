@@ -17,15 +17,17 @@ How
 In channels-last memory this is a GEMM whose rows are output pixels and whose columns are
 output channels, both as they lie: ``A[pixel, k]`` is read in place from the input (pixel
 stride ``sw*C_in``; a table gives the offset of each ``k``: its tap's shift plus its channel),
-the result is written in place into ``y`` (row stride ``C_out``) and the weights are read in
+the result is written in place into ``y`` (pixel stride ``C_out``; the driver takes the output's
+image, depth, row and pixel strides and a base offset, so that a caller can write onto a strided
+sub-grid of a larger output, as the transposed kernel does per stride phase) and the weights are read in
 place too (``B[k, o] = w[k*C_out + o]``). So there is no im2col matrix, no packing and no
 transpose; a padded input is copied only when the convolution pads. (Packing the weights into
 ``NR``-column panels, as the GEMM does for L1-hostile strides, measured 0-40% slower: the copy
 costs more than the L1 misses it saves, as the panel streams from L2 fast enough.)
 
 The micro-kernel is :mod:`numbaconv.kernels.gemm`'s, with an ``MR`` pixels x ``NR`` channels
-tile (5 x 4 vectors) in registers. A task owns ``(image, group, block of output rows, block of
-column panels)`` and runs the whole K loop itself (no split sums): for each K block, each
+tile (5 x 4 vectors with 512-bit vectors, 6 x 2 with 256-bit ones) in registers. A task owns
+``(image, group, block of output rows, block of column panels)`` and runs the whole K loop itself (no split sums): for each K block, each
 column panel meets every output row of the task (the input rows it reads stay in L2).
 """
 
@@ -36,11 +38,14 @@ from numbaconv._jit import kernel, parallel_kernel
 from numbaconv.kernels import gemm
 from numbaconv.kernels.scratch import buffer
 
-# Register tile: 5 pixels x 4 vectors of output channels (20 accumulators). Measured in one
-# process against 8x2 (the NCHW tile), 4x4, 6x4 and 4x3 on ResNet/VGG 3x3 layers: 4-vector
-# tiles were 20-40% faster than 8x2 (half the broadcasts per FMA), and 5 rows waste the least
-# on the usual widths (7, 14, 28, 56, 224 pixels per row).
-MR, NV = 5, 4
+# Register tile. With 512-bit vectors (32 registers): 5 pixels x 4 vectors of output channels
+# (20 accumulators). Measured in one process against 8x2 (the NCHW tile), 4x4, 6x4 and 4x3 on
+# ResNet/VGG 3x3 layers: 4-vector tiles were 20-40% faster than 8x2 (half the broadcasts per
+# FMA), and 5 rows waste the least on the usual widths (7, 14, 28, 56, 224 pixels per row).
+# With 256-bit vectors (16 registers) 20 accumulators spill: on an AVX2 machine 6x2 ran at
+# 108/76/128/44 GFLOP/s on ResNet 3x3 C128 28, 1x1 C64->256 56, 3x3 C64 56 and 3x3 C512 7,
+# against 60/36/61/31 for 5x4 (4x3 and 4x2 were within 10% of 6x2).
+MR, NV = (5, 4) if gemm._VBYTES == 64 else (6, 2)
 _A_BYTES = 384 * 1024     # input read by a task's rows for one K block: in L2
 _MIN_TASKS = 8            # parallel tasks wanted (2 cores; balance)
 
@@ -59,7 +64,7 @@ def _strip(kc, a, aoff, sia, b, boff, ldb, atab, ak0, c, coff, ldc, m, n_valid, 
 
 @kernel
 def _task(t, xp, dp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo, cout, og, k, sd, sh,
-          sw, n_rows, rows, n_rb, ppc, n_cb, kc, npan, groups):
+          sw, n_rows, rows, n_rb, ppc, n_cb, kc, npan, groups, ysn, ysd, ysh, ldc, ybase):
     gemm._noinline()
     nr = NV * gemm._lanes(y)
     cb = t % n_cb
@@ -84,16 +89,17 @@ def _task(t, xp, dp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo, cout, 
                 oy = r - od * ho
                 _strip(kcur, xp, (((n * dp + od * sd) * hp + oy * sh) * wp) * cin + g * cg,
                        sw * cin, w, boff, cout, atab, k0, y,
-                       ((n * n_rows + r) * wo) * cout + g * og + p * nr, cout, wo, nval, bias,
-                       g * og + p * nr, init)
+                       n * ysn + od * ysd + oy * ysh + ybase + g * og + p * nr, ldc, wo, nval,
+                       bias, g * og + p * nr, init)
 
 
 @parallel_kernel
 def _driver(xp, dp, hp, wp, cin, cg, atab, w, bias, has_bias, y, batch, ho, wo, cout, og, k, sd,
-            sh, sw, n_rows, rows, n_rb, ppc, n_cb, kc, npan, groups):
+            sh, sw, n_rows, rows, n_rb, ppc, n_cb, kc, npan, groups, ysn, ysd, ysh, ldc, ybase):
     for t in prange(batch * groups * n_rb * n_cb):
         _task(np.int64(t), xp, dp, hp, wp, cin, cg, atab, w, bias, has_bias, y, ho, wo, cout,
-              og, k, sd, sh, sw, n_rows, rows, n_rb, ppc, n_cb, kc, npan, groups)
+              og, k, sd, sh, sw, n_rows, rows, n_rb, ppc, n_cb, kc, npan, groups, ysn, ysd, ysh,
+              ldc, ybase)
 
 
 def _blocks(batch, groups, ho, wo, og, k, cg, sh, kh, dh, itemsize, nr):
@@ -167,7 +173,8 @@ def conv3d_ndhwc(x, w, bias, y, stride, padding, dilation, groups):
     has_bias = bias is not None
     b = np.ascontiguousarray(bias) if has_bias else y.reshape(-1)[:1]
     _driver(xp.reshape(-1), dp, hp, wp, cin, cg, atab, wk, b, has_bias, y.reshape(-1), n, ho, wo,
-            cout, og, k, sd, sh, sw, n_rows, rows, n_rb, ppc, n_cb, kc, npan, groups)
+            cout, og, k, sd, sh, sw, n_rows, rows, n_rb, ppc, n_cb, kc, npan, groups,
+            n_rows * wo * cout, ho * wo * cout, wo * cout, cout, 0)
     return y
 
 
