@@ -158,6 +158,15 @@ def _channels_last_transposed(func, nd, x, w_std, bias, hyper, algorithm, out):
     return layouts.transposed_dense(func, nd, problem, x, w_std, bias, out)
 
 
+def _transposed_mode(func, nd, fn, input, weight, bias, hyper, mode, out):
+    """A transposed call with ``padding_mode`` other than zeros (see
+    :func:`numbaconv.padding_modes.transposed_call`)."""
+    padding_modes.check_mode(mode, func)
+    data_last, _ = layouts.formats(func, nd, True, hyper["data_format"], hyper["weight_format"])
+    return padding_modes.transposed_call(fn, func, nd, data_last, input, weight, bias, hyper,
+                                         mode, out)
+
+
 def _padded(func, nd, input, weight, stride, padding, dilation, padding_mode):
     """``(input, padding)`` to convolve: unchanged for zero padding; for other modes the input
     padded by that mode and zero padding."""
@@ -281,8 +290,8 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, data_format="NCHW", weight_format=None,
-                     algorithm="auto", exact=False, out=None):
+                     dilation=1, *, output_size=None, padding_mode="zeros", data_format="NCHW",
+                     weight_format=None, algorithm="auto", exact=False, out=None):
     r"""2-D transposed convolution ("deconvolution"), as ``torch.nn.functional.conv_transpose2d``.
 
     The adjoint of :func:`conv2d` with respect to its input: every input element scatters
@@ -308,6 +317,14 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     output_size : tuple of int, optional
         Requested (H_out, W_out) (or the full (N, C_out, H_out, W_out)); sets ``output_padding``
         as ``torch.nn.ConvTranspose2d.forward`` does.
+    padding_mode : 'zeros', 'reflect', 'replicate' or 'circular'
+        torch accepts only zeros here. Other modes give the adjoint of :func:`conv2d` with that
+        ``padding_mode`` (and the same stride, padding, dilation and groups): the full result
+        (``padding=0``) is computed and each of its border rows/columns is added onto the output
+        row/column that the convolution's padding copies (its mirror image, the edge, or the
+        row/column ``H_out`` away), then the bias is added. With zeros this is the usual crop.
+        Output size as above; reflect needs padding smaller than the output size, circular no
+        larger.
     {algorithm}
     out : numpy.ndarray, optional
         As in :func:`conv2d`.
@@ -326,6 +343,12 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     >>> numbaconv.conv_transpose2d(x, w, stride=2, padding=1, output_size=(256, 256)).shape
     (1, 16, 256, 256)
     """
+    if padding_mode != "zeros":
+        return _transposed_mode("conv_transpose2d", 2, conv_transpose2d, input, weight, bias,
+                                dict(stride=stride, padding=padding, output_padding=output_padding,
+                                     groups=groups, dilation=dilation, output_size=output_size,
+                                     data_format=data_format, weight_format=weight_format,
+                                     algorithm=algorithm, exact=exact), padding_mode, out)
     if data_format != "NCHW" or weight_format is not None:
         return _layout_call("conv_transpose2d", 2, True, conv_transpose2d, input, weight, bias,
                             dict(stride=stride, padding=padding, output_padding=output_padding,
@@ -339,8 +362,8 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
 
 def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, data_format="NCW", weight_format=None,
-                     algorithm="auto", exact=False, out=None):
+                     dilation=1, *, output_size=None, padding_mode="zeros", data_format="NCW",
+                     weight_format=None, algorithm="auto", exact=False, out=None):
     """1-D transposed convolution, as ``torch.nn.functional.conv_transpose1d``.
 
     ``input`` (N, C_in, L) or (C_in, L); ``weight`` (C_in, C_out / groups, k). See
@@ -350,6 +373,12 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
     >>> numbaconv.conv_transpose1d(np.ones((1, 3)), np.ones((1, 1, 2)), stride=2)
     array([[1., 1., 1., 1., 1., 1.]])
     """
+    if padding_mode != "zeros":
+        return _transposed_mode("conv_transpose1d", 1, conv_transpose1d, input, weight, bias,
+                                dict(stride=stride, padding=padding, output_padding=output_padding,
+                                     groups=groups, dilation=dilation, output_size=output_size,
+                                     data_format=data_format, weight_format=weight_format,
+                                     algorithm=algorithm, exact=exact), padding_mode, out)
     if data_format != "NCW" or weight_format is not None:
         return _layout_call("conv_transpose1d", 1, True, conv_transpose1d, input, weight, bias,
                             dict(stride=stride, padding=padding, output_padding=output_padding,
@@ -367,12 +396,14 @@ for _f in (conv2d, conv1d, conv_transpose2d, conv_transpose1d):
 
 
 def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           data_format="NCDHW", weight_format=None, algorithm="auto", exact=False, out=None):
+           padding_mode="zeros", data_format="NCDHW", weight_format=None, algorithm="auto",
+           exact=False, out=None):
     """3-D convolution, as ``torch.nn.functional.conv3d``.
 
     ``input`` (N, C_in, D, H, W) or (C_in, D, H, W); ``weight`` (C_out, C_in / groups, kD, kH, kW);
     arguments per spatial dimension as in :func:`conv2d` (``padding`` also ``'valid'``,
-    ``'same'``, ``'same_tf'`` or three ``(low, high)`` pairs). Computed as one batched 2-D
+    ``'same'``, ``'same_tf'`` or three ``(low, high)`` pairs; ``padding_mode`` as in
+    :func:`conv2d`). Computed as one batched 2-D
     convolution per kernel depth offset (:mod:`numbaconv.depth_lowering`); ``algorithm`` names the
     2-D algorithm (or ``'reference'`` for the 3-D reference). ``data_format='NDHWC'`` takes and
     returns (N, D, H, W, C) arrays, with weights in TensorFlow's ``'DHWIO'`` layout by default
@@ -385,15 +416,17 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if data_format != "NCDHW" or weight_format is not None:
         return _layout_call("conv3d", 3, False, conv3d, input, weight, bias,
                             dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
-                                 exact=exact), data_format, weight_format, algorithm, out)
+                                 padding_mode=padding_mode, exact=exact), data_format,
+                            weight_format, algorithm, out)
+    input, padding = _padded("conv3d", 3, input, weight, stride, padding, dilation, padding_mode)
     prepared = prepare("conv3d", 3, input, weight, bias, transposed=False, stride=stride,
                        padding=padding, dilation=dilation, groups=groups)
     return _run(prepared, algorithm, out, exact)
 
 
 def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, data_format="NCDHW", weight_format=None,
-                     algorithm="auto", exact=False, out=None):
+                     dilation=1, *, output_size=None, padding_mode="zeros", data_format="NCDHW",
+                     weight_format=None, algorithm="auto", exact=False, out=None):
     """3-D transposed convolution, as ``torch.nn.functional.conv_transpose3d``.
 
     ``input`` (N, C_in, D, H, W) or (C_in, D, H, W); ``weight`` (C_in, C_out / groups, kD, kH,
@@ -406,6 +439,12 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
     ...                            stride=2).shape
     (1, 4, 6, 8, 10)
     """
+    if padding_mode != "zeros":
+        return _transposed_mode("conv_transpose3d", 3, conv_transpose3d, input, weight, bias,
+                                dict(stride=stride, padding=padding, output_padding=output_padding,
+                                     groups=groups, dilation=dilation, output_size=output_size,
+                                     data_format=data_format, weight_format=weight_format,
+                                     algorithm=algorithm, exact=exact), padding_mode, out)
     if data_format != "NCDHW" or weight_format is not None:
         return _layout_call("conv_transpose3d", 3, True, conv_transpose3d, input, weight, bias,
                             dict(stride=stride, padding=padding, output_padding=output_padding,

@@ -116,9 +116,6 @@ class _ConvLayer:
                                      f"or dilation, got output_padding={self.output_padding}, "
                                      f"stride={self.stride}, dilation={self.dilation}")
         padding_modes.check_mode(padding_mode, kind)
-        if self.transposed and padding_mode != "zeros":
-            raise ValueError(f"{kind}: only padding_mode='zeros' is supported for transposed "
-                             f"convolution (as in torch), got {padding_mode!r}")
         self.padding_mode = padding_mode
         if not isinstance(bias, (bool, np.bool_)):
             raise TypeError(f"{kind}: bias must be True or False, got {bias!r}")
@@ -361,8 +358,15 @@ class _ConvLayer:
             op = output_padding_for(g.shape[-nd:], nd, batched, self.weight_shape, self.stride,
                                     self.padding, self.dilation)
             vjp = grad.conv_transpose2d_vjp if nd == 2 else grad.conv_transpose1d_vjp
-            return vjp(x, self._weight, g, self.stride, self.padding, op, self.groups,
-                       self.dilation, bias=bias)
+            if self.padding_mode == "zeros":
+                return vjp(x, self._weight, g, self.stride, self.padding, op, self.groups,
+                           self.dilation, bias=bias)
+            # the layer is fold(full transposed result) + bias: the gradient of the full result
+            # is grad_output padded by the mode (the adjoint of the fold)
+            gp = padding_modes.pad(g, self._explicit_padding(), self.padding_mode, repr(self))
+            dx, dw, _ = vjp(x, self._weight, gp, self.stride, 0, op, self.groups, self.dilation,
+                            bias=False)
+            return dx, dw, (grad._bias_of(g, nd + 1) if bias else None)
         vjp = grad.conv2d_vjp if nd == 2 else grad.conv1d_vjp
         if self.padding_mode == "zeros":
             return vjp(x, self._weight, g, self.stride, self.padding, self.dilation, self.groups,
@@ -511,7 +515,9 @@ class ConvTranspose2d(_ConvLayer):
         :math:`a`, smaller than stride or dilation.
     groups : int
     bias : bool
-    padding_mode : 'zeros'
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}
+        torch accepts only zeros; other modes make the layer the adjoint of :class:`Conv2d`
+        with that mode (see :func:`numbaconv.conv_transpose2d`).
     device, dtype, rng
         As for :class:`Conv2d`.
 
@@ -542,7 +548,8 @@ class ConvTranspose2d(_ConvLayer):
         self._last_input = input
         return functional.conv_transpose2d(input, self._weight, self._bias, self.stride,
                                            self.padding, self.output_padding, self.groups,
-                                           self.dilation, output_size=output_size)
+                                           self.dilation, output_size=output_size,
+                                           padding_mode=self.padding_mode)
 
 
 class ConvTranspose1d(_ConvLayer):
@@ -567,4 +574,5 @@ class ConvTranspose1d(_ConvLayer):
         self._last_input = input
         return functional.conv_transpose1d(input, self._weight, self._bias, self.stride,
                                            self.padding, self.output_padding, self.groups,
-                                           self.dilation, output_size=output_size)
+                                           self.dilation, output_size=output_size,
+                                           padding_mode=self.padding_mode)

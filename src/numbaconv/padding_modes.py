@@ -4,9 +4,19 @@
 ``'replicate'`` (repeat the edge) and ``'circular'`` (wrap around) pad the input explicitly
 (``np.pad``, one copy of the input) and then convolve with no padding, exactly as torch does;
 :func:`fold` is the adjoint, for gradients.
+
+Transposed convolution with a mode (torch refuses all but zeros) is defined as the adjoint of the
+convolution with that mode, as the zero-padded transposed convolution is the adjoint of the
+zero-padded convolution: the full (unpadded) transposed result is computed, then :func:`fold`
+adds every border element onto the output element that the convolution's padding would copy
+there, and the bias is added last (:func:`transposed_call`). With ``'zeros'`` the fold is a crop,
+which is exactly ``padding``'s meaning in torch's transposed convolution.
 """
 
 import numpy as np
+
+from . import _args
+from ._front import as_array, compute_dtype
 
 #: torch's padding_mode names and the ``np.pad`` mode that pads the same values.
 MODES = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -17,41 +27,101 @@ def check_mode(mode, where):
         raise ValueError(f"{where}: padding_mode must be one of {tuple(MODES)}, got {mode!r}")
 
 
-def pad(x, pairs, mode, where, first_axis=None):
-    """``x`` padded on ``len(pairs)`` axes from ``first_axis`` (default: its last axes) by
-    ``(low, high)`` pairs with ``mode`` (not ``'zeros'``), after torch's checks: reflect needs
-    padding smaller than the size, circular no larger than it."""
-    nd = len(pairs)
-    first = x.ndim - nd if first_axis is None else first_axis
-    for size, (lo, hi) in zip(x.shape[first:first + nd], pairs):
+def check_sizes(sizes, pairs, mode, where, what="input"):
+    """torch's conditions on a padded ``what`` of these spatial ``sizes``: reflect needs padding
+    smaller than the size, circular no larger than it."""
+    for size, (lo, hi) in zip(sizes, pairs):
         if mode == "reflect" and max(lo, hi) >= size:
             raise ValueError(f"{where}: padding_mode='reflect' needs padding smaller than the "
-                             f"input size, got padding {(lo, hi)} for size {size}")
+                             f"{what} size, got padding {(lo, hi)} for size {size}")
         if mode == "circular" and max(lo, hi) > size:
             raise ValueError(f"{where}: padding_mode='circular' needs padding no larger than "
-                             f"the input size, got padding {(lo, hi)} for size {size}")
+                             f"the {what} size, got padding {(lo, hi)} for size {size}")
+
+
+def pad(x, pairs, mode, where, first_axis=None):
+    """``x`` padded on ``len(pairs)`` axes from ``first_axis`` (default: its last axes) by
+    ``(low, high)`` pairs with ``mode`` (not ``'zeros'``), after :func:`check_sizes`."""
+    nd = len(pairs)
+    first = x.ndim - nd if first_axis is None else first_axis
+    check_sizes(x.shape[first:first + nd], pairs, mode, where)
     width = ((0, 0),) * first + tuple(pairs) + ((0, 0),) * (x.ndim - first - nd)
     return np.pad(x, width, mode=MODES[mode])
 
 
-def fold(grad_padded, shape, pairs, mode):
-    """Adjoint of :func:`pad`: sum the gradient of every padded position onto the input element
-    it copies (``shape`` is the unpadded input's)."""
+def fold(grad_padded, shape, pairs, mode, first_axis=None):
+    """Adjoint of :func:`pad`: sum every padded position onto the element it copies (``shape``
+    is the unpadded array's; the padded axes start at ``first_axis``, default: the last
+    ``len(pairs)`` axes). Per axis: the interior first, then each border position in order."""
     result = grad_padded
     nd = len(pairs)
+    first = result.ndim - nd if first_axis is None else first_axis
     for i, (lo, hi) in enumerate(pairs):
-        axis = result.ndim - nd + i
+        axis = first + i
         n = shape[axis]
-        source = np.arange(-lo, n + hi)
-        if mode == "reflect":
-            source = np.abs(source)
-            source = np.where(source >= n, 2 * (n - 1) - source, source)
-        elif mode == "replicate":
-            source = np.clip(source, 0, n - 1)
-        else:  # circular
-            source = source % n
-        folded = np.zeros(result.shape[:axis] + (n,) + result.shape[axis + 1:],
-                          dtype=result.dtype)
-        np.add.at(folded, (slice(None),) * axis + (source,), result)
-        result = folded
-    return result
+        moved = np.moveaxis(result, axis, 0)
+        folded = moved[lo:lo + n].copy()
+        for j in list(range(lo)) + list(range(lo + n, lo + n + hi)):
+            folded[_source(j - lo, n, mode)] += moved[j]
+        result = np.moveaxis(folded, 0, axis)
+    return np.ascontiguousarray(result)
+
+
+def _source(i, n, mode):
+    """The element of an axis of size ``n`` that padded position ``i`` (< 0 or >= n) copies."""
+    if mode == "reflect":
+        i = abs(i)
+        return 2 * (n - 1) - i if i >= n else i
+    if mode == "replicate":
+        return min(max(i, 0), n - 1)
+    if mode == "circular":
+        return i % n
+    raise ValueError(f"padding_mode {mode!r} has no source positions")
+
+
+def transposed_call(fn, func, nd, channels_last, input, weight, bias, hyper, mode, out):
+    """Transposed convolution with padding ``mode`` (not ``'zeros'``), the adjoint of the
+    convolution that pads its input by ``mode``.
+
+    ``fn(input, weight, None, padding=0, output_size=..., **rest of hyper)`` computes the full
+    transposed result; its spatial axes are folded by ``hyper['padding']`` (output size
+    ``full - low - high``, as with zero padding) and the bias is added. ``output_size``, if
+    given, is the folded size."""
+    check_mode(mode, func)
+    pairs = _args.transposed_padding(hyper["padding"], nd)
+    dtype = compute_dtype((("input", input), ("weight", weight), ("bias", bias)))
+    x = as_array(input, "input").astype(dtype, copy=False)
+    call = dict(hyper, padding=0)
+    size = hyper.get("output_size")
+    if size is not None:
+        size = tuple(size) if isinstance(size, (tuple, list)) else (size,)
+        spatial = size[2:] if len(size) == nd + 2 else size
+        if len(spatial) == nd:  # otherwise fn reports the length
+            size = tuple(int(s) + lo + hi for s, (lo, hi) in zip(spatial, pairs))
+        call["output_size"] = size
+    full = fn(x, weight, None, **call)
+    first = full.ndim - nd - (1 if channels_last else 0)
+    shape = list(full.shape)
+    for i, (lo, hi) in enumerate(pairs):
+        shape[first + i] -= lo + hi
+        if shape[first + i] < 1:
+            raise ValueError(f"{func}: padding {pairs} leaves no output: the unpadded output has "
+                             f"spatial size {full.shape[first:first + nd]}")
+    check_sizes(shape[first:first + nd], pairs, mode, func, what="output")
+    y = fold(full, tuple(shape), pairs, mode, first)
+    if bias is not None:
+        b = as_array(bias, "bias")
+        channels = y.shape[-1] if channels_last else y.shape[first - 1]
+        if b.shape != (channels,):
+            raise ValueError(f"{func}: bias must have shape ({channels},) (C_out,), got shape "
+                             f"{b.shape}")
+        y += b.astype(dtype, copy=False).reshape((channels,) + (() if channels_last else (1,) * nd))
+    if out is None:
+        return y
+    if (not isinstance(out, np.ndarray) or out.shape != y.shape or out.dtype != y.dtype
+            or not out.flags.writeable):
+        raise ValueError(f"{func}: out must be a writeable {y.dtype} array of shape {y.shape}, "
+                         f"got {getattr(out, 'dtype', type(out).__name__)} "
+                         f"{getattr(out, 'shape', '')}")
+    out[...] = y
+    return out

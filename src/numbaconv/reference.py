@@ -25,6 +25,7 @@ import itertools
 
 import numpy as np
 
+from . import padding_modes
 from ._front import output_array, prepare
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
@@ -131,22 +132,37 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 
 def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, out=None):
+                     dilation=1, *, output_size=None, padding_mode="zeros", out=None):
     """Reference :func:`numbaconv.conv_transpose1d`."""
+    if padding_mode != "zeros":
+        return padding_modes.transposed_call(
+            conv_transpose1d, "conv_transpose1d", 1, False, input, weight, bias,
+            dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+                 dilation=dilation, output_size=output_size), padding_mode, out)
     return _transposed("conv_transpose1d", 1, input, weight, bias, stride, padding,
                        output_padding, groups, dilation, output_size, out)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, out=None):
+                     dilation=1, *, output_size=None, padding_mode="zeros", out=None):
     """Reference :func:`numbaconv.conv_transpose2d`."""
+    if padding_mode != "zeros":
+        return padding_modes.transposed_call(
+            conv_transpose2d, "conv_transpose2d", 2, False, input, weight, bias,
+            dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+                 dilation=dilation, output_size=output_size), padding_mode, out)
     return _transposed("conv_transpose2d", 2, input, weight, bias, stride, padding,
                        output_padding, groups, dilation, output_size, out)
 
 
 def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, output_size=None, out=None):
+                     dilation=1, *, output_size=None, padding_mode="zeros", out=None):
     """Reference 3-D transposed convolution (``torch.nn.functional.conv_transpose3d``)."""
+    if padding_mode != "zeros":
+        return padding_modes.transposed_call(
+            conv_transpose3d, "conv_transpose3d", 3, False, input, weight, bias,
+            dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+                 dilation=dilation, output_size=output_size), padding_mode, out)
     return _transposed("conv_transpose3d", 3, input, weight, bias, stride, padding,
                        output_padding, groups, dilation, output_size, out)
 
