@@ -316,16 +316,17 @@ def test_native_ndhwc_dense_equals_the_reference(kw, groups, rng, dense_calls):
 
 @pytest.fixture
 def transposed_calls(monkeypatch):
-    """Counts calls of the channels-last stride-phase transposed kernel."""
+    """Records ``(kernel, input shape)`` for calls of the channels-last transposed kernels:
+    ``'phases'`` (stride phases on the implicit GEMM) and ``'few'`` (few input pixels)."""
     from numbaconv.kernels import conv_transpose_nhwc
     calls = []
-    real = conv_transpose_nhwc.conv_transpose3d_ndhwc
+    for name, fn in (("phases", "conv_transpose3d_ndhwc"),
+                     ("few", "conv_transpose3d_ndhwc_few_pixels")):
+        def spy(*args, _real=getattr(conv_transpose_nhwc, fn), _name=name):
+            calls.append((_name, args[0].shape))
+            return _real(*args)
 
-    def spy(*args):
-        calls.append(args[1].shape)
-        return real(*args)
-
-    monkeypatch.setattr(conv_transpose_nhwc, "conv_transpose3d_ndhwc", spy)
+        monkeypatch.setattr(conv_transpose_nhwc, fn, spy)
     return calls
 
 
@@ -337,17 +338,20 @@ TRANSPOSED_FORMS = [dict(stride=2, padding=1, output_padding=1), dict(stride=(1,
 @pytest.mark.parametrize("kw", TRANSPOSED_FORMS, ids=str)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("groups,c_in,c_out,k", [(1, 9, 70, 3), (2, 10, 80, 4), (1, 5, 33, 1)])
-def test_native_nhwc_transposed_equals_the_reference(kw, dtype, groups, c_in, c_out, k, rng,
-                                                     transposed_calls):
-    """Transposed convolution in NHWC runs as stride phases on the channels-last implicit GEMM
-    (no transposes) and gives the reference's bits on integer data: strides, dilation,
-    output padding/size, groups, a 1x1 kernel with stride 3 (phases no tap reaches: the bias
-    alone), batched or not, with out=, for 1 and 2 threads; inputs unchanged."""
-    x = rng.integers(-4, 5, (2, 12, 11, c_in)).astype(dtype)
+@pytest.mark.parametrize("size", [(12, 11), (5, 6)], ids=["phases", "few"])
+def test_native_nhwc_transposed_equals_the_reference(kw, dtype, groups, c_in, c_out, k, size,
+                                                     rng, transposed_calls):
+    """Transposed convolution in NHWC runs natively (no transposes): as stride phases on the
+    channels-last implicit GEMM, or, without groups and with few input pixels, as one GEMM over
+    the weights plus strided adds. Both give the reference's bits on integer data: strides,
+    dilation, output padding/size, groups, a 1x1 kernel with stride 3 (phases no tap reaches:
+    the bias alone), batched or not, with out=, for 1 and 2 threads; inputs unchanged."""
+    h, wd = size
+    x = rng.integers(-4, 5, (2, h, wd, c_in)).astype(dtype)
     w = rng.integers(-4, 5, (c_in, c_out // groups, k, k)).astype(dtype)
     b = rng.integers(-4, 5, c_out).astype(dtype)
     if "output_size" in kw:  # one row more than the smallest output: output_padding (1, 0)
-        kw = dict(kw, output_size=((12 - 1) * 2 - 2 + k + 1, (11 - 1) * 2 - 2 + k))
+        kw = dict(kw, output_size=((h - 1) * 2 - 2 + k + 1, (wd - 1) * 2 - 2 + k))
         ref_kw = dict(stride=2, padding=1, output_padding=(1, 0))
     else:
         ref_kw = kw
@@ -357,7 +361,8 @@ def test_native_nhwc_transposed_equals_the_reference(kw, dtype, groups, c_in, c_
     saved = x.copy(), w_tf.copy()
     with numbaconv.num_threads(1):
         one = numbaconv.conv_transpose2d(x, w_tf, b, groups=groups, data_format="NHWC", **kw)
-    assert transposed_calls, "the native channels-last transposed kernel did not run"
+    few = groups == 1 and 2 * h * wd <= 256
+    assert transposed_calls and transposed_calls[0][0] == ("few" if few else "phases")
     assert np.array_equal(one, expected)
     out = np.full(expected.shape, np.nan, dtype)
     assert numbaconv.conv_transpose2d(x, w_tf, b, groups=groups, data_format="NHWC", out=out,
@@ -379,28 +384,37 @@ def test_native_transposed_1d_3d_real_data_and_errors(rng, transposed_calls):
                                                    padding=1), 1, -1)
     got1 = numbaconv.conv_transpose1d(x1, w1.transpose(2, 1, 0), stride=2, padding=1,
                                       data_format="NWC")
-    assert transposed_calls and np.array_equal(got1, want1)
+    assert transposed_calls[-1][0] == "few" and np.array_equal(got1, want1)
     x3 = rng.integers(-4, 5, (1, 3, 4, 5, 6)).astype(np.float32)
     w3 = rng.integers(-4, 5, (6, 32, 3, 3, 3)).astype(np.float32)
     want3 = np.moveaxis(reference.conv_transpose3d(np.moveaxis(x3, -1, 1), w3, stride=2,
                                                    padding=1, output_padding=1), 1, -1)
     got3 = numbaconv.conv_transpose3d(x3, w3.transpose(2, 3, 4, 1, 0), stride=2, padding=1,
                                       output_padding=1, data_format="NDHWC")
-    assert len(transposed_calls) == 2 and np.array_equal(got3, want3)
+    assert transposed_calls[-1][0] == "few" and np.array_equal(got3, want3)
+    x3 = rng.integers(-4, 5, (2, 3, 8, 9, 6)).astype(np.float32)   # 432 pixels: phases
+    want3 = np.moveaxis(reference.conv_transpose3d(np.moveaxis(x3, -1, 1), w3, stride=2,
+                                                   padding=1, output_padding=1), 1, -1)
+    got3 = numbaconv.conv_transpose3d(x3, w3.transpose(2, 3, 4, 1, 0), stride=2, padding=1,
+                                      output_padding=1, data_format="NDHWC")
+    assert transposed_calls[-1][0] == "phases" and np.array_equal(got3, want3)
 
-    x = rng.standard_normal((1, 16, 16, 64)).astype(np.float32)
-    w = rng.standard_normal((4, 4, 32, 64)).astype(np.float32)     # HWOI
-    with numbaconv.num_threads(1):
-        one = numbaconv.conv_transpose2d(x, w, stride=2, padding=1, data_format="NHWC")
-    with numbaconv.num_threads(2):
-        two = numbaconv.conv_transpose2d(x, w, stride=2, padding=1, data_format="NHWC")
-    assert np.array_equal(one, two)
-    x64, w64 = x.astype(np.float64).transpose(0, 3, 1, 2), w.astype(np.float64).transpose(3, 2, 0, 1)
-    exact = reference.conv_transpose2d(x64, w64, stride=2, padding=1).transpose(0, 2, 3, 1)
-    magnitude = reference.conv_transpose2d(np.abs(x64), np.abs(w64), stride=2,
-                                           padding=1).transpose(0, 2, 3, 1)
-    k = 64 * 4  # taps per phase (2x2) x input channels
-    assert np.all(np.abs(one - exact) <= k * np.finfo(np.float32).eps / 2 * magnitude)
+    for size, kernel in ((16, "few"), (20, "phases")):
+        x = rng.standard_normal((1, size, size, 64)).astype(np.float32)
+        w = rng.standard_normal((4, 4, 32, 64)).astype(np.float32)     # HWOI
+        with numbaconv.num_threads(1):
+            one = numbaconv.conv_transpose2d(x, w, stride=2, padding=1, data_format="NHWC")
+        assert transposed_calls[-1][0] == kernel
+        with numbaconv.num_threads(2):
+            two = numbaconv.conv_transpose2d(x, w, stride=2, padding=1, data_format="NHWC")
+        assert np.array_equal(one, two)
+        x64 = x.astype(np.float64).transpose(0, 3, 1, 2)
+        w64 = w.astype(np.float64).transpose(3, 2, 0, 1)
+        exact = reference.conv_transpose2d(x64, w64, stride=2, padding=1).transpose(0, 2, 3, 1)
+        magnitude = reference.conv_transpose2d(np.abs(x64), np.abs(w64), stride=2,
+                                               padding=1).transpose(0, 2, 3, 1)
+        k = 64 * 4  # taps per output (2x2) x input channels
+        assert np.all(np.abs(one - exact) <= k * np.finfo(np.float32).eps / 2 * magnitude)
 
     bad = np.ones(3, np.float32)
     xs = np.ones((1, 6, 6, 16), np.float32)

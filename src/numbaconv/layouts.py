@@ -14,7 +14,9 @@ Native channels-last kernels, used by ``algorithm='auto'`` (and the named algori
   (1x1 layers included).
 * 1-D, 2-D and 3-D transposed convolution under the same condition (``'gemm'``):
   :mod:`numbaconv.kernels.conv_transpose_nhwc`, one stride-1 convolution per stride phase of
-  the output on that implicit GEMM, written in place on the phase's grid.
+  the output on that implicit GEMM, written in place on the phase's grid; without groups and
+  with at most 256 input pixels, one GEMM over the weights as they lie plus a strided add per
+  tap.
 * Depthwise 2-D convolution (``groups == C_in == C_out``; ``'depthwise'``):
   :mod:`numbaconv.kernels.depthwise_nhwc`, each tap a vector multiply-add across channels, no
   padding copy.
@@ -263,12 +265,18 @@ def transposed_dense(func, nd, problem, x, w_torch, b, out):
     shape = shape if x.ndim == nd + 2 else shape[1:]
     result = _result(func, shape, dtype, out, [a for a in (xb, w, bias) if a is not None])
     if result.size:
+        few = (problem.groups == 1 and problem.batch * int(np.prod(problem.in_size))
+               <= conv_transpose_nhwc.FEW_PIXELS)
         with _threads.launch():
-            conv_transpose_nhwc.conv_transpose3d_ndhwc(
-                x5, w, bias, result.reshape((problem.batch,) + out_size
-                                            + (problem.out_channels,)),
-                (1,) * lead + problem.stride, (0,) * lead + tuple(lo for lo, _ in problem.padding),
-                (1,) * lead + problem.dilation, problem.groups)
+            args = (x5, w, bias, result.reshape((problem.batch,) + out_size
+                                                + (problem.out_channels,)),
+                    (1,) * lead + problem.stride,
+                    (0,) * lead + tuple(lo for lo, _ in problem.padding),
+                    (1,) * lead + problem.dilation)
+            if few:
+                conv_transpose_nhwc.conv_transpose3d_ndhwc_few_pixels(*args)
+            else:
+                conv_transpose_nhwc.conv_transpose3d_ndhwc(*args, problem.groups)
     return result
 
 
