@@ -1,5 +1,6 @@
 """Shape, parameter and cost arithmetic, including every worked example of the seed notes."""
 
+import numpy as np
 import pytest
 
 from numbaconv import shapes
@@ -143,3 +144,25 @@ def test_problem_descriptor_and_derived_shapes():
 def test_shape_errors(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
         call()
+
+
+def test_problems_are_remembered_by_argument_values_and_types():
+    """Repeated calls share one immutable problem; values that compare equal but are treated
+    differently (a bool stride, a list, a NumPy integer) get their own entries; invalid
+    arguments raise on every call."""
+    from numbaconv import problem as problem_module
+
+    make = ConvProblem.for_conv
+    first = make((1, 8, 9, 9), (16, 8, 3, 3), stride=2, padding=1, dtype="float32")
+    assert make((1, 8, 9, 9), (16, 8, 3, 3), stride=2, padding=1, dtype="float32") is first
+    assert make((1, 8, 9, 9), (16, 8, 3, 3), stride=(2, 2), padding=1) == first
+    key = problem_module._memo_key
+    assert len({key(1), key(True), key(1.0), key(np.int64(1)), key("1"), key((1,)),
+                key([1]), key(np.float32)}) == 8
+    assert key(object()) is None and key((1, object())) is None
+    for _ in range(2):
+        with pytest.raises(ValueError, match="in_channels must be divisible by groups"):
+            make((1, 8, 9, 9), (16, 3, 3, 3), groups=3)
+    flag = ConvProblem.for_conv((1, 8, 9, 9), (16, 8, 3, 3), bias=np.True_)
+    assert flag.bias is True and flag == ConvProblem.for_conv((1, 8, 9, 9), (16, 8, 3, 3),
+                                                              bias=True)

@@ -73,8 +73,8 @@ def prepare(func, nd, input, weight, bias, *, transposed, stride, padding, dilat
     b = None if bias is None else as_array(bias, "bias")
     dtype = compute_dtype((("input", x), ("weight", w), ("bias", b)))
 
-    layout = f"(N, C, {', '.join('DHW'[3 - nd:]) if nd > 1 else 'L'})"
     if x.ndim not in (nd + 1, nd + 2):
+        layout = f"(N, C, {', '.join('DHW'[3 - nd:]) if nd > 1 else 'L'})"
         raise ValueError(f"{func}: input must have shape {layout} or the unbatched form without "
                          f"N ({nd + 2} or {nd + 1} dimensions), got shape {x.shape}")
     if w.ndim != nd + 2:
@@ -135,7 +135,9 @@ def output_array(prepared, out):
     problem = prepared.problem
     shape, dtype = prepared.result_shape, np.dtype(problem.dtype)
     if out is None:
-        check_fits(math.prod(shape) * dtype.itemsize, f"the output {shape} ({dtype})")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes >= _CHECK_FROM:  # the message is built only then: formatting costs microseconds
+            check_fits(nbytes, f"the output {shape} ({dtype})")
         result = np.empty(shape, dtype=dtype)
     else:
         if not isinstance(out, np.ndarray):

@@ -131,6 +131,12 @@ class ConvProblem:
                  groups=1, dtype="float32"):
         """Problem of ``conv{nd}d`` from a batched input shape ``(N, C_in, *spatial)`` and a
         weight shape ``(C_out, C_in / groups, *kernel)``."""
+        return _memoised(cls._for_conv, (False, input_shape, weight_shape, bias, stride,
+                                         padding, dilation, groups, dtype))
+
+    @classmethod
+    def _for_conv(cls, input_shape, weight_shape, bias, stride, padding, dilation, groups,
+                  dtype):
         nd = _spatial_dims(input_shape, weight_shape)
         n, c_in = input_shape[:2]
         c_out, c_in_g = weight_shape[:2]
@@ -155,6 +161,13 @@ class ConvProblem:
                            output_padding=0, groups=1, dilation=1, dtype="float32"):
         """Problem of ``conv_transpose{nd}d`` from a batched input shape ``(N, C_in, *spatial)``
         and a weight shape ``(C_in, C_out / groups, *kernel)``."""
+        return _memoised(cls._for_conv_transpose,
+                         (True, input_shape, weight_shape, bias, stride, padding, output_padding,
+                          groups, dilation, dtype))
+
+    @classmethod
+    def _for_conv_transpose(cls, input_shape, weight_shape, bias, stride, padding,
+                            output_padding, groups, dilation, dtype):
         nd = _spatial_dims(input_shape, weight_shape)
         n, c_in = input_shape[:2]
         kernel = tuple(weight_shape[2:])
@@ -317,3 +330,48 @@ def _spatial_dims(input_shape, weight_shape):
         raise ValueError(f"expected 1, 2 or 3 spatial dimensions, got input shape "
                          f"{tuple(input_shape)}")
     return nd
+
+
+# Problems built from the same arguments: a repeated call (a layer in a loop) skips the
+# validation, which costs about as much as the kernel of a small convolution.
+_MEMO = {}
+_MEMO_SIZE = 1024
+
+
+def _memoised(build, args):
+    """``build(*args[1:])``, remembered by argument values (problems are immutable); errors are
+    raised every time, as they are never remembered."""
+    key = _memo_key(args)
+    if key is None:
+        return build(*args[1:])
+    problem = _MEMO.get(key)
+    if problem is None:
+        problem = build(*args[1:])
+        if len(_MEMO) >= _MEMO_SIZE:
+            _MEMO.clear()
+        _MEMO[key] = problem
+    return problem
+
+
+def _memo_key(value):
+    """A hashable key that tells apart every value the constructors treat differently (``True``
+    from ``1``, a NumPy integer from an int, a list from a tuple), or None for values of other
+    types, which are not remembered. Plain ints, and tuples of them (shapes), are their own
+    keys; every other key is a tuple that starts with a type."""
+    kind = type(value)
+    if kind is int:
+        return value
+    if kind is tuple or kind is list:
+        if kind is tuple and all(type(v) is int for v in value):
+            return value
+        parts = tuple(_memo_key(v) for v in value)
+        return None if None in parts else (kind,) + parts
+    if kind in (bool, str, float) or value is None:
+        return (kind, value)
+    if isinstance(value, np.dtype):
+        return (np.dtype, value.str)
+    if isinstance(value, np.generic):
+        return (kind, value.item())
+    if isinstance(value, type) and issubclass(value, np.generic):
+        return (type, value)
+    return None
