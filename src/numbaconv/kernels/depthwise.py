@@ -226,14 +226,23 @@ def _work(xf, wf, b, of, offs, prm, zero, buf_o, acc_o, toffs_o, tlo, thi):
         r = oy1 - oy0
         xbase = (n * C + ci) * H * W
         if fill:
-            # phase-split, zero-padded copy of the input rows of this tile: zero it all in
-            # one long loop, then copy the input rows (short per-row loops cost more)
-            for q in range(sh * sw * plane):
-                buf[_u(q)] = 0.0
+            # phase-split, zero-padded copy of the input rows of this tile. The copies write
+            # the same columns of every row, so the columns left of and right of them stay
+            # zero from the first tile on; only rows outside the input are zeroed per tile
+            # (zeroing whole buffers per tile took 15% of a stride-2 layer's time).
+            if t == tlo:
+                for q in range(sh * sw * plane):
+                    buf[_u(q)] = 0.0
             for py in range(sh):
                 # phase rows qy whose input row (oy0 + qy) * sh + py - pt is in [0, H)
                 qlo_y = max(0, -((oy0 * sh + py - pt) // sh))
                 qhi_y = min(r + ext, (H - 1 - oy0 * sh - py + pt) // sh + 1)
+                for px in range(sw):
+                    base = (py * sw + px) * plane
+                    for q in range(base, base + min(qlo_y, r + ext) * Wq):
+                        buf[_u(q)] = 0.0
+                    for q in range(base + max(qhi_y, 0) * Wq, base + (r + ext) * Wq):
+                        buf[_u(q)] = 0.0
                 if sw == 2:
                     # even and odd columns in one loop: wide loads and shuffles
                     for qy in range(qlo_y, qhi_y):
