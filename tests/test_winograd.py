@@ -52,6 +52,31 @@ def test_chunking_does_not_change_the_bits(monkeypatch, rng):
     assert np.array_equal(numbaconv.conv2d(x, w, b, padding=1, algorithm="winograd"), whole)
 
 
+@pytest.mark.parametrize("shape", [(1, 16, 70, 30), (3, 8, 21, 45), (2, 24, 64, 17)])
+def test_pipeline_and_stages_give_the_same_bits(shape, monkeypatch, rng):
+    """Many tile rows run as one pipeline per thread (each thread's chunks through all three
+    stages), few run stage by stage: which thread computes a tile never changes its sums, for
+    1 or 2 threads; an Inf/NaN met by a pipeline hands the call to an exact kernel."""
+    n, c, h, wd = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal((c + 4, c, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(c + 4).astype(np.float32)
+    assert n * -(-h // winograd.TILE) >= winograd._PIPELINE_ROWS * 2
+    piped = numbaconv.conv2d(x, w, b, padding=1, algorithm="winograd")
+    with numbaconv.num_threads(1):
+        assert np.array_equal(numbaconv.conv2d(x, w, b, padding=1, algorithm="winograd"), piped)
+    monkeypatch.setattr(winograd, "_CHUNK_BYTES", 1)            # one tile row per chunk
+    assert np.array_equal(numbaconv.conv2d(x, w, b, padding=1, algorithm="winograd"), piped)
+    monkeypatch.setattr(winograd, "_PIPELINE_ROWS", 10 ** 9)     # stage by stage
+    assert np.array_equal(numbaconv.conv2d(x, w, b, padding=1, algorithm="winograd"), piped)
+    monkeypatch.undo()
+    x, w, b = (np.round(4 * a).astype(np.float32) for a in (x, w, b))  # exact sums
+    x[-1, -1, h - 2, wd // 2] = np.nan
+    got = numbaconv.conv2d(x, w, b, padding=1, algorithm="winograd")
+    assert np.array_equal(got, reference.conv2d(x, w, b, padding=1), equal_nan=True)
+    assert np.isnan(got).sum() == (c + 4) * 9
+
+
 def test_exact_true_excludes_it(rng):
     x = rng.integers(-4, 5, (1, 64, 48, 48)).astype(np.float32)
     w = rng.integers(-4, 5, (64, 64, 3, 3)).astype(np.float32)

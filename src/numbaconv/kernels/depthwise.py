@@ -29,7 +29,7 @@ so results do not depend on the thread count):
   so every tap of a strided convolution reads a contiguous window of one phase; a flat pass
   over the buffer (sized for L1), then a copy into out.
 
-Implementation notes: array views passed to helpers own no reference (:func:`_unowned`), since
+Implementation notes: array views passed to helpers own no reference (:func:`numbaconv.kernels.unowned.unowned`), since
 reference-count updates are atomics that both threads would contend for; indices are cast to
 unsigned so that Numba drops its negative-index wraparound, which would stop vectorisation;
 short loops are written inline rather than as helper calls (a call with array arguments costs
@@ -41,10 +41,9 @@ loops: compile time); and the per-shape parameters are built once in Python and 
 import numba
 import numpy as np
 from numba import prange
-from numba.core import cgutils, types
-from numba.core.extending import intrinsic
 
 from numbaconv._jit import kernel, parallel_kernel, prefer_wide_vectors
+from numbaconv.kernels.unowned import unowned as _unowned
 
 __all__ = ["conv2d_depthwise"]
 
@@ -54,20 +53,6 @@ _u = np.uint64  # index cast: unsigned indices skip the negative-index wraparoun
 _C, _H, _W, _M, _OH, _OW, _KH, _KW, _SH, _SW, _DH, _DW, _PT, _PL, _R, _EXT, _WQ, _PLANE, \
     _MODE = range(19)
 _MODE_FILL, _MODE_SAME = 0, 1
-
-
-@intrinsic
-def _voidptr(typingctx, addr):
-    """Integer address -> void pointer."""
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], cgutils.voidptr_t)
-    return types.voidptr(addr), codegen
-
-
-@kernel
-def _unowned(a):
-    """View of ``a`` that owns no reference (the caller keeps ``a`` alive)."""
-    return numba.carray(_voidptr(a.ctypes.data), a.shape, a.dtype)
 
 
 @kernel
