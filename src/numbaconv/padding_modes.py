@@ -49,22 +49,25 @@ def pad(x, pairs, mode, where, first_axis=None):
     return np.pad(x, width, mode=MODES[mode])
 
 
-def fold(grad_padded, shape, pairs, mode, first_axis=None):
+def fold(grad_padded, shape, pairs, mode, first_axis=None, overwrite=False):
     """Adjoint of :func:`pad`: sum every padded position onto the element it copies (``shape``
     is the unpadded array's; the padded axes start at ``first_axis``, default: the last
-    ``len(pairs)`` axes). Per axis: the interior first, then each border position in order."""
-    result = grad_padded
+    ``len(pairs)`` axes). Per axis, each element is its interior value plus the border positions
+    that copy it, in order. Works in place on ``grad_padded`` if ``overwrite`` (else on a copy),
+    then returns a contiguous copy of the interior."""
+    result = grad_padded if overwrite else grad_padded.copy()
     nd = len(pairs)
     first = result.ndim - nd if first_axis is None else first_axis
+    interior = [slice(None)] * result.ndim
     for i, (lo, hi) in enumerate(pairs):
         axis = first + i
         n = shape[axis]
-        moved = np.moveaxis(result, axis, 0)
-        folded = moved[lo:lo + n].copy()
         for j in list(range(lo)) + list(range(lo + n, lo + n + hi)):
-            folded[_source(j - lo, n, mode)] += moved[j]
-        result = np.moveaxis(folded, 0, axis)
-    return np.ascontiguousarray(result)
+            dst, src = list(interior), list(interior)
+            dst[axis], src[axis] = lo + _source(j - lo, n, mode), j
+            result[tuple(dst)] += result[tuple(src)]
+        interior[axis] = slice(lo, lo + n)
+    return np.ascontiguousarray(result[tuple(interior)])
 
 
 def _source(i, n, mode):
@@ -108,7 +111,7 @@ def transposed_call(fn, func, nd, channels_last, input, weight, bias, hyper, mod
             raise ValueError(f"{func}: padding {pairs} leaves no output: the unpadded output has "
                              f"spatial size {full.shape[first:first + nd]}")
     check_sizes(shape[first:first + nd], pairs, mode, func, what="output")
-    y = fold(full, tuple(shape), pairs, mode, first)
+    y = fold(full, tuple(shape), pairs, mode, first, overwrite=True)
     if bias is not None:
         b = as_array(bias, "bias")
         channels = y.shape[-1] if channels_last else y.shape[first - 1]
