@@ -425,3 +425,61 @@ def test_native_transposed_1d_3d_real_data_and_errors(rng, transposed_calls):
     for fn, wt, kw in calls:
         with pytest.raises(ValueError, match=r"bias must have shape \("):
             fn(xs, wt, bad, data_format="NHWC", **kw)
+
+
+GROUPED_FORMS = [dict(padding=1), dict(stride=2), dict(padding=((2, 0), (1, 3)), dilation=(2, 1)),
+                 dict(padding="same")]
+
+
+@pytest.mark.parametrize("kw", GROUPED_FORMS, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cg,og", [(2, 2), (4, 4), (8, 8), (16, 16), (1, 2), (1, 4), (1, 16)])
+def test_native_nhwc_small_groups_equal_the_reference(cg, og, dtype, kw, rng, monkeypatch):
+    """Groups of few channels (ResNeXt's, depthwise with a channel multiplier) run natively in
+    NHWC and give the reference's bits on integer data, with out=, unbatched, inputs
+    unchanged; shapes the kernel does not cover (3 channels per group, or more output lanes
+    than a float64 vector holds) take the transposing path, as exactly."""
+    from numbaconv.kernels import grouped_nhwc
+    calls = []
+    real = grouped_nhwc.conv2d_grouped_nhwc
+    monkeypatch.setattr(grouped_nhwc, "conv2d_grouped_nhwc",
+                        lambda *a: calls.append(a[1].shape) or real(*a))
+    groups = 5
+    x = rng.integers(-4, 5, (2, 13, 11, cg * groups)).astype(dtype)
+    w = rng.integers(-4, 5, (3, 3, cg, og * groups)).astype(dtype)      # HWIO
+    b = rng.integers(-4, 5, og * groups).astype(dtype)
+    saved = x.copy(), w.copy()
+    expected = _nhwc(reference.conv2d(x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1), b,
+                                      groups=groups, **kw))
+    got = numbaconv.conv2d(x, w, b, groups=groups, data_format="NHWC", **kw)
+    assert np.array_equal(got, expected)
+    native = og <= (16 if dtype == np.float32 else 8)
+    assert bool(calls) == native
+    out = np.full(expected.shape, np.nan, dtype)
+    assert numbaconv.conv2d(x, w, b, groups=groups, data_format="NHWC", out=out, **kw) is out
+    assert np.array_equal(out, expected)
+    assert np.array_equal(numbaconv.conv2d(x[1], w, None, groups=groups, data_format="NHWC", **kw),
+                          expected[1] - b)
+    assert np.array_equal(x, saved[0]) and np.array_equal(w, saved[1])
+
+
+def test_native_nhwc_small_groups_real_data_threads_and_fallback(rng):
+    """Random real data: the same bits for 1 and 2 threads, within the forward error bound;
+    3 channels per group (not covered) goes through channels-first, exactly on integers."""
+    x = rng.standard_normal((1, 20, 24, 128)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 4, 128)).astype(np.float32)
+    with numbaconv.num_threads(1):
+        one = numbaconv.conv2d(x, w, padding=1, groups=32, data_format="NHWC")
+    with numbaconv.num_threads(2):
+        two = numbaconv.conv2d(x, w, padding=1, groups=32, data_format="NHWC")
+    assert np.array_equal(one, two)
+    x64, w64 = x.astype(np.float64).transpose(0, 3, 1, 2), w.astype(np.float64).transpose(3, 2, 0, 1)
+    exact = _nhwc(reference.conv2d(x64, w64, padding=1, groups=32))
+    magnitude = _nhwc(reference.conv2d(np.abs(x64), np.abs(w64), padding=1, groups=32))
+    assert np.all(np.abs(one - exact) <= 36 * np.finfo(np.float32).eps / 2 * magnitude)
+    x3 = rng.integers(-4, 5, (1, 9, 9, 12)).astype(np.float32)
+    w3 = rng.integers(-4, 5, (3, 3, 3, 12)).astype(np.float32)
+    assert np.array_equal(
+        numbaconv.conv2d(x3, w3, padding=1, groups=4, data_format="NHWC"),
+        _nhwc(reference.conv2d(x3.transpose(0, 3, 1, 2), w3.transpose(3, 2, 0, 1), padding=1,
+                               groups=4)))

@@ -42,9 +42,9 @@ def precompile(dtypes=("float32", "float64")):
 
     >>> import numbaconv
     >>> sorted(numbaconv.precompile(dtypes=("float32",)))
-    ['depthwise', 'depthwise (NHWC)', 'direct', 'direct (transposed)', 'gemm', 'gemm (NHWC)', 'gemm (transposed)', 'im2col', 'weight gradient', 'winograd']
+    ['depthwise', 'depthwise (NHWC)', 'direct', 'direct (transposed)', 'gemm', 'gemm (NHWC)', 'gemm (transposed)', 'grouped (NHWC)', 'im2col', 'weight gradient', 'winograd']
     """
-    from .kernels import conv_nhwc, depthwise_nhwc, transpose, weight_grad
+    from .kernels import conv_nhwc, depthwise_nhwc, grouped_nhwc, transpose, weight_grad
 
     spent = {}
     rng = np.random.default_rng(0)
@@ -80,4 +80,9 @@ def precompile(dtypes=("float32", "float64")):
                               ((1, 1), (1, 1)), (1, 1), 1)
         transpose.swap_last_two(np.ones((1, 3, 4), dtype))
         spent["gemm (NHWC)"] = spent.get("gemm (NHWC)", 0.0) + time.perf_counter() - start
+        start = time.perf_counter()
+        grouped_nhwc.conv2d_grouped_nhwc(np.ones((1, 5, 5, 4), dtype), np.ones((3, 3, 2, 4), dtype),
+                                         np.ones(4, dtype), np.empty((1, 5, 5, 4), dtype), 1, 1,
+                                         1, 1, 1, 1)
+        spent["grouped (NHWC)"] = spent.get("grouped (NHWC)", 0.0) + time.perf_counter() - start
     return spent

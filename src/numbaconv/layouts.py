@@ -20,11 +20,15 @@ Native channels-last kernels, used by ``algorithm='auto'`` (and the named algori
 * Depthwise 2-D convolution (``groups == C_in == C_out``; ``'depthwise'``):
   :mod:`numbaconv.kernels.depthwise_nhwc`, each tap a vector multiply-add across channels, no
   padding copy.
+* Grouped 2-D convolution with few channels per group: ``C_in/G == C_out/G`` of 2 to 16
+  (ResNeXt) or ``C_in/G == 1`` with a channel multiplier of 2 to 16 (``'auto'``):
+  :mod:`numbaconv.kernels.grouped_nhwc`, a shuffle spreads each group's input over its output
+  lanes.
 * Other 1x1 (x1), stride-1, unpadded, ungrouped convolutions: one GEMM
   ``(N*D*H*W, C_in) @ (C_in, C_out)`` on the arrays as they lie.
 
-Padding modes pad a channels-last copy first. Everything else (groups with few output
-channels, other algorithms) is transposed to channels-first by a
+Padding modes pad a channels-last copy first. Everything else (other group shapes with few
+output channels, other algorithms) is transposed to channels-first by a
 blocked transpose kernel, computed by the usual kernels, and transposed back.
 """
 
@@ -32,7 +36,7 @@ import numpy as np
 
 from . import _threads
 from ._front import _operand, as_array, check_fits, compute_dtype, output_padding_for
-from .kernels import conv_nhwc, conv_transpose_nhwc, depthwise_nhwc, gemm, transpose
+from .kernels import conv_nhwc, conv_transpose_nhwc, depthwise_nhwc, gemm, grouped_nhwc, transpose
 from .problem import ConvProblem
 
 _DATA = {1: ("NCW", "NWC"), 2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
@@ -185,6 +189,16 @@ def is_depthwise(problem):
     return problem.groups == problem.in_channels == problem.out_channels > 1
 
 
+def is_small_grouped(problem, dtype):
+    """Whether the native channels-last kernel for few channels per group computes ``problem``
+    (2-D, ``C_in/G`` and ``C_out/G`` one of :data:`numbaconv.kernels.grouped_nhwc.SHAPES`)."""
+    if problem.nd != 2 or problem.groups == 1:
+        return False
+    return grouped_nhwc.supports(problem.in_channels // problem.groups,
+                                 problem.out_channels // problem.groups,
+                                 np.dtype(dtype).itemsize)
+
+
 def dense_pays(problem, dtype):
     """Whether the channels-last implicit GEMM suits ``problem``: enough output channels per
     group to fill half a register tile (smaller groups leave most of each tile idle; they are
@@ -277,6 +291,24 @@ def transposed_dense(func, nd, problem, x, w_torch, b, out):
                 conv_transpose_nhwc.conv_transpose3d_ndhwc_few_pixels(*args)
             else:
                 conv_transpose_nhwc.conv_transpose3d_ndhwc(*args, problem.groups)
+    return result
+
+
+def small_grouped(func, problem, x, w_torch, b, out):
+    """The channels-last grouped convolution with few channels per group on its native kernel;
+    ``x`` (N, H, W, C_in) or unbatched, ``w_torch`` (C_out, C_in/G, kH, kW)."""
+    dtype = compute_dtype((("input", x), ("weight", w_torch), ("bias", b)))
+    xb = _operand(x if x.ndim == 4 else x[None], dtype, "input")
+    w = _operand(np.asarray(w_torch).transpose(2, 3, 1, 0), dtype, "weight")   # HWIO
+    bias = _bias(func, b, dtype, problem.out_channels)
+    bias = np.zeros(problem.out_channels, dtype) if bias is None else bias
+    oh, ow = problem.out_size
+    shape = (problem.batch, oh, ow, problem.out_channels)[(0 if x.ndim == 4 else 1):]
+    result = _result(func, shape, dtype, out, (xb, w, bias))
+    (sh, sw), ((pt, _), (pl, _)), (dh, dw) = problem.stride, problem.padding, problem.dilation
+    with _threads.launch():
+        grouped_nhwc.conv2d_grouped_nhwc(xb, w, bias, result.reshape(
+            (problem.batch, oh, ow, problem.out_channels)), sh, sw, pt, pl, dh, dw)
     return result
 
 

@@ -24,7 +24,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from .._jit import kernel, parallel_kernel, vector_bytes
+from .._jit import kernel, parallel_kernel
 from . import gemm as _gemm
 from .scratch import buffer
 
@@ -139,7 +139,7 @@ def _is_plain_gemm(kh, kw, sh, sw, pt, pl, oh, ow, h, wd):
 def _tiling(n_tasks_outer, k, npix, itemsize):
     """``(chunk, kc, ldc)``: output pixels per task (whole panels), im2col rows per copy, and
     the workspace row stride; a function of the shapes and the workspace cap only."""
-    nr = _gemm.NV * (vector_bytes() // itemsize)
+    nr = _gemm.NV * (_gemm._VBYTES // itemsize)
     panels = -(-npix // nr)
     kc = min(k, _gemm._k_block(k, itemsize))
     budget = min(_TASK_BYTES, _workspace_limit // max(1, numba.config.NUMBA_NUM_THREADS))
