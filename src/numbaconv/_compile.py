@@ -42,9 +42,9 @@ def precompile(dtypes=("float32", "float64")):
 
     >>> import numbaconv
     >>> sorted(numbaconv.precompile(dtypes=("float32",)))
-    ['depthwise', 'depthwise (NHWC)', 'direct', 'direct (transposed)', 'gemm', 'gemm (NHWC)', 'gemm (transposed)', 'grouped (NHWC)', 'im2col', 'weight gradient', 'winograd']
+    ['depthwise', 'direct', 'direct (transposed)', 'gemm', 'gemm (NHWC)', 'gemm (transposed)', 'grouped (NHWC)', 'im2col', 'weight gradient', 'winograd']
     """
-    from .kernels import conv_nhwc, depthwise_nhwc, grouped_nhwc, transpose, weight_grad
+    from .kernels import conv_nhwc, grouped_nhwc, transpose, weight_grad
 
     spent = {}
     rng = np.random.default_rng(0)
@@ -69,11 +69,6 @@ def precompile(dtypes=("float32", "float64")):
                     problem.groups)
                 spent["weight gradient"] = spent.get("weight gradient", 0.0) + \
                     time.perf_counter() - start
-        start = time.perf_counter()
-        depthwise_nhwc.conv2d_depthwise_nhwc(
-            np.ones((1, 5, 5, 3), dtype), np.ones((3, 3, 3), dtype), np.ones(3, dtype),
-            np.empty((1, 5, 5, 3), dtype), 1, 1, 1, 1, 1, 1)
-        spent["depthwise (NHWC)"] = spent.get("depthwise (NHWC)", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
         conv_nhwc.conv2d_nhwc(np.ones((1, 5, 5, 3), dtype), np.ones((3, 3, 3, 4), dtype),
                               np.ones(4, dtype), np.empty((1, 5, 5, 4), dtype), (1, 1),

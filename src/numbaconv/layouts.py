@@ -17,13 +17,12 @@ Native channels-last kernels, used by ``algorithm='auto'`` (and the named algori
   the output on that implicit GEMM, written in place on the phase's grid; without groups and
   with at most 256 input pixels, one GEMM over the weights as they lie plus a strided add per
   tap.
-* Depthwise 2-D convolution (``groups == C_in == C_out``; ``'depthwise'``):
-  :mod:`numbaconv.kernels.depthwise_nhwc`, each tap a vector multiply-add across channels, no
-  padding copy.
-* Grouped 2-D convolution with few channels per group: ``C_in/G == C_out/G`` of 2 to 16
+* Depthwise 2-D convolution (``groups == C_in == C_out``; ``'auto'``, ``'depthwise'``) and
+  grouped 2-D convolution with few channels per group, ``C_in/G == C_out/G`` of 2 to 16
   (ResNeXt) or ``C_in/G == 1`` with a channel multiplier of 2 to 16 (``'auto'``):
-  :mod:`numbaconv.kernels.grouped_nhwc`, a shuffle spreads each group's input over its output
-  lanes.
+  :mod:`numbaconv.kernels.grouped_nhwc`, each tap and input channel a vector multiply-add
+  across output channels (a shuffle spreads each group's input over its output lanes), no
+  padding copy.
 * Other 1x1 (x1), stride-1, unpadded, ungrouped convolutions: one GEMM
   ``(N*D*H*W, C_in) @ (C_in, C_out)`` on the arrays as they lie.
 
@@ -36,7 +35,7 @@ import numpy as np
 
 from . import _threads
 from ._front import _operand, as_array, check_fits, compute_dtype, output_padding_for
-from .kernels import conv_nhwc, conv_transpose_nhwc, depthwise_nhwc, gemm, grouped_nhwc, transpose
+from .kernels import conv_nhwc, conv_transpose_nhwc, gemm, grouped_nhwc, transpose
 from .problem import ConvProblem
 
 _DATA = {1: ("NCW", "NWC"), 2: ("NCHW", "NHWC"), 3: ("NCDHW", "NDHWC")}
@@ -313,18 +312,6 @@ def small_grouped(func, problem, x, w_torch, b, out):
 
 
 def depthwise(func, problem, x, w_torch, b, out):
-    """The channels-last depthwise convolution on its native kernel; ``x`` (N, H, W, C) or
-    unbatched, ``w_torch`` (C, 1, kH, kW)."""
-    dtype = compute_dtype((("input", x), ("weight", w_torch), ("bias", b)))
-    xb = _operand(x if x.ndim == 4 else x[None], dtype, "input")
-    taps = depthwise_nhwc.weight_as_taps(_operand(w_torch, dtype, "weight"))
-    bias = _bias(func, b, dtype, problem.out_channels)
-    bias = np.zeros(problem.out_channels, dtype) if bias is None else bias
-    oh, ow = problem.out_size
-    shape = (problem.batch, oh, ow, problem.out_channels)[(0 if x.ndim == 4 else 1):]
-    result = _result(func, shape, dtype, out, (xb, taps, bias))
-    (sh, sw), ((pt, _), (pl, _)), (dh, dw) = problem.stride, problem.padding, problem.dilation
-    with _threads.launch():
-        depthwise_nhwc.conv2d_depthwise_nhwc(xb, taps, bias, result.reshape(
-            (problem.batch, oh, ow, problem.out_channels)), sh, sw, pt, pl, dh, dw)
-    return result
+    """The channels-last depthwise convolution (multiplier 1) on the few-channels kernel; ``x``
+    (N, H, W, C) or unbatched, ``w_torch`` (C, 1, kH, kW)."""
+    return small_grouped(func, problem, x, w_torch, b, out)

@@ -1,4 +1,5 @@
-"""Grouped convolution with few channels per group on channels-last (N, H, W, C) arrays.
+"""Grouped and depthwise convolution with few channels per group on channels-last (N, H, W, C)
+arrays.
 
 ``out[n, oy, ox, g*og + o] = bias[g*og + o] + sum_{ky, kx, i} x[n, oy*sh - pt + ky*dh,
 ox*sw - pl + kx*dw, g*cg + i] * w[ky, kx, i, g*og + o]`` with ``cg`` input and ``og`` output
@@ -10,10 +11,13 @@ A vector of output channels covers whole groups (``og`` divides the lanes) and r
 contiguous run of input channels, ``lanes * cg / og`` of them (``cg <= og``). For input channel
 ``i`` of every group, a shuffle spreads each group's value over that group's output lanes, and
 one multiply-add with the weight vector ``w[ky, kx, i, :]`` serves all of them. That covers
-ResNeXt-style groups (``cg == og``, 2 to 16 channels) and depthwise convolution with a channel
-multiplier (``cg == 1``, ``og`` of 2 to 16), which would otherwise leave most of an implicit
-GEMM's register tile idle. Interior pixels of a row go four at a time (one weight load per four
-multiply-adds), as in :mod:`numbaconv.kernels.depthwise_nhwc`.
+depthwise convolution (``cg == og == 1``: the shuffle is the identity and vanishes), with a
+channel multiplier (``cg == 1``, ``og`` of 2 to 16) and ResNeXt-style groups (``cg == og``, 2 to
+16 channels), which would otherwise leave most of an implicit GEMM's register tile idle. No
+padding copy, no phase split, any stride and dilation. Interior pixels of a row go four at a
+time, so that each weight vector loaded serves four multiply-adds (measured on the depthwise
+layers, float32, 2 threads, GFLOP/s, one pixel / four / six / eight at a time: MobileNetV2 C144
+56: 37 / 60 / 49 / 60; C96 112 stride 2: 34 / 51 / 39 / 47; C576 14: 27 / 38 / 31 / 38).
 """
 
 import numpy as np
@@ -25,7 +29,7 @@ from numbaconv._jit import parallel_kernel, vector_bytes
 from numbaconv.kernels.ir_vectors import Vectors
 
 #: ``(cg, og)`` pairs the kernel computes (for float32; float64 vectors hold half the lanes).
-SHAPES = tuple((c, c) for c in (2, 4, 8, 16)) + tuple((1, m) for m in (2, 4, 8, 16))
+SHAPES = tuple((c, c) for c in (1, 2, 4, 8, 16)) + tuple((1, m) for m in (2, 4, 8, 16))
 _RUN = 4
 _VBYTES = vector_bytes()
 
