@@ -160,6 +160,21 @@ def _channels_last_transposed(func, nd, x, w_std, bias, hyper, algorithm, out):
     return layouts.transposed_dense(func, nd, problem, x, w_std, bias, out)
 
 
+def _conv_transpose(func, nd, fn, input, weight, bias, hyper, padding_mode, data_format,
+                    weight_format, algorithm, out):
+    """The body of ``conv_transpose{nd}d`` (``fn``): padding modes, layouts, then the kernels."""
+    if padding_mode != "zeros":
+        return _transposed_mode(func, nd, fn, input, weight, bias,
+                                dict(hyper, data_format=data_format, weight_format=weight_format,
+                                     algorithm=algorithm), padding_mode, out)
+    if data_format != layouts.first_format(nd) or weight_format is not None:
+        return _layout_call(func, nd, True, fn, input, weight, bias, hyper, data_format,
+                            weight_format, algorithm, out)
+    exact = hyper.pop("exact")
+    prepared = prepare(func, nd, input, weight, bias, transposed=True, **hyper)
+    return _run(prepared, algorithm, out, exact)
+
+
 def _transposed_mode(func, nd, fn, input, weight, bias, hyper, mode, out):
     """A transposed call with ``padding_mode`` other than zeros (see
     :func:`numbaconv.padding_modes.transposed_call`)."""
@@ -345,22 +360,10 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     >>> numbaconv.conv_transpose2d(x, w, stride=2, padding=1, output_size=(256, 256)).shape
     (1, 16, 256, 256)
     """
-    if padding_mode != "zeros":
-        return _transposed_mode("conv_transpose2d", 2, conv_transpose2d, input, weight, bias,
-                                dict(stride=stride, padding=padding, output_padding=output_padding,
-                                     groups=groups, dilation=dilation, output_size=output_size,
-                                     data_format=data_format, weight_format=weight_format,
-                                     algorithm=algorithm, exact=exact), padding_mode, out)
-    if data_format != "NCHW" or weight_format is not None:
-        return _layout_call("conv_transpose2d", 2, True, conv_transpose2d, input, weight, bias,
-                            dict(stride=stride, padding=padding, output_padding=output_padding,
-                                 groups=groups, dilation=dilation, output_size=output_size,
-                                 exact=exact),
-                            data_format, weight_format, algorithm, out)
-    prepared = prepare("conv_transpose2d", 2, input, weight, bias, transposed=True, stride=stride,
-                       padding=padding, dilation=dilation, groups=groups,
-                       output_padding=output_padding, output_size=output_size)
-    return _run(prepared, algorithm, out, exact)
+    return _conv_transpose("conv_transpose2d", 2, conv_transpose2d, input, weight, bias, dict(
+        stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+        dilation=dilation, output_size=output_size, exact=exact), padding_mode, data_format,
+        weight_format, algorithm, out)
 
 
 def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
@@ -375,22 +378,10 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
     >>> numbaconv.conv_transpose1d(np.ones((1, 3)), np.ones((1, 1, 2)), stride=2)
     array([[1., 1., 1., 1., 1., 1.]])
     """
-    if padding_mode != "zeros":
-        return _transposed_mode("conv_transpose1d", 1, conv_transpose1d, input, weight, bias,
-                                dict(stride=stride, padding=padding, output_padding=output_padding,
-                                     groups=groups, dilation=dilation, output_size=output_size,
-                                     data_format=data_format, weight_format=weight_format,
-                                     algorithm=algorithm, exact=exact), padding_mode, out)
-    if data_format != "NCW" or weight_format is not None:
-        return _layout_call("conv_transpose1d", 1, True, conv_transpose1d, input, weight, bias,
-                            dict(stride=stride, padding=padding, output_padding=output_padding,
-                                 groups=groups, dilation=dilation, output_size=output_size,
-                                 exact=exact),
-                            data_format, weight_format, algorithm, out)
-    prepared = prepare("conv_transpose1d", 1, input, weight, bias, transposed=True,
-                       stride=stride, padding=padding, dilation=dilation, groups=groups,
-                       output_padding=output_padding, output_size=output_size)
-    return _run(prepared, algorithm, out, exact)
+    return _conv_transpose("conv_transpose1d", 1, conv_transpose1d, input, weight, bias, dict(
+        stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+        dilation=dilation, output_size=output_size, exact=exact), padding_mode, data_format,
+        weight_format, algorithm, out)
 
 
 for _f in (conv2d, conv1d, conv_transpose2d, conv_transpose1d):
@@ -441,21 +432,10 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
     ...                            stride=2).shape
     (1, 4, 6, 8, 10)
     """
-    if padding_mode != "zeros":
-        return _transposed_mode("conv_transpose3d", 3, conv_transpose3d, input, weight, bias,
-                                dict(stride=stride, padding=padding, output_padding=output_padding,
-                                     groups=groups, dilation=dilation, output_size=output_size,
-                                     data_format=data_format, weight_format=weight_format,
-                                     algorithm=algorithm, exact=exact), padding_mode, out)
-    if data_format != "NCDHW" or weight_format is not None:
-        return _layout_call("conv_transpose3d", 3, True, conv_transpose3d, input, weight, bias,
-                            dict(stride=stride, padding=padding, output_padding=output_padding,
-                                 groups=groups, dilation=dilation, output_size=output_size,
-                                 exact=exact), data_format, weight_format, algorithm, out)
-    prepared = prepare("conv_transpose3d", 3, input, weight, bias, transposed=True,
-                       stride=stride, padding=padding, dilation=dilation, groups=groups,
-                       output_padding=output_padding, output_size=output_size)
-    return _run(prepared, algorithm, out, exact)
+    return _conv_transpose("conv_transpose3d", 3, conv_transpose3d, input, weight, bias, dict(
+        stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+        dilation=dilation, output_size=output_size, exact=exact), padding_mode, data_format,
+        weight_format, algorithm, out)
 
 
 def convolve(problem, input, weight, bias=None, *, algorithm="auto", exact=False, out=None):

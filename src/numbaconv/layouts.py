@@ -44,6 +44,11 @@ _WEIGHTS = {(1, False): ("OIW", "WIO"), (2, False): ("OIHW", "HWIO"),
             (1, True): ("IOW", "WOI"), (2, True): ("IOHW", "HWOI"), (3, True): ("IODHW", "DHWOI")}
 
 
+def first_format(nd):
+    """The channels-first ``data_format`` name for ``nd`` spatial dimensions."""
+    return _DATA[nd][0]
+
+
 def formats(func, nd, transposed, data_format, weight_format):
     """Validate ``(data_format, weight_format)``; returns whether data and weights are
     channels-last / TensorFlow-ordered."""
@@ -236,17 +241,12 @@ def dense(func, nd, problem, x, w_torch, b, out):
     torch's layout, ``problem`` its 2-D form (1-D, 2-D) or the 3-D problem."""
     dtype = compute_dtype((("input", x), ("weight", w_torch), ("bias", b)))
     xb = _operand(x if x.ndim == nd + 2 else x[None], dtype, "input")
-    # as 3-D: unit depth (and height, for 1-D) in front of the given spatial axes
-    unit = 3 - nd
-    w = w_torch.reshape(w_torch.shape[:2] + (1,) * unit + w_torch.shape[2:])
+    x5, out_size, shape = _as_3d(nd, problem, x, xb)
+    w = w_torch.reshape(w_torch.shape[:2] + (1,) * (3 - nd) + w_torch.shape[2:])
     # DHWIO as given by TensorFlow-ordered callers is a view here: no copy then
     dhwio = _operand(w.transpose(2, 3, 4, 1, 0), dtype, "weight")
-    x5 = xb.reshape(xb.shape[:1] + (1,) * unit + xb.shape[1:])
     bias = _bias(func, b, dtype, problem.out_channels)
     lead = 3 - problem.nd
-    out_size = (1,) * lead + problem.out_size
-    shape = (problem.batch,) + out_size[unit:] + (problem.out_channels,)
-    shape = shape if x.ndim == nd + 2 else shape[1:]
     result = _result(func, shape, dtype, out, [a for a in (xb, dhwio, bias) if a is not None])
     if result.size:
         with _threads.launch():
@@ -258,24 +258,31 @@ def dense(func, nd, problem, x, w_torch, b, out):
     return result
 
 
+def _as_3d(nd, problem, x, xb):
+    """``xb`` (batched input) as (N, D, H, W, C): unit depth (and height, for 1-D) in front of
+    its spatial axes; the output size as three entries; the shape of the result to return
+    (unbatched if ``x`` is). ``problem`` is the 2-D form of a 1-D problem."""
+    unit = 3 - nd
+    x5 = xb.reshape(xb.shape[:1] + (1,) * unit + xb.shape[1:])
+    out_size = (1,) * (3 - problem.nd) + problem.out_size
+    shape = (problem.batch,) + out_size[unit:] + (problem.out_channels,)
+    return x5, out_size, shape if x.ndim == nd + 2 else shape[1:]
+
+
 def transposed_dense(func, nd, problem, x, w_torch, b, out):
     """A channels-last transposed convolution as stride-phase convolutions on the native
     implicit GEMM (:mod:`numbaconv.kernels.conv_transpose_nhwc`); ``x`` (N, *spatial, C) or
     unbatched, ``w_torch`` (C_in, C_out/groups, *kernel), ``problem`` as for :func:`dense`."""
     dtype = compute_dtype((("input", x), ("weight", w_torch), ("bias", b)))
     xb = _operand(x if x.ndim == nd + 2 else x[None], dtype, "input")
-    unit = 3 - nd
+    x5, out_size, shape = _as_3d(nd, problem, x, xb)
     # regathered by the kernel (a blocked transpose for torch's and TensorFlow's layouts), so
     # no contiguous copy here; a read-only array would be a separate Numba specialisation
     w = np.asarray(w_torch, dtype=dtype)
     w = w if w.flags.writeable else w.copy(order="K")
-    w = w.reshape(w.shape[:2] + (1,) * unit + w.shape[2:])
-    x5 = xb.reshape(xb.shape[:1] + (1,) * unit + xb.shape[1:])
+    w = w.reshape(w.shape[:2] + (1,) * (3 - nd) + w.shape[2:])
     bias = _bias(func, b, dtype, problem.out_channels)
     lead = 3 - problem.nd
-    out_size = (1,) * lead + problem.out_size
-    shape = (problem.batch,) + out_size[unit:] + (problem.out_channels,)
-    shape = shape if x.ndim == nd + 2 else shape[1:]
     result = _result(func, shape, dtype, out, [a for a in (xb, w, bias) if a is not None])
     if result.size:
         few = (problem.groups == 1 and problem.batch * int(np.prod(problem.in_size))
