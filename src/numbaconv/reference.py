@@ -106,11 +106,12 @@ def _forward(func, nd, input, weight, bias, stride, padding, dilation, groups, o
     return result
 
 
-def _transposed(func, nd, input, weight, bias, stride, padding, output_padding, groups, dilation,
-                output_size, out):
-    prepared = prepare(func, nd, input, weight, bias, transposed=True, stride=stride,
-                       padding=padding, dilation=dilation, groups=groups,
-                       output_padding=output_padding, output_size=output_size)
+def _transposed(func, nd, fn, input, weight, bias, hyper, padding_mode, out):
+    """The body of ``conv_transpose{nd}d`` (``fn``); ``hyper`` its keyword arguments."""
+    if padding_mode != "zeros":
+        return padding_modes.transposed_call(fn, func, nd, False, input, weight, bias, hyper,
+                                             padding_mode, out)
+    prepared = prepare(func, nd, input, weight, bias, transposed=True, **hyper)
     result, batched = output_array(prepared, out)
     conv_transpose_nd(prepared.problem, prepared.x, prepared.w, prepared.b, batched)
     return result
@@ -134,37 +135,25 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1, *, output_size=None, padding_mode="zeros", out=None):
     """Reference :func:`numbaconv.conv_transpose1d`."""
-    if padding_mode != "zeros":
-        return padding_modes.transposed_call(
-            conv_transpose1d, "conv_transpose1d", 1, False, input, weight, bias,
-            dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
-                 dilation=dilation, output_size=output_size), padding_mode, out)
-    return _transposed("conv_transpose1d", 1, input, weight, bias, stride, padding,
-                       output_padding, groups, dilation, output_size, out)
+    return _transposed("conv_transpose1d", 1, conv_transpose1d, input, weight, bias, dict(
+        stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+        dilation=dilation, output_size=output_size), padding_mode, out)
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1, *, output_size=None, padding_mode="zeros", out=None):
     """Reference :func:`numbaconv.conv_transpose2d`."""
-    if padding_mode != "zeros":
-        return padding_modes.transposed_call(
-            conv_transpose2d, "conv_transpose2d", 2, False, input, weight, bias,
-            dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
-                 dilation=dilation, output_size=output_size), padding_mode, out)
-    return _transposed("conv_transpose2d", 2, input, weight, bias, stride, padding,
-                       output_padding, groups, dilation, output_size, out)
+    return _transposed("conv_transpose2d", 2, conv_transpose2d, input, weight, bias, dict(
+        stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+        dilation=dilation, output_size=output_size), padding_mode, out)
 
 
 def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1, *, output_size=None, padding_mode="zeros", out=None):
     """Reference 3-D transposed convolution (``torch.nn.functional.conv_transpose3d``)."""
-    if padding_mode != "zeros":
-        return padding_modes.transposed_call(
-            conv_transpose3d, "conv_transpose3d", 3, False, input, weight, bias,
-            dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
-                 dilation=dilation, output_size=output_size), padding_mode, out)
-    return _transposed("conv_transpose3d", 3, input, weight, bias, stride, padding,
-                       output_padding, groups, dilation, output_size, out)
+    return _transposed("conv_transpose3d", 3, conv_transpose3d, input, weight, bias, dict(
+        stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+        dilation=dilation, output_size=output_size), padding_mode, out)
 
 
 def conv2d_weight_grad(x, grad_out, weight_shape, stride, pad, dilation, groups):
