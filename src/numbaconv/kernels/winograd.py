@@ -402,17 +402,16 @@ def tile_rows_per_chunk(batch, out_h, out_w, cin, cout, itemsize):
 
 
 @parallel_kernel
-def _pipeline(x, uf, up, bias, out, nty, ntx, pt, pl, edges, parts, vws, mws, ins, outs, bws,
-              mc, nc, kc, pack):
+def _pipeline(x, uf, up, bias, out, nty, ntx, pt, pl, edges, parts, strides, vws, mws, ins, outs,
+              bws, mc, nc, kc, pack):
     """Thread ``t`` takes the tile-row chunks ``parts[t] .. parts[t + 1]`` (chunk ``j`` is tile
-    rows ``edges[j] .. edges[j + 1]``) through the input transform, the 36 GEMMs and the output
+    rows ``edges[j] .. edges[j + 1]``, its V and M planes ``strides[j]`` apart) through the input transform, the 36 GEMMs and the output
     transform, in its own workspaces: ``V`` and ``M`` never leave the core that made them
     (handing them to the other thread between parallel regions cost up to 2x when the two
     cores are far apart). Returns the largest input bound, or NaN (see
     :func:`_input_transform`)."""
     cin, h, wd = x.shape[1], x.shape[2], x.shape[3]
     cout = out.shape[1]
-    isz = x.itemsize
     xf = x.reshape(-1)
     of = out.reshape(-1)
     ntp = ntx + 1
@@ -431,9 +430,8 @@ def _pipeline(x, uf, up, bias, out, nty, ntx, pt, pl, edges, parts, vws, mws, in
             r0 = edges[j]
             r1 = edges[j + 1]
             nf = (r1 - r0) * ntp
-            line = 64 // isz
-            vp = (cin * nf + line - 1) // line * line + line
-            mp = (cout * nf + line - 1) // line * line + line
+            vp = strides[j, 0]
+            mp = strides[j, 1]
             for c in range(cin):
                 bad += _input_chunk(xf, c, cin, h, wd, r0, r1, nty, ntx, pt, pl, vf, vp, buf_in)
             n_tiles = ((cout + mc - 1) // mc) * ((nf + nc - 1) // nc)
@@ -524,9 +522,10 @@ def conv2d_winograd(x, w, bias, out, pt, pl):
     sizes = (edges[1:] - edges[:-1]) * ntp
     nr = gemm.NV * lanes
     pack = np.array([gemm._l1_hostile(int(nf), isz) or nf < nr for nf in sizes])
+    strides = np.array([(plane_stride(cin * int(nf), isz), plane_stride(cout * int(nf), isz))
+                        for nf in sizes], dtype=np.int64)
     nf_max = int(sizes.max())
-    vp = plane_stride(cin * nf_max, isz)
-    mp = plane_stride(cout * nf_max, isz)
+    vp, mp = (int(v) for v in strides.max(axis=0))
     pitch = row_pitch(nf_max, lanes)
     vws = buffer("winograd.v", nthreads * sq * vp, dt).reshape(nthreads, -1)
     mws = buffer("winograd.m", nthreads * sq * mp, dt).reshape(nthreads, -1)
@@ -534,8 +533,8 @@ def conv2d_winograd(x, w, bias, out, pt, pl):
     outs = buffer("winograd.out", nthreads * TILE * pitch, dt).reshape(nthreads, -1)
     mc, nc, kc = gemm._gemm_blocks(cout, nf_max, cin, isz, ALPHA * ALPHA)
     bws = buffer("winograd.b", nthreads * (-(-nc // nr) * nr * kc), dt).reshape(nthreads, -1)
-    largest = _pipeline(x, u.reshape(-1), up, bias, out, nty, ntx, pt, pl, edges, parts, vws,
-                        mws, ins, outs, bws, mc, nc, kc, pack)
+    largest = _pipeline(x, u.reshape(-1), up, bias, out, nty, ntx, pt, pl, edges, parts, strides,
+                        vws, mws, ins, outs, bws, mc, nc, kc, pack)
     # NaN/Inf in the input, or possible overflow: out is partly wrong, the caller recomputes
     if not largest * w_scale <= limit:
         return False
