@@ -483,3 +483,25 @@ def test_native_nhwc_small_groups_real_data_threads_and_fallback(rng):
         numbaconv.conv2d(x3, w3, padding=1, groups=4, data_format="NHWC"),
         _nhwc(reference.conv2d(x3.transpose(0, 3, 1, 2), w3.transpose(3, 2, 0, 1), padding=1,
                                groups=4)))
+
+
+@pytest.mark.parametrize("cg,og,kw", [(1, 1, dict(padding="same")), (1, 4, dict(stride=2)),
+                                      (4, 4, dict(padding=3, dilation=2))])
+def test_native_nwc_depthwise_and_small_groups(cg, og, kw, rng, monkeypatch):
+    """1-D channels-last depthwise and few-channel groups run on the same kernel (unit height)
+    and give the reference's bits, batched and not."""
+    from numbaconv.kernels import grouped_nhwc
+    calls = []
+    real = grouped_nhwc.conv2d_grouped_nhwc
+    monkeypatch.setattr(grouped_nhwc, "conv2d_grouped_nhwc",
+                        lambda *a: calls.append(a[0].shape) or real(*a))
+    groups = 6
+    x = rng.integers(-4, 5, (2, 37, cg * groups)).astype(np.float32)
+    w = rng.integers(-4, 5, (5, cg, og * groups)).astype(np.float32)          # WIO
+    b = rng.integers(-4, 5, og * groups).astype(np.float32)
+    expected = np.moveaxis(reference.conv1d(np.moveaxis(x, -1, 1), w.transpose(2, 1, 0), b,
+                                            groups=groups, **kw), 1, -1)
+    got = numbaconv.conv1d(x, w, b, groups=groups, data_format="NWC", **kw)
+    assert calls and calls[0][1] == 1 and np.array_equal(got, expected)
+    assert np.array_equal(numbaconv.conv1d(x[0], w, b, groups=groups, data_format="NWC", **kw),
+                          expected[0])

@@ -108,9 +108,10 @@ def _layout_call(func, nd, transposed, fn, input, weight, bias, hyper, data_form
 
 
 def _channels_last_native(func, nd, transposed, x, w_std, bias, hyper, algorithm, out):
-    """A channels-last call on a native channels-last kernel (2-D depthwise with multiplier 1
-    for 'auto'/'depthwise', the implicit GEMM for 'auto'/'gemm', 2-D groups of few channels for
-    'auto', transposed convolution as stride phases on that GEMM for 'auto'/'gemm'), or None.
+    """A channels-last call on a native channels-last kernel (1-D and 2-D depthwise with
+    multiplier 1 for 'auto'/'depthwise', the implicit GEMM for 'auto'/'gemm', 1-D and 2-D groups
+    of few channels for 'auto', transposed convolution as stride phases on that GEMM for
+    'auto'/'gemm'), or None.
 
     Padding modes other than zeros pad a channels-last copy first (one copy, as channels-first
     does)."""
@@ -135,13 +136,13 @@ def _channels_last_native(func, nd, transposed, x, w_std, bias, hyper, algorithm
                                      hyper["dilation"], hyper["groups"])
     if problem is None:
         return None
-    if nd == 2 and layouts.is_depthwise(problem) and algorithm in ("auto", "depthwise"):
-        return layouts.depthwise(func, problem, x, w_std, bias, out)
+    if nd < 3 and layouts.is_depthwise(problem) and algorithm in ("auto", "depthwise"):
+        return layouts.depthwise(func, nd, problem, x, w_std, bias, out)
     dtype = compute_dtype((("input", x), ("weight", w_std), ("bias", bias)))
     if algorithm in ("auto", "gemm") and layouts.dense_pays(problem, dtype):
         return layouts.dense(func, nd, problem, x, w_std, bias, out)
-    if algorithm == "auto" and layouts.is_small_grouped(problem, dtype):
-        return layouts.small_grouped(func, problem, x, w_std, bias, out)
+    if nd < 3 and algorithm == "auto" and layouts.is_small_grouped(problem, dtype):
+        return layouts.small_grouped(func, nd, problem, x, w_std, bias, out)
     return None
 
 

@@ -17,8 +17,8 @@ Native channels-last kernels, used by ``algorithm='auto'`` (and the named algori
   the output on that implicit GEMM, written in place on the phase's grid; without groups and
   with at most 256 input pixels, one GEMM over the weights as they lie plus a strided add per
   tap.
-* Depthwise 2-D convolution (``groups == C_in == C_out``; ``'auto'``, ``'depthwise'``) and
-  grouped 2-D convolution with few channels per group, ``C_in/G == C_out/G`` of 2 to 16
+* Depthwise 1-D and 2-D convolution (``groups == C_in == C_out``; ``'auto'``,
+  ``'depthwise'``) and grouped 1-D and 2-D convolution with few channels per group, ``C_in/G == C_out/G`` of 2 to 16
   (ResNeXt) or ``C_in/G == 1`` with a channel multiplier of 2 to 16 (``'auto'``):
   :mod:`numbaconv.kernels.grouped_nhwc`, each tap and input channel a vector multiply-add
   across output channels (a shuffle spreads each group's input over its output lanes), no
@@ -300,25 +300,29 @@ def transposed_dense(func, nd, problem, x, w_torch, b, out):
     return result
 
 
-def small_grouped(func, problem, x, w_torch, b, out):
-    """The channels-last grouped convolution with few channels per group on its native kernel;
-    ``x`` (N, H, W, C_in) or unbatched, ``w_torch`` (C_out, C_in/G, kH, kW)."""
+def small_grouped(func, nd, problem, x, w_torch, b, out):
+    """The channels-last 1-D or 2-D grouped convolution with few channels per group on its
+    native kernel; ``x`` (N, *spatial, C_in) or unbatched, ``w_torch`` (C_out, C_in/G,
+    *kernel), ``problem`` its 2-D form (1-D as unit height)."""
     dtype = compute_dtype((("input", x), ("weight", w_torch), ("bias", b)))
-    xb = _operand(x if x.ndim == 4 else x[None], dtype, "input")
-    w = _operand(np.asarray(w_torch).transpose(2, 3, 1, 0), dtype, "weight")   # HWIO
+    xb = _operand(x if x.ndim == nd + 2 else x[None], dtype, "input")
+    x4 = xb.reshape(xb.shape[:1] + (1,) * (2 - nd) + xb.shape[1:])
+    w4 = np.asarray(w_torch).reshape(w_torch.shape[:2] + (1,) * (2 - nd) + w_torch.shape[2:])
+    w = _operand(w4.transpose(2, 3, 1, 0), dtype, "weight")   # HWIO
     bias = _bias(func, b, dtype, problem.out_channels)
     bias = np.zeros(problem.out_channels, dtype) if bias is None else bias
     oh, ow = problem.out_size
-    shape = (problem.batch, oh, ow, problem.out_channels)[(0 if x.ndim == 4 else 1):]
+    shape = (problem.batch,) + problem.out_size[2 - nd:] + (problem.out_channels,)
+    shape = shape if x.ndim == nd + 2 else shape[1:]
     result = _result(func, shape, dtype, out, (xb, w, bias))
     (sh, sw), ((pt, _), (pl, _)), (dh, dw) = problem.stride, problem.padding, problem.dilation
     with _threads.launch():
-        grouped_nhwc.conv2d_grouped_nhwc(xb, w, bias, result.reshape(
+        grouped_nhwc.conv2d_grouped_nhwc(x4, w, bias, result.reshape(
             (problem.batch, oh, ow, problem.out_channels)), sh, sw, pt, pl, dh, dw)
     return result
 
 
-def depthwise(func, problem, x, w_torch, b, out):
-    """The channels-last depthwise convolution (multiplier 1) on the few-channels kernel; ``x``
-    (N, H, W, C) or unbatched, ``w_torch`` (C, 1, kH, kW)."""
-    return small_grouped(func, problem, x, w_torch, b, out)
+def depthwise(func, nd, problem, x, w_torch, b, out):
+    """The channels-last 1-D or 2-D depthwise convolution (multiplier 1) on the few-channels
+    kernel: :func:`small_grouped`."""
+    return small_grouped(func, nd, problem, x, w_torch, b, out)
