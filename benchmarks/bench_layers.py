@@ -7,7 +7,7 @@ import tempfile
 
 import numpy as np
 
-from numbaconv import dispatch, suite
+from numbaconv import dispatch, layout_bench, suite
 from numbaconv.functional import convolve
 
 _LAYERS = [layer.name for layer in suite.LAYERS]
@@ -86,3 +86,33 @@ class FirstCall:
 
     track_cold_seconds.unit = "s"
     track_warm_seconds.unit = "s"
+
+
+class Layouts:
+    """The layers of ``numbaconv bench-layouts`` (the suite and 3x3x3 video layers) in both
+    layouts: channels-first with torch's weights, channels-last with TensorFlow's."""
+
+    params = ([name for name, _ in layout_bench.problems()], ["channels_first", "channels_last"])
+    param_names = ["layer", "layout"]
+    timeout = 120
+
+    def setup(self, layer, layout):
+        (problem,) = [p for name, p in layout_bench.problems([layer])]
+        first, last = layout_bench.calls(problem, np.random.default_rng(0))[1:]
+        self.call = first if layout == "channels_first" else last
+        self.flops = problem.flops
+        self.call()  # compile and touch memory
+
+    def time_conv(self, layer, layout):
+        self.call()
+
+    def track_gflops(self, layer, layout):
+        import time
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            self.call()
+            times.append(time.perf_counter() - start)
+        return self.flops / float(np.median(times)) / 1e9
+
+    track_gflops.unit = "GFLOP/s"

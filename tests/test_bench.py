@@ -98,3 +98,24 @@ def test_bench_layouts_command(capsys):
     assert "NHWC / NCHW speed: geometric mean" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown layers"):
         layout_bench.run(["no_such_layer"])
+
+
+def test_asv_benchmarks_set_up_and_run():
+    """The asv classes import and run on one small layer each (so they cannot rot unseen)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_layers.py"
+    spec = importlib.util.spec_from_file_location("bench_layers", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    layers = module.Layers()
+    layers.setup("mobilenetv2_1x1_c192to32_28", "auto")
+    layers.time_conv("mobilenetv2_1x1_c192to32_28", "auto")
+    assert layers.track_gflops("mobilenetv2_1x1_c192to32_28", "auto") > 0
+    layouts = module.Layouts()
+    assert "c3d_3x3x3_c64_16x56" in layouts.params[0]
+    for layout in layouts.params[1]:
+        layouts.setup("mobilenetv2_dw3x3_c144_56", layout)
+        layouts.time_conv("mobilenetv2_dw3x3_c144_56", layout)
+        assert layouts.track_gflops("mobilenetv2_dw3x3_c144_56", layout) > 0

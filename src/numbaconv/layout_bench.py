@@ -48,6 +48,31 @@ def _problems(names):
     return found
 
 
+def problems(names=None):
+    """``(name, ConvProblem)`` of the layers ``names`` (default: all of them)."""
+    return _problems(names)
+
+
+def calls(p, rng):
+    """Random float32 operands ``(x, w, b)`` of problem ``p`` (torch layouts) and two calls that
+    compute it with numbaconv: channels-first with torch's weights, and channels-last with
+    TensorFlow's (copies made once, here)."""
+    nd = p.nd
+    x = rng.standard_normal(p.input_shape, dtype=np.float32)
+    w = rng.standard_normal(p.weight_shape, dtype=np.float32)
+    b = rng.standard_normal(p.out_channels, dtype=np.float32)
+    x_last = np.ascontiguousarray(layouts.channels_last(x, nd))
+    w_tf = np.ascontiguousarray(w.transpose(tuple(range(2, nd + 2)) + (1, 0)))
+    conv, fmt = (conv2d, "NHWC") if nd == 2 else (conv3d, "NDHWC")
+    kw = dict(stride=p.stride, padding=p.padding, dilation=p.dilation, groups=p.groups)
+    if p.transposed:
+        conv = conv_transpose2d
+        kw = dict(stride=p.stride, padding=tuple(lo for lo, _ in p.padding),
+                  output_padding=p.output_padding, groups=p.groups)
+    return ((x, w, b), lambda: conv(x, w, b, **kw),
+            lambda: conv(x_last, w_tf, b, data_format=fmt, **kw))
+
+
 def run(names=None, threads=2, min_time=0.2, rounds=3, log=print):
     """Time every layer in both layouts; returns a list of dicts (GFLOP/s per candidate)."""
     try:
@@ -64,20 +89,9 @@ def run(names=None, threads=2, min_time=0.2, rounds=3, log=print):
             torch.set_num_threads(threads)
         for name, p in _problems(names):
             nd = p.nd
-            x = rng.standard_normal(p.input_shape, dtype=np.float32)
-            w = rng.standard_normal(p.weight_shape, dtype=np.float32)
-            b = rng.standard_normal(p.out_channels, dtype=np.float32)
-            x_last = np.ascontiguousarray(layouts.channels_last(x, nd))
-            w_tf = np.ascontiguousarray(w.transpose(tuple(range(2, nd + 2)) + (1, 0)))
-            conv, fmt = (conv2d, "NHWC") if nd == 2 else (conv3d, "NDHWC")
-            kw = dict(stride=p.stride, padding=p.padding, dilation=p.dilation, groups=p.groups)
-            if p.transposed:
-                conv = conv_transpose2d
-                kw = dict(stride=p.stride, padding=tuple(lo for lo, _ in p.padding),
-                          output_padding=p.output_padding, groups=p.groups)
-            cands = {"ours_first": lambda: conv(x, w, b, **kw),
-                     "ours_last": lambda: conv(x_last, w_tf, b, data_format=fmt, **kw)}
-            first, last = cands["ours_first"](), cands["ours_last"]()
+            (x, w, b), ours_first, ours_last = calls(p, rng)
+            cands = {"ours_first": ours_first, "ours_last": ours_last}
+            first, last = ours_first(), ours_last()
             terms = (w.size // w.shape[1] if p.transposed else w[0].size) + 1  # per output
             magnitude = np.abs(x).max() * np.abs(w).max() * terms + np.abs(b).max()
             err = float(np.abs(layouts.channels_first(last, nd) - first).max())
