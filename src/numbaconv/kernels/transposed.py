@@ -65,6 +65,7 @@ any number of threads.
 """
 
 import numpy as np
+import numba
 from numba import prange
 
 from numbaconv._jit import prefer_wide_vectors, parallel_kernel
@@ -161,126 +162,131 @@ def _make_direct(TW, CB):
 
     @parallel_kernel
     def _direct_rows(xp, wp, b, out, N, H, Cin, WP, PADL, Cg_in, Cg_out, groups, kH, kW,
-                     sh, sw, pt, pl, nty, tky, tey, ntx, tkx, tex, m0x, Mx, SL, OH, OW):
+                     sh, sw, pt, pl, nty, tky, tey, ntx, tkx, tex, m0x, Mx, SL, OH, OW, nruns):
         Cout = Cg_out * groups
         ncb = (Cg_out + CB - 1) // CB
         ustep_x = np.uint64(WP)        # next input channel, same row
         ustep_w = np.uint64(ncb * CB)  # next input channel, same tap and channel block
         nitems = N * groups * ncb * OH
-        for item in prange(nitems):
+        # nruns contiguous runs of items, one per thread: the scratch rows are allocated once
+        # per run (an allocation per item took the allocator's lock about a thousand times a
+        # call, a cache line both cores fought over)
+        for run in prange(nruns):
             prefer_wide_vectors()
-            oy = item % OH
-            rest = item // OH
-            cb = rest % ncb
-            rest = rest // ncb
-            g = rest % groups
-            n = rest // groups
-            co0 = cb * CB
             stage = np.empty(sw * CB * SL, xp.dtype)
             acc = np.empty((CB, TW), xp.dtype)
-            # Taps of this row's phase whose input row exists: e grows with the tap index, so
-            # they form one contiguous range [a0, a1) of the phase's tap list.
-            qy = (oy + pt) % sh
-            my = (oy + pt) // sh
-            a0 = 0
-            while a0 < nty[qy] and my - tey[qy, a0] >= H:
-                a0 += 1
-            a1 = nty[qy]
-            while a1 > a0 and my - tey[qy, a1 - 1] < 0:
-                a1 -= 1
-            for qx in range(sw):
-                for j0 in range(0, Mx[qx], TW):
-                    for c in range(CB):
-                        for t in range(TW):
-                            acc[c, t] = 0
-                    for a in range(a0, a1):
-                        ky = tky[qy, a]
-                        iy = my - tey[qy, a]
-                        for bb in range(ntx[qx]):
-                            kx = tkx[qx, bb]
-                            xb = np.uint64(((n * H + iy) * Cin + g * Cg_in) * WP
-                                           + m0x[qx] + j0 - tex[qx, bb] + PADL)
-                            wb = np.uint64(((((g * kH + ky) * kW + kx) * Cg_in) * ncb + cb) * CB)
-                            for ci in range(Cg_in):
-                                # Spelled out: a loop over CB here is not unrolled by LLVM
-                                # and the tile would live in memory.
-                                if CB == 8:
-                                    w0 = wp[wb]; w1 = wp[wb + np.uint64(1)]
-                                    w2 = wp[wb + np.uint64(2)]; w3 = wp[wb + np.uint64(3)]
-                                    w4 = wp[wb + np.uint64(4)]; w5 = wp[wb + np.uint64(5)]
-                                    w6 = wp[wb + np.uint64(6)]; w7 = wp[wb + np.uint64(7)]
-                                    for t in range(UTW):
-                                        xv = xp[xb + t]
-                                        acc[0, t] += xv * w0
-                                        acc[1, t] += xv * w1
-                                        acc[2, t] += xv * w2
-                                        acc[3, t] += xv * w3
-                                        acc[4, t] += xv * w4
-                                        acc[5, t] += xv * w5
-                                        acc[6, t] += xv * w6
-                                        acc[7, t] += xv * w7
-                                else:
-                                    w0 = wp[wb]; w1 = wp[wb + np.uint64(1)]
-                                    w2 = wp[wb + np.uint64(2)]; w3 = wp[wb + np.uint64(3)]
-                                    w4 = wp[wb + np.uint64(4)]; w5 = wp[wb + np.uint64(5)]
-                                    w6 = wp[wb + np.uint64(6)]; w7 = wp[wb + np.uint64(7)]
-                                    w8 = wp[wb + np.uint64(8)]; w9 = wp[wb + np.uint64(9)]
-                                    w10 = wp[wb + np.uint64(10)]; w11 = wp[wb + np.uint64(11)]
-                                    w12 = wp[wb + np.uint64(12)]; w13 = wp[wb + np.uint64(13)]
-                                    w14 = wp[wb + np.uint64(14)]; w15 = wp[wb + np.uint64(15)]
-                                    for t in range(UTW):
-                                        xv = xp[xb + t]
-                                        acc[0, t] += xv * w0
-                                        acc[1, t] += xv * w1
-                                        acc[2, t] += xv * w2
-                                        acc[3, t] += xv * w3
-                                        acc[4, t] += xv * w4
-                                        acc[5, t] += xv * w5
-                                        acc[6, t] += xv * w6
-                                        acc[7, t] += xv * w7
-                                        acc[8, t] += xv * w8
-                                        acc[9, t] += xv * w9
-                                        acc[10, t] += xv * w10
-                                        acc[11, t] += xv * w11
-                                        acc[12, t] += xv * w12
-                                        acc[13, t] += xv * w13
-                                        acc[14, t] += xv * w14
-                                        acc[15, t] += xv * w15
-                                xb += ustep_x
-                                wb += ustep_w
-                    for c in range(CB):
-                        so = np.uint64((qx * CB + c) * SL + j0)
-                        for t in range(UTW):
-                            stage[so + t] = acc[c, t]
-            # Interleave the column phases into the output row (+ bias).
-            for c in range(min(CB, Cg_out - co0)):
-                oc = g * Cg_out + co0 + c
-                bv = b[oc]
-                ob = np.uint64(((n * Cout + oc) * OH + oy) * OW)
-                if sw == 1:
-                    sa = np.uint64(c * SL)      # m0x[0] == pad_left: phase index m == ox
-                    for u in range(OW):
-                        uu = np.uint64(u)
-                        out[ob + uu] = stage[sa + uu] + bv
-                elif sw == 2:
-                    # ox = 2u -> phase qa, ox = 2u + 1 -> phase qb, both at phase index u.
-                    qa = pl % 2
-                    sa = np.uint64((qa * CB + c) * SL)
-                    sb = np.uint64(((1 - qa) * CB + c) * SL)
-                    half = OW // 2
-                    for u in range(half):
-                        uu = np.uint64(u)
-                        u2 = np.uint64(2 * u)
-                        out[ob + u2] = stage[sa + uu] + bv
-                        out[ob + u2 + _U1] = stage[sb + uu] + bv
-                    if OW % 2 == 1:
-                        out[ob + np.uint64(OW - 1)] = stage[sa + np.uint64(half)] + bv
-                else:
-                    for qx in range(sw):
-                        ox0 = m0x[qx] * sw + qx - pl
-                        sq = (qx * CB + c) * SL
-                        for m in range(Mx[qx]):
-                            out[ob + np.uint64(ox0 + sw * m)] = stage[sq + m] + bv
+            for item in range(run * nitems // nruns, (run + 1) * nitems // nruns):
+                oy = item % OH
+                rest = item // OH
+                cb = rest % ncb
+                rest = rest // ncb
+                g = rest % groups
+                n = rest // groups
+                co0 = cb * CB
+                # Taps of this row's phase whose input row exists: e grows with the tap index,
+                # so they form one contiguous range [a0, a1) of the phase's tap list.
+                qy = (oy + pt) % sh
+                my = (oy + pt) // sh
+                a0 = 0
+                while a0 < nty[qy] and my - tey[qy, a0] >= H:
+                    a0 += 1
+                a1 = nty[qy]
+                while a1 > a0 and my - tey[qy, a1 - 1] < 0:
+                    a1 -= 1
+                for qx in range(sw):
+                    for j0 in range(0, Mx[qx], TW):
+                        for c in range(CB):
+                            for t in range(TW):
+                                acc[c, t] = 0
+                        for a in range(a0, a1):
+                            ky = tky[qy, a]
+                            iy = my - tey[qy, a]
+                            for bb in range(ntx[qx]):
+                                kx = tkx[qx, bb]
+                                xb = np.uint64(((n * H + iy) * Cin + g * Cg_in) * WP
+                                               + m0x[qx] + j0 - tex[qx, bb] + PADL)
+                                wb = np.uint64(((((g * kH + ky) * kW + kx) * Cg_in) * ncb
+                                                + cb) * CB)
+                                for ci in range(Cg_in):
+                                    # Spelled out: a loop over CB here is not unrolled by LLVM
+                                    # and the tile would live in memory.
+                                    if CB == 8:
+                                        w0 = wp[wb]; w1 = wp[wb + np.uint64(1)]
+                                        w2 = wp[wb + np.uint64(2)]; w3 = wp[wb + np.uint64(3)]
+                                        w4 = wp[wb + np.uint64(4)]; w5 = wp[wb + np.uint64(5)]
+                                        w6 = wp[wb + np.uint64(6)]; w7 = wp[wb + np.uint64(7)]
+                                        for t in range(UTW):
+                                            xv = xp[xb + t]
+                                            acc[0, t] += xv * w0
+                                            acc[1, t] += xv * w1
+                                            acc[2, t] += xv * w2
+                                            acc[3, t] += xv * w3
+                                            acc[4, t] += xv * w4
+                                            acc[5, t] += xv * w5
+                                            acc[6, t] += xv * w6
+                                            acc[7, t] += xv * w7
+                                    else:
+                                        w0 = wp[wb]; w1 = wp[wb + np.uint64(1)]
+                                        w2 = wp[wb + np.uint64(2)]; w3 = wp[wb + np.uint64(3)]
+                                        w4 = wp[wb + np.uint64(4)]; w5 = wp[wb + np.uint64(5)]
+                                        w6 = wp[wb + np.uint64(6)]; w7 = wp[wb + np.uint64(7)]
+                                        w8 = wp[wb + np.uint64(8)]; w9 = wp[wb + np.uint64(9)]
+                                        w10 = wp[wb + np.uint64(10)]; w11 = wp[wb + np.uint64(11)]
+                                        w12 = wp[wb + np.uint64(12)]; w13 = wp[wb + np.uint64(13)]
+                                        w14 = wp[wb + np.uint64(14)]; w15 = wp[wb + np.uint64(15)]
+                                        for t in range(UTW):
+                                            xv = xp[xb + t]
+                                            acc[0, t] += xv * w0
+                                            acc[1, t] += xv * w1
+                                            acc[2, t] += xv * w2
+                                            acc[3, t] += xv * w3
+                                            acc[4, t] += xv * w4
+                                            acc[5, t] += xv * w5
+                                            acc[6, t] += xv * w6
+                                            acc[7, t] += xv * w7
+                                            acc[8, t] += xv * w8
+                                            acc[9, t] += xv * w9
+                                            acc[10, t] += xv * w10
+                                            acc[11, t] += xv * w11
+                                            acc[12, t] += xv * w12
+                                            acc[13, t] += xv * w13
+                                            acc[14, t] += xv * w14
+                                            acc[15, t] += xv * w15
+                                    xb += ustep_x
+                                    wb += ustep_w
+                        for c in range(CB):
+                            so = np.uint64((qx * CB + c) * SL + j0)
+                            for t in range(UTW):
+                                stage[so + t] = acc[c, t]
+                # Interleave the column phases into the output row (+ bias).
+                for c in range(min(CB, Cg_out - co0)):
+                    oc = g * Cg_out + co0 + c
+                    bv = b[oc]
+                    ob = np.uint64(((n * Cout + oc) * OH + oy) * OW)
+                    if sw == 1:
+                        sa = np.uint64(c * SL)      # m0x[0] == pad_left: phase index m == ox
+                        for u in range(OW):
+                            uu = np.uint64(u)
+                            out[ob + uu] = stage[sa + uu] + bv
+                    elif sw == 2:
+                        # ox = 2u -> phase qa, ox = 2u + 1 -> phase qb, both at phase index u.
+                        qa = pl % 2
+                        sa = np.uint64((qa * CB + c) * SL)
+                        sb = np.uint64(((1 - qa) * CB + c) * SL)
+                        half = OW // 2
+                        for u in range(half):
+                            uu = np.uint64(u)
+                            u2 = np.uint64(2 * u)
+                            out[ob + u2] = stage[sa + uu] + bv
+                            out[ob + u2 + _U1] = stage[sb + uu] + bv
+                        if OW % 2 == 1:
+                            out[ob + np.uint64(OW - 1)] = stage[sa + np.uint64(half)] + bv
+                    else:
+                        for qx in range(sw):
+                            ox0 = m0x[qx] * sw + qx - pl
+                            sq = (qx * CB + c) * SL
+                            for m in range(Mx[qx]):
+                                out[ob + np.uint64(ox0 + sw * m)] = stage[sq + m] + bv
 
     return _direct_rows
 
@@ -421,7 +427,8 @@ def conv_transpose2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
     outf = out.reshape(-1)
     _direct_kernel(isz, TW, CB)(
         xp, wp, b, outf, N, H, Cin, WP, PADL, Cg_in, Cg_out, groups, kH, kW,
-        stride_h, stride_w, pad_top, pad_left, nty, tky, tey, ntx, tkx, tex, m0x, Mx, SL, OH, OW)
+        stride_h, stride_w, pad_top, pad_left, nty, tky, tey, ntx, tkx, tex, m0x, Mx, SL, OH, OW,
+        max(1, min(N * groups * ncb * OH, numba.get_num_threads())))
     if bad:
         # Output columns whose phase tile read horizontal padding for some tap.
         fix = []
