@@ -21,6 +21,7 @@ layers, float32, 2 threads, GFLOP/s, one pixel / four / six / eight at a time: M
 """
 
 import numpy as np
+import numba
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
@@ -154,50 +155,53 @@ _pixel_run = _make_pixels(_RUN)
 
 
 @parallel_kernel
-def _grouped_nhwc(x, w, bias, out, sh, sw, pt, pl, dh, dw, cg, og):
+def _grouped_nhwc(x, w, bias, out, sh, sw, pt, pl, dh, dw, cg, og, nruns):
     n_img, h, wd, cin = x.shape
     oh, ow, cout = out.shape[1], out.shape[2], out.shape[3]
     kh, kw = w.shape[0], w.shape[1]
     xf, wf, of = x.reshape(-1), w.reshape(-1), out.reshape(-1)
     wtap = cg * cout
-    for task in prange(n_img * oh):
-        n = task // oh
-        oy = task - n * oh
+    # one contiguous run of output rows per thread: the tap lists are allocated once per run
+    # (an allocation per row takes the allocator's lock, a cache line both cores fight over)
+    for run in prange(nruns):
         taps = np.empty(2 * kh * kw, dtype=np.int64)
         inner = np.empty(2 * kh * kw, dtype=np.int64)   # taps of pixels away from the sides
-        ni = 0
-        for ky in range(kh):
-            iy = oy * sh - pt + ky * dh
-            if 0 <= iy < h:
-                for kx in range(kw):
-                    inner[2 * ni] = ((n * h + iy) * wd + kx * dw) * cin
-                    inner[2 * ni + 1] = (ky * kw + kx) * wtap
-                    ni += 1
-        ox = 0
-        while ox < ow:
-            ix0 = ox * sw - pl
-            o = ((n * oh + oy) * ow + ox) * cout
-            if ox + _RUN <= ow and ix0 >= 0 and ix0 + (_RUN - 1) * sw + (kw - 1) * dw < wd:
-                _pixel_run(of, o, xf, ix0 * cin, sw * cin, wf, inner, ni, cout, bias, cg, og)
-                ox += _RUN
-                continue
-            ox += 1
-            if ix0 >= 0 and ix0 + (kw - 1) * dw < wd:
-                _pixel(of, o, xf, ix0 * cin, 0, wf, inner, ni, cout, bias, cg, og)
-                continue
-            nt = 0
+        for task in range(run * n_img * oh // nruns, (run + 1) * n_img * oh // nruns):
+            n = task // oh
+            oy = task - n * oh
+            ni = 0
             for ky in range(kh):
                 iy = oy * sh - pt + ky * dh
-                if iy < 0 or iy >= h:
+                if 0 <= iy < h:
+                    for kx in range(kw):
+                        inner[2 * ni] = ((n * h + iy) * wd + kx * dw) * cin
+                        inner[2 * ni + 1] = (ky * kw + kx) * wtap
+                        ni += 1
+            ox = 0
+            while ox < ow:
+                ix0 = ox * sw - pl
+                o = ((n * oh + oy) * ow + ox) * cout
+                if ox + _RUN <= ow and ix0 >= 0 and ix0 + (_RUN - 1) * sw + (kw - 1) * dw < wd:
+                    _pixel_run(of, o, xf, ix0 * cin, sw * cin, wf, inner, ni, cout, bias, cg, og)
+                    ox += _RUN
                     continue
-                for kx in range(kw):
-                    ix = ix0 + kx * dw
-                    if ix < 0 or ix >= wd:
+                ox += 1
+                if ix0 >= 0 and ix0 + (kw - 1) * dw < wd:
+                    _pixel(of, o, xf, ix0 * cin, 0, wf, inner, ni, cout, bias, cg, og)
+                    continue
+                nt = 0
+                for ky in range(kh):
+                    iy = oy * sh - pt + ky * dh
+                    if iy < 0 or iy >= h:
                         continue
-                    taps[2 * nt] = ((n * h + iy) * wd + ix) * cin
-                    taps[2 * nt + 1] = (ky * kw + kx) * wtap
-                    nt += 1
-            _pixel(of, o, xf, 0, 0, wf, taps, nt, cout, bias, cg, og)
+                    for kx in range(kw):
+                        ix = ix0 + kx * dw
+                        if ix < 0 or ix >= wd:
+                            continue
+                        taps[2 * nt] = ((n * h + iy) * wd + ix) * cin
+                        taps[2 * nt + 1] = (ky * kw + kx) * wtap
+                        nt += 1
+                _pixel(of, o, xf, 0, 0, wf, taps, nt, cout, bias, cg, og)
 
 
 def conv2d_grouped_nhwc(x, w, bias, out, sh, sw, pt, pl, dh, dw):
@@ -210,5 +214,6 @@ def conv2d_grouped_nhwc(x, w, bias, out, sh, sw, pt, pl, dh, dw):
     if not supports(cg, og, x.itemsize):
         raise ValueError(f"groups of {cg} input and {og} output channels are not supported")
     if out.size:
-        _grouped_nhwc(x, w, bias, out, sh, sw, pt, pl, dh, dw, cg, og)
+        _grouped_nhwc(x, w, bias, out, sh, sw, pt, pl, dh, dw, cg, og,
+                      max(1, min(out.shape[0] * out.shape[1], numba.get_num_threads())))
     return out

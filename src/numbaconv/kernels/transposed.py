@@ -456,7 +456,7 @@ def _make_gemm(JW):
     UJW = np.uint64(JW)
 
     @parallel_kernel
-    def _gemm(x2, w2, cols, N, groups, Cg_in, HWc, J):
+    def _gemm(x2, w2, cols, N, groups, Cg_in, HWc, J, nruns):
         """cols[(n*groups + g), p, j] = sum_ci x2[n, g*Cg_in + ci, p] * w2[g*Cg_in + ci, j].
 
         x2: (N, C_in, HWc) flat, HWc >= 8; w2: (C_in, J) flat, J >= JW. The last pixel block
@@ -467,43 +467,46 @@ def _make_gemm(JW):
         npb = (HWc + _GP - 1) // _GP
         ustep_x = np.uint64(HWc)
         ustep_w = np.uint64(J)
-        for item in prange(N * groups * nj):
+        nitems = N * groups * nj
+        # nruns contiguous runs of items, one per thread, each allocating its tile once
+        for run in prange(nruns):
             prefer_wide_vectors()
-            jc = item % nj
-            rest = item // nj
-            g = rest % groups
-            n = rest // groups
-            j0 = min(jc * JW, J - JW)
             acc = np.empty((_GP, JW), cols.dtype)
-            for pb in range(npb):
-                p0 = min(pb * _GP, HWc - _GP)
-                for p in range(_GP):
-                    for t in range(JW):
-                        acc[p, t] = 0
-                xb = np.uint64((n * Cin + g * Cg_in) * HWc + p0)
-                wb = np.uint64((g * Cg_in) * J + j0)
-                for ci in range(Cg_in):
-                    x0 = x2[xb]; x1 = x2[xb + np.uint64(1)]
-                    x2_ = x2[xb + np.uint64(2)]; x3 = x2[xb + np.uint64(3)]
-                    x4 = x2[xb + np.uint64(4)]; x5 = x2[xb + np.uint64(5)]
-                    x6 = x2[xb + np.uint64(6)]; x7 = x2[xb + np.uint64(7)]
-                    for t in range(UJW):
-                        wv = w2[wb + t]
-                        acc[0, t] += x0 * wv
-                        acc[1, t] += x1 * wv
-                        acc[2, t] += x2_ * wv
-                        acc[3, t] += x3 * wv
-                        acc[4, t] += x4 * wv
-                        acc[5, t] += x5 * wv
-                        acc[6, t] += x6 * wv
-                        acc[7, t] += x7 * wv
-                    xb += ustep_x
-                    wb += ustep_w
-                cb = np.uint64(((n * groups + g) * HWc + p0) * J + j0)
-                for p in range(_GP):
-                    for t in range(UJW):
-                        cols[cb + t] = acc[p, t]
-                    cb += ustep_w
+            for item in range(run * nitems // nruns, (run + 1) * nitems // nruns):
+                jc = item % nj
+                rest = item // nj
+                g = rest % groups
+                n = rest // groups
+                j0 = min(jc * JW, J - JW)
+                for pb in range(npb):
+                    p0 = min(pb * _GP, HWc - _GP)
+                    for p in range(_GP):
+                        for t in range(JW):
+                            acc[p, t] = 0
+                    xb = np.uint64((n * Cin + g * Cg_in) * HWc + p0)
+                    wb = np.uint64((g * Cg_in) * J + j0)
+                    for ci in range(Cg_in):
+                        x0 = x2[xb]; x1 = x2[xb + np.uint64(1)]
+                        x2_ = x2[xb + np.uint64(2)]; x3 = x2[xb + np.uint64(3)]
+                        x4 = x2[xb + np.uint64(4)]; x5 = x2[xb + np.uint64(5)]
+                        x6 = x2[xb + np.uint64(6)]; x7 = x2[xb + np.uint64(7)]
+                        for t in range(UJW):
+                            wv = w2[wb + t]
+                            acc[0, t] += x0 * wv
+                            acc[1, t] += x1 * wv
+                            acc[2, t] += x2_ * wv
+                            acc[3, t] += x3 * wv
+                            acc[4, t] += x4 * wv
+                            acc[5, t] += x5 * wv
+                            acc[6, t] += x6 * wv
+                            acc[7, t] += x7 * wv
+                        xb += ustep_x
+                        wb += ustep_w
+                    cb = np.uint64(((n * groups + g) * HWc + p0) * J + j0)
+                    for p in range(_GP):
+                        for t in range(UJW):
+                            cols[cb + t] = acc[p, t]
+                        cb += ustep_w
 
     return _gemm
 
@@ -611,7 +614,9 @@ def conv_transpose2d_gemm(x, w, b, out, stride_h, stride_w, pad_top, pad_left, d
         ww[:, :J] = w.reshape(Cin, J)
         w2 = ww.reshape(-1)
     cols = np.empty(N * groups * HWc * Jc, dt)
-    _gemm_kernel(dt.itemsize, JW)(x2, w2, cols, N, groups, Cg_in, HWc, Jc)
+    nitems = N * groups * -(-Jc // JW)
+    _gemm_kernel(dt.itemsize, JW)(x2, w2, cols, N, groups, Cg_in, HWc, Jc,
+                                  max(1, min(nitems, numba.get_num_threads())))
     kylo, kyhi = _krange(kH, stride_h, pad_top, dil_h, H, OH)
     kxlo, kxhi = _krange(kW, stride_w, pad_left, dil_w, W, OW)
     # Channels per col2im item: tile of <= 32K elements, and at least ~8 items per group.
