@@ -230,7 +230,8 @@ def test_native_nhwc_dense_real_data_is_thread_invariant_and_within_bound(rng, d
         again = numbaconv.conv2d(x, w, b, padding=1, data_format="NHWC")
     assert len(dense_calls) == 3
     assert np.array_equal(one, two) and np.array_equal(two, again)
-    x64, w64 = x.astype(np.float64).transpose(0, 3, 1, 2), w.astype(np.float64).transpose(3, 2, 0, 1)
+    x64 = x.astype(np.float64).transpose(0, 3, 1, 2)
+    w64 = w.astype(np.float64).transpose(3, 2, 0, 1)
     exact = reference.conv2d(x64, w64, b.astype(np.float64), padding=1).transpose(0, 2, 3, 1)
     magnitude = reference.conv2d(np.abs(x64), np.abs(w64), np.abs(b.astype(np.float64)),
                                  padding=1).transpose(0, 2, 3, 1)
@@ -473,7 +474,8 @@ def test_native_nhwc_small_groups_real_data_threads_and_fallback(rng):
     with numbaconv.num_threads(2):
         two = numbaconv.conv2d(x, w, padding=1, groups=32, data_format="NHWC")
     assert np.array_equal(one, two)
-    x64, w64 = x.astype(np.float64).transpose(0, 3, 1, 2), w.astype(np.float64).transpose(3, 2, 0, 1)
+    x64 = x.astype(np.float64).transpose(0, 3, 1, 2)
+    w64 = w.astype(np.float64).transpose(3, 2, 0, 1)
     exact = _nhwc(reference.conv2d(x64, w64, padding=1, groups=32))
     magnitude = _nhwc(reference.conv2d(np.abs(x64), np.abs(w64), padding=1, groups=32))
     assert np.all(np.abs(one - exact) <= 36 * np.finfo(np.float32).eps / 2 * magnitude)

@@ -115,6 +115,31 @@ def _operand(a, dtype, name):
     return c if c.flags.writeable else c.copy()
 
 
+def bias_vector(func, b, dtype, c_out):
+    """The bias as a contiguous ``dtype`` vector of ``c_out`` values, or None (for the paths
+    that do not go through :func:`prepare`)."""
+    if b is None:
+        return None
+    bias = as_array(b, "bias")
+    if bias.shape != (c_out,):
+        raise ValueError(f"{func}: bias must have shape ({c_out},) (one value per output "
+                         f"channel), got {bias.shape}")
+    return _operand(bias, dtype, "bias")
+
+
+def copy_out(func, y, out):
+    """``y``, or ``y`` copied into ``out`` after checking that ``out`` can hold it."""
+    if out is None:
+        return y
+    if (not isinstance(out, np.ndarray) or out.shape != y.shape or out.dtype != y.dtype
+            or not out.flags.writeable):
+        raise ValueError(f"{func}: out must be a writeable {y.dtype} array of shape {y.shape}, "
+                         f"got {getattr(out, 'dtype', type(out).__name__)} "
+                         f"{getattr(out, 'shape', '')}")
+    out[...] = y
+    return out
+
+
 def output_padding_for(output_size, nd, x_shape, w_shape, stride, padding, dilation):
     size = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size,)
     if len(size) == nd + 2:  # torch also accepts the full (N, C, *spatial) size

@@ -8,7 +8,7 @@ an algorithm and hand it plain arrays.
 import numpy as np
 
 from . import _args, _threads, depth_lowering, dispatch, layouts, padding_modes, tuning
-from ._front import as_array, compute_dtype, output_array, output_padding_for, prepare
+from ._front import as_array, compute_dtype, copy_out, output_array, output_padding_for, prepare
 from .problem import ConvProblem
 
 _ALGORITHM_DOC = """algorithm : str, optional
@@ -97,14 +97,7 @@ def _layout_call(func, nd, transposed, fn, input, weight, bias, hyper, data_form
         w_std = layouts.torch_weight_copy(w, nd)
     y = layouts.to_channels_last(
         fn(layouts.to_channels_first(xb, nd), w_std, bias, **hyper, algorithm=algorithm), nd)
-    y = y[0] if x.ndim == nd + 1 else y
-    if out is None:
-        return y
-    if out.shape != y.shape or out.dtype != y.dtype or not out.flags.writeable:
-        raise ValueError(f"{func}: out must be a writeable {y.dtype} array of shape {y.shape}, "
-                         f"got {out.dtype} {out.shape}")
-    out[...] = y
-    return out
+    return copy_out(func, y[0] if x.ndim == nd + 1 else y, out)
 
 
 def _channels_last_native(func, nd, transposed, x, w_std, bias, hyper, algorithm, out):

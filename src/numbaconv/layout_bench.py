@@ -1,10 +1,11 @@
 """``numbaconv bench-layouts``: the same layers channels-first and channels-last.
 
-For each layer of the built-in suite (and a few 3x3x3 video layers), times
-``numbaconv`` with ``data_format='NCHW'`` (torch weights) and ``'NHWC'`` (TensorFlow weights;
-``'NCDHW'`` / ``'NDHWC'`` in 3-D; HWOI for transposed layers), and torch in NCHW and ``channels_last`` when it is installed:
-one process, the same thread count, medians of interleaved rounds. Before timing, the
-channels-last result is checked against the channels-first one (within the forward error bound).
+For each layer of the built-in suite (and a few 3x3x3 video layers), times ``numbaconv`` with
+``data_format='NCHW'`` (torch weights) and ``'NHWC'`` (TensorFlow weights; ``'NCDHW'`` /
+``'NDHWC'`` in 3-D; HWOI for transposed layers), and torch in NCHW and ``channels_last`` when it
+is installed: one process, the same thread count, medians of interleaved rounds. Before timing,
+the channels-last result is checked against the channels-first one (within the forward error
+bound).
 """
 
 import time

@@ -18,8 +18,9 @@ Native channels-last kernels, used by ``algorithm='auto'`` (and the named algori
   with at most 256 input pixels, one GEMM over the weights as they lie plus a strided add per
   tap.
 * Depthwise 1-D and 2-D convolution (``groups == C_in == C_out``; ``'auto'``,
-  ``'depthwise'``) and grouped 1-D and 2-D convolution with few channels per group, ``C_in/G == C_out/G`` of 2 to 16
-  (ResNeXt) or ``C_in/G == 1`` with a channel multiplier of 2 to 16 (``'auto'``):
+  ``'depthwise'``) and grouped 1-D and 2-D convolution with few channels per group,
+  ``C_in/G == C_out/G`` of 2 to 16 (ResNeXt) or ``C_in/G == 1`` with a channel multiplier of 2
+  to 16 (``'auto'``):
   :mod:`numbaconv.kernels.grouped_nhwc`, each tap and input channel a vector multiply-add
   across output channels (a shuffle spreads each group's input over its output lanes), no
   padding copy.
@@ -34,7 +35,8 @@ blocked transpose kernel, computed by the usual kernels, and transposed back.
 import numpy as np
 
 from . import _threads
-from ._front import _operand, as_array, check_fits, compute_dtype, output_padding_for
+from ._front import (_CHECK_FROM, _operand, bias_vector, check_fits, compute_dtype,
+                     output_padding_for)
 from .kernels import conv_nhwc, conv_transpose_nhwc, gemm, grouped_nhwc, transpose
 from .problem import ConvProblem
 
@@ -141,7 +143,7 @@ def pointwise(func, nd, x, w, b, weight_tf, out):
                              f"got {out.dtype} {out.shape}")
         result = out
     c = result.reshape(rows, c_out)
-    bias = _bias(func, b, dtype, c_out)
+    bias = bias_vector(func, b, dtype, c_out)
     c[...] = 0 if bias is None else bias
     if rows:
         with _threads.launch():
@@ -195,7 +197,8 @@ def is_depthwise(problem):
 
 def is_small_grouped(problem, dtype):
     """Whether the native channels-last kernel for few channels per group computes ``problem``
-    (2-D, ``C_in/G`` and ``C_out/G`` one of :data:`numbaconv.kernels.grouped_nhwc.SHAPES`)."""
+    (a 2-D problem or a 1-D one's 2-D form; ``(C_in/G, C_out/G)`` one of
+    :data:`numbaconv.kernels.grouped_nhwc.SHAPES`)."""
     if problem.nd != 2 or problem.groups == 1:
         return False
     return grouped_nhwc.supports(problem.in_channels // problem.groups,
@@ -211,20 +214,11 @@ def dense_pays(problem, dtype):
     return problem.out_channels // problem.groups >= nr // 2
 
 
-def _bias(func, b, dtype, c_out):
-    """The bias as a contiguous ``dtype`` vector of ``c_out`` values, or None."""
-    if b is None:
-        return None
-    bias = as_array(b, "bias")
-    if bias.shape != (c_out,):
-        raise ValueError(f"{func}: bias must have shape ({c_out},) (one value per output "
-                         f"channel), got {bias.shape}")
-    return _operand(bias, dtype, "bias")
-
-
 def _result(func, shape, dtype, out, operands):
     if out is None:
-        check_fits(int(np.prod(shape)) * dtype.itemsize, f"the output {shape} ({dtype})")
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if nbytes >= _CHECK_FROM:  # the message is built only then: formatting costs microseconds
+            check_fits(nbytes, f"the output {shape} ({dtype})")
         return np.empty(shape, dtype=dtype)
     if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous \
             or not out.flags.writeable:
@@ -245,7 +239,7 @@ def dense(func, nd, problem, x, w_torch, b, out):
     w = w_torch.reshape(w_torch.shape[:2] + (1,) * (3 - nd) + w_torch.shape[2:])
     # DHWIO as given by TensorFlow-ordered callers is a view here: no copy then
     dhwio = _operand(w.transpose(2, 3, 4, 1, 0), dtype, "weight")
-    bias = _bias(func, b, dtype, problem.out_channels)
+    bias = bias_vector(func, b, dtype, problem.out_channels)
     lead = 3 - problem.nd
     result = _result(func, shape, dtype, out, [a for a in (xb, dhwio, bias) if a is not None])
     if result.size:
@@ -281,7 +275,7 @@ def transposed_dense(func, nd, problem, x, w_torch, b, out):
     w = np.asarray(w_torch, dtype=dtype)
     w = w if w.flags.writeable else w.copy(order="K")
     w = w.reshape(w.shape[:2] + (1,) * (3 - nd) + w.shape[2:])
-    bias = _bias(func, b, dtype, problem.out_channels)
+    bias = bias_vector(func, b, dtype, problem.out_channels)
     lead = 3 - problem.nd
     result = _result(func, shape, dtype, out, [a for a in (xb, w, bias) if a is not None])
     if result.size:
@@ -309,7 +303,7 @@ def small_grouped(func, nd, problem, x, w_torch, b, out):
     x4 = xb.reshape(xb.shape[:1] + (1,) * (2 - nd) + xb.shape[1:])
     w4 = np.asarray(w_torch).reshape(w_torch.shape[:2] + (1,) * (2 - nd) + w_torch.shape[2:])
     w = _operand(w4.transpose(2, 3, 1, 0), dtype, "weight")   # HWIO
-    bias = _bias(func, b, dtype, problem.out_channels)
+    bias = bias_vector(func, b, dtype, problem.out_channels)
     bias = np.zeros(problem.out_channels, dtype) if bias is None else bias
     oh, ow = problem.out_size
     shape = (problem.batch,) + problem.out_size[2 - nd:] + (problem.out_channels,)

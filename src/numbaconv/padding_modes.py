@@ -16,7 +16,7 @@ which is exactly ``padding``'s meaning in torch's transposed convolution.
 import numpy as np
 
 from . import _args
-from ._front import as_array, compute_dtype
+from ._front import as_array, bias_vector, compute_dtype, copy_out
 
 #: torch's padding_mode names and the ``np.pad`` mode that pads the same values.
 MODES = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -112,19 +112,8 @@ def transposed_call(fn, func, nd, channels_last, input, weight, bias, hyper, mod
                              f"spatial size {full.shape[first:first + nd]}")
     check_sizes(shape[first:first + nd], pairs, mode, func, what="output")
     y = fold(full, tuple(shape), pairs, mode, first, overwrite=True)
-    if bias is not None:
-        b = as_array(bias, "bias")
-        channels = y.shape[-1] if channels_last else y.shape[first - 1]
-        if b.shape != (channels,):
-            raise ValueError(f"{func}: bias must have shape ({channels},) (C_out,), got shape "
-                             f"{b.shape}")
-        y += b.astype(dtype, copy=False).reshape((channels,) + (() if channels_last else (1,) * nd))
-    if out is None:
-        return y
-    if (not isinstance(out, np.ndarray) or out.shape != y.shape or out.dtype != y.dtype
-            or not out.flags.writeable):
-        raise ValueError(f"{func}: out must be a writeable {y.dtype} array of shape {y.shape}, "
-                         f"got {getattr(out, 'dtype', type(out).__name__)} "
-                         f"{getattr(out, 'shape', '')}")
-    out[...] = y
-    return out
+    channels = y.shape[-1] if channels_last else y.shape[first - 1]
+    b = bias_vector(func, bias, dtype, channels)
+    if b is not None:
+        y += b.reshape((channels,) + (() if channels_last else (1,) * nd))
+    return copy_out(func, y, out)

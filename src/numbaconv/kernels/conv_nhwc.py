@@ -14,21 +14,22 @@ thread count.
 
 How
 ---
-In channels-last memory this is a GEMM whose rows are output pixels and whose columns are
-output channels, both as they lie: ``A[pixel, k]`` is read in place from the input (pixel
-stride ``sw*C_in``; a table gives the offset of each ``k``: its tap's shift plus its channel),
-the result is written in place into ``y`` (pixel stride ``C_out``; the driver takes the output's
+In channels-last memory this is a GEMM whose rows are output pixels and whose columns are output
+channels, both as they lie: ``A[pixel, k]`` is read in place from the input (pixel stride
+``sw*C_in``; a table gives the offset of each ``k``: its tap's shift plus its channel), the
+result is written in place into ``y`` (pixel stride ``C_out``; the driver takes the output's
 image, depth, row and pixel strides and a base offset, so that a caller can write onto a strided
-sub-grid of a larger output, as the transposed kernel does per stride phase) and the weights are read in
-place too (``B[k, o] = w[k*C_out + o]``). So there is no im2col matrix, no packing and no
-transpose; a padded input is copied only when the convolution pads. (Packing the weights into
+sub-grid of a larger output, as the transposed kernel does per stride phase) and the weights are
+read in place too (``B[k, o] = w[k*C_out + o]``). So there is no im2col matrix, no packing and
+no transpose; a padded input is copied only when the convolution pads. (Packing the weights into
 ``NR``-column panels, as the GEMM does for L1-hostile strides, measured 0-40% slower: the copy
 costs more than the L1 misses it saves, as the panel streams from L2 fast enough.)
 
 The micro-kernel is :mod:`numbaconv.kernels.gemm`'s, with an ``MR`` pixels x ``NR`` channels
 tile (5 x 4 vectors with 512-bit vectors, 6 x 2 with 256-bit ones) in registers. A task owns
-``(image, group, block of output rows, block of column panels)`` and runs the whole K loop itself (no split sums): for each K block, each
-column panel meets every output row of the task (the input rows it reads stay in L2).
+``(image, group, block of output rows, block of column panels)`` and runs the whole K loop
+itself (no split sums): for each K block, each column panel meets every output row of the task
+(the input rows it reads stay in L2).
 """
 
 import numpy as np
@@ -59,7 +60,8 @@ def _strip(kc, a, aoff, sia, b, boff, ldb, atab, ak0, c, coff, ldc, m, n_valid, 
     gemm._noinline()
     for i in range((m + MR - 1) // MR):
         gemm._mk(kc, a, aoff + i * MR * sia, 0, sia, b, boff, ldb, atab, ak0, c,
-                 coff + i * MR * ldc, ldc, min(MR, m - i * MR), n_valid, bias, bias_off, init, MR, NV, 2)
+                 coff + i * MR * ldc, ldc, min(MR, m - i * MR), n_valid, bias, bias_off, init,
+                 MR, NV, 2)
 
 
 @kernel

@@ -99,12 +99,12 @@ def conv_transpose3d_ndhwc(x, w, bias, y, stride, padding, dilation, groups):
         y[...] = 0 if bias is None else bias  # phases no tap reaches
     nr = conv_nhwc.NV * (gemm._VBYTES // y.itemsize)
     (sd, sh, sw), (do_, ho_, wo_) = stride, out_size
+    lo = [b_[0] for b_ in borders]
     for qd, nd_, td, od in axes[0]:
         for qh, nh, th, oh in axes[1]:
             for qw, nw, tw, ow in axes[2]:
                 if not (nd_ and nh and nw and td and th and tw):
                     continue
-                lo = [b_[0] for b_ in borders]
                 shift = (((np.array(od)[:, None, None] + lo[0]) * hp
                           + np.array(oh)[None, :, None] + lo[1]) * wp
                          + np.array(ow)[None, None, :] + lo[2]) * cin

@@ -29,13 +29,14 @@ so results do not depend on the thread count):
   so every tap of a strided convolution reads a contiguous window of one phase; a flat pass
   over the buffer (sized for L1), then a copy into out.
 
-Implementation notes: array views passed to helpers own no reference (:func:`numbaconv.kernels.unowned.unowned`), since
-reference-count updates are atomics that both threads would contend for; indices are cast to
-unsigned so that Numba drops its negative-index wraparound, which would stop vectorisation;
-short loops are written inline rather than as helper calls (a call with array arguments costs
-more than copying a short row); tile coordinates are counted, not divided; all passes go
-through one call site of :func:`_pass` (each call site would inline another copy of its
-loops: compile time); and the per-shape parameters are built once in Python and cached.
+Implementation notes: array views passed to helpers own no reference
+(:func:`numbaconv.kernels.unowned.unowned`), since reference-count updates are atomics that both
+threads would contend for; indices are cast to unsigned so that Numba drops its negative-index
+wraparound, which would stop vectorisation; short loops are written inline rather than as helper
+calls (a call with array arguments costs more than copying a short row); tile coordinates are
+counted, not divided; all passes go through one call site of :func:`_pass` (each call site would
+inline another copy of its loops: compile time); and the per-shape parameters are built once in
+Python and cached.
 """
 
 import numba

@@ -20,8 +20,8 @@ layers, float32, 2 threads, GFLOP/s, one pixel / four / six / eight at a time: M
 56: 37 / 60 / 49 / 60; C96 112 stride 2: 34 / 51 / 39 / 47; C576 14: 27 / 38 / 31 / 38).
 """
 
-import numpy as np
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic

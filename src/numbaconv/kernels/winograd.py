@@ -404,12 +404,12 @@ def tile_rows_per_chunk(batch, out_h, out_w, cin, cout, itemsize):
 @parallel_kernel
 def _pipeline(x, uf, up, bias, out, nty, ntx, pt, pl, edges, parts, strides, vws, mws, ins, outs,
               bws, mc, nc, kc, pack):
-    """Thread ``t`` takes the tile-row chunks ``parts[t] .. parts[t + 1]`` (chunk ``j`` is tile
-    rows ``edges[j] .. edges[j + 1]``, its V and M planes ``strides[j]`` apart) through the input transform, the 36 GEMMs and the output
-    transform, in its own workspaces: ``V`` and ``M`` never leave the core that made them
-    (handing them to the other thread between parallel regions cost up to 2x when the two
-    cores are far apart). Returns the largest input bound, or NaN (see
-    :func:`_input_transform`)."""
+    """Thread ``t`` takes the tile-row chunks ``parts[t] .. parts[t + 1]`` (chunk ``j`` is tile rows
+    ``edges[j] .. edges[j + 1]``, its V and M planes ``strides[j]`` apart) through the input
+    transform, the 36 GEMMs and the output transform, in its own workspaces: ``V`` and ``M``
+    never leave the core that made them (handing them to the other thread between parallel
+    regions cost up to 2x when the two cores are far apart). Returns the largest input bound, or
+    NaN (see :func:`_input_transform`)."""
     cin, h, wd = x.shape[1], x.shape[2], x.shape[3]
     cout = out.shape[1]
     xf = x.reshape(-1)
