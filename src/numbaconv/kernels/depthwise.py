@@ -4,6 +4,11 @@ Output channel ``co`` reads input channel ``co // m``; every output plane is a 2
 (``kH * kW`` taps, any stride, dilation and padding) over one input plane, with 1 multiply-add
 per tap and output, so the kernel is bound by loads and by per-row overheads, not by FLOPs.
 
+3x3 kernels with stride 1 or 2 and 5x5 with stride 1 (dilation 1, left padding ``k // 2``: the
+MobileNet/EfficientNet layers) run on :mod:`numbaconv.kernels.depthwise_rows`, which shifts
+vectors in registers instead of reloading them per tap (1.5-1.7x faster there); everything else
+runs on the flat passes below.
+
 Strategy: *flat passes*. If an input plane (or a zero-padded copy of it) and the outputs share
 one row pitch, then every tap ``(ky, kx)`` reads the input at a fixed offset from the output
 index, across row ends too. A whole block of rows is then one long contiguous loop
@@ -44,6 +49,7 @@ import numpy as np
 from numba import prange
 
 from numbaconv._jit import kernel, parallel_kernel, prefer_wide_vectors
+from numbaconv.kernels import depthwise_rows
 from numbaconv.kernels.unowned import unowned as _unowned
 
 __all__ = ["conv2d_depthwise"]
@@ -396,7 +402,9 @@ def _driver(xf, wf, b, of, offs, prm, zero, nthreads, ntiles, nbuf, nacc):
               buf, acc, toffs, p * ntiles // nthreads, (p + 1) * ntiles // nthreads)
 
 
-_force_path = None  # testing hook: "same" or "fill" (falls back to "fill" if "same" can't)
+# testing hook: "rows" (the default where it applies), "same" or "fill" (flat passes; "same"
+# falls back to "fill" where it cannot run)
+_force_path = None
 
 
 def conv2d_depthwise(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w):
@@ -431,6 +439,10 @@ def conv2d_depthwise(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h,
     row-major), independent of the number of threads.
     """
     if out.size == 0:
+        return
+    if _force_path in (None, "rows") and depthwise_rows.supports(
+            w.shape[2], w.shape[3], stride_h, stride_w, pad_left, dil_h, dil_w):
+        depthwise_rows.conv2d_depthwise_rows(x, w, b, out, stride_h, pad_top)
         return
     key = (x.shape, w.shape, out.shape, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
            x.itemsize, _force_path)

@@ -1,0 +1,252 @@
+"""Depthwise 2-D convolution, NCHW, by rows of shifted vectors (3x3 kernels with stride 1 or 2,
+5x5 with stride 1; dilation 1, left padding ``k // 2``, any top padding and output size).
+
+One output row is a run of vectors along W. For every kernel row ``ky`` the input row is read
+once, vector after vector, with masked loads (lanes past the row's end and rows in the top or
+bottom padding read as zeros, without touching memory), and kept in registers from one output
+vector to the next: the vector of tap ``kx`` is the input run shifted by ``kx - k // 2``
+columns, one shuffle of the previous and current (or current and next) vectors. Stride 2 first
+splits each pair of input vectors into even and odd columns (two shuffles), and every tap is a
+shifted run of one of them. So a 3x3 tap costs one FMA and one shuffle, and each input element is
+loaded once per kernel row, where a flat pass (:mod:`numbaconv.kernels.depthwise`) issues one
+unaligned load per tap; the zero padding left and right needs no copies or border passes, since
+the shuffles shift zeros in.
+
+Each output is the bias followed by one FMA per tap, rows then columns, padding zeros multiplied
+like data (so an Inf/NaN weight on a padded tap gives NaN, as in the reference). Work is split
+into contiguous runs of output rows, one per thread; the result does not depend on the thread
+count.
+"""
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
+
+from numbaconv._jit import kernel, parallel_kernel
+from numbaconv.kernels.ir_vectors import Vectors
+from numbaconv.kernels.unowned import unowned as _unowned
+
+__all__ = ["conv2d_depthwise_rows", "supports"]
+
+# Output rows per step by (k, stride): the rows share input rows, and more rows need more
+# registers. Measured on 2 cores (AVX-512, float32; flat passes of the other depthwise kernel in
+# brackets): 3x3 C144 56x56 stride 1 with 4 rows 113-121 GFLOP/s (74-77), 1 row 74; 3x3 C96
+# 112x112 stride 2 with 2 or 3 rows 62 (37), 1 row 37; 5x5 C240 28x28 with 3 rows 80 (74), 2 rows
+# 54-57. 5x5 stride 2 (36-40 against 52-55) and 7x7 (43-63 against 70-85) spill registers and
+# stay with the flat passes.
+ROWS = {(3, 1): 4, (3, 2): 2, (5, 1): 3}
+VARIANTS = sorted({(k, s, r) for (k, s), n in ROWS.items() for r in {1, n}})
+
+# parameter slots of the int64 array handed to the compiled code
+_C, _H, _W, _M, _OH, _OW, _K, _ST, _PT, _NR = range(10)
+
+
+def supports(kh, kw, sh, sw, pl, dh, dw):
+    """Whether :func:`conv2d_depthwise_rows` computes this geometry."""
+    return kh == kw and sh == sw and (kh, sh) in ROWS and dh == dw == 1 and pl == kw // 2
+
+
+def _emit_rows(context, builder, aty, args, k, st, nr):
+    """IR of output rows ``oy .. oy + nr - 1`` of one plane (see :func:`_rows`)."""
+    (x_v, xbase_v, h_v, wd_v, z_v, w_v, wbase_v, bias_v, out_v, obase_v, ow_v, oy_v,
+     pt_v) = args[:13]
+    vec = Vectors(context, builder, aty[0])
+    b = builder
+    i64, i32, lanes = vec.i64, vec.i32, vec.lanes
+    c64 = lambda n: ir.Constant(i64, n)  # noqa: E731
+    zero = ir.Constant(vec.vty, [0.0] * lanes)
+    xbase_v, wd_v, h_v, ow_v, obase_v, oy_v, pt_v = (
+        vec.as64(v) for v in (xbase_v, wd_v, h_v, ow_v, obase_v, oy_v, pt_v))
+
+    # taps: stream (column phase) and shift (in stream elements) of each kx
+    taps = []
+    for kx in range(k):
+        s = kx - k // 2
+        p = s % st
+        taps.append((p, (s - p) // st))
+    wvec = [vec.splat(b.load(vec.ptr(aty[5], w_v, b.add(vec.as64(wbase_v), c64(i)))))
+            for i in range(k * k)]
+    bvec = vec.splat(bias_v)
+    nvec = b.sdiv(b.add(ow_v, c64(lanes - 1)), c64(lanes))
+
+    # input rows of the nr output rows: pointers into x, or to the zero row
+    nin = (nr - 1) * st + k
+    zptr = vec.ptr(aty[4], z_v, c64(0))
+    rows = []
+    for i in range(nin):
+        iy = b.add(b.sub(b.mul(oy_v, c64(st)), pt_v), c64(i))
+        inside = b.and_(b.icmp_signed(">=", iy, c64(0)), b.icmp_signed("<", iy, h_v))
+        xrow = vec.ptr(aty[0], x_v, b.add(xbase_v, b.mul(b.select(inside, iy, c64(0)), wd_v)))
+        rows.append(b.select(inside, xrow, zptr))
+    i32v = ir.VectorType(i32, lanes)
+    u = ir.Constant(i32v, ir.Undefined)
+
+    def splat32(v):
+        return b.shuffle_vector(b.insert_element(u, b.trunc(v, i32), ir.Constant(i32, 0)), u,
+                                ir.Constant(i32v, [0] * lanes))
+
+    iota = ir.Constant(i32v, list(range(lanes)))
+    wd_splat, ow_splat = splat32(wd_v), splat32(ow_v)
+
+    def streams(j):
+        """Block ``j`` of every input row as ``st`` column-phase vectors: lanes ``l`` hold
+        columns ``(j*lanes + l)*st + p``, zero from column ``wd`` on (masked loads)."""
+        halves = []
+        for half in range(st):
+            first = b.add(b.mul(j, c64(lanes * st)), c64(half * lanes))
+            m = b.icmp_signed("<", b.add(iota, splat32(first)), wd_splat)
+            halves.append([vec.load(b.gep(r, [first]), mask=m) for r in rows])
+        if st == 1:
+            return [[v] for v in halves[0]]
+        return [[vec.shuffle(lo, hi, list(range(p, 2 * lanes, 2))) for p in range(st)]
+                for lo, hi in zip(halves[0], halves[1])]
+
+    def shifted(prev, cur, nxt, q):
+        if q == 0:
+            return cur
+        if q < 0:
+            return vec.shuffle(prev, cur, [lanes + q + l for l in range(lanes)])
+        return vec.shuffle(cur, nxt, [q + l for l in range(lanes)])
+
+    fn = b.function
+    pre = b.block
+    j_hdr = fn.append_basic_block("dw_j_hdr")
+    j_body = fn.append_basic_block("dw_j_body")
+    done = fn.append_basic_block("dw_done")
+    cur0 = streams(c64(0))
+    b.branch(j_hdr)
+
+    b.position_at_end(j_hdr)
+    j = b.phi(i64)
+    j.add_incoming(c64(0), pre)
+    prev = [[b.phi(vec.vty) for _ in range(st)] for _ in range(nin)]
+    cur = [[b.phi(vec.vty) for _ in range(st)] for _ in range(nin)]
+    for i in range(nin):
+        for p in range(st):
+            prev[i][p].add_incoming(zero, pre)
+            cur[i][p].add_incoming(cur0[i][p], pre)
+    b.cbranch(b.icmp_signed("<", j, nvec), j_body, done)
+
+    b.position_at_end(j_body)
+    j1 = b.add(j, c64(1))
+    nxt = streams(j1)
+    first = b.mul(j, c64(lanes))
+    omask = b.icmp_signed("<", b.add(iota, splat32(first)), ow_splat)
+    for r in range(nr):
+        acc = bvec
+        for ky in range(k):
+            i = r * st + ky
+            for kx, (p, q) in enumerate(taps):
+                v = shifted(prev[i][p], cur[i][p], nxt[i][p], q)
+                acc = vec.fma(v, wvec[ky * k + kx], acc)
+        orow = b.add(obase_v, b.mul(b.add(oy_v, c64(r)), ow_v))
+        vec.store(acc, vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
+    j.add_incoming(j1, j_body)
+    for i in range(nin):
+        for p in range(st):
+            prev[i][p].add_incoming(cur[i][p], j_body)
+            cur[i][p].add_incoming(nxt[i][p], j_body)
+    b.branch(j_hdr)
+    b.position_at_end(done)
+
+
+@intrinsic
+def _rows(typingctx, x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, oy, pt, k, st,
+          nr):
+    """Output rows ``oy .. oy + nr - 1`` of one plane: ``out[obase + r*ow + ox] = bias +
+    sum_{ky,kx} w[wbase + ky*k + kx] * x[xbase + iy*wd + ix]`` for ``ox < ow``, with
+    ``iy = r*st - pt + ky`` and ``ix = ox*st - k//2 + kx``; reads outside ``[0, h) x [0, wd)``
+    are zeros (rows outside come from ``zrow``, a zero row of at least ``wd`` + 2 vectors).
+    ``(k, st, nr)`` must be one of :data:`VARIANTS`: a switch on them picks the compiled
+    copy."""
+    sig = types.void(x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, oy, pt, k, st, nr)
+
+    def codegen(context, builder, signature, args):
+        b = builder
+        k_v, st_v, nr_v = (b.sext(v, ir.IntType(64)) if v.type.width < 64 else v
+                           for v in args[13:16])
+        code = b.add(b.mul(b.add(b.mul(k_v, ir.Constant(ir.IntType(64), 16)), st_v),
+                           ir.Constant(ir.IntType(64), 16)), nr_v)
+        fn = b.function
+        done = fn.append_basic_block("dw_variants_done")
+        sw = b.switch(code, done)
+        for kk, ss, rr in VARIANTS:
+            blk = fn.append_basic_block("dw_k%d_s%d_r%d" % (kk, ss, rr))
+            sw.add_case(ir.Constant(ir.IntType(64), (kk * 16 + ss) * 16 + rr), blk)
+            b.position_at_end(blk)
+            _emit_rows(context, b, signature.args, args, kk, ss, rr)
+            b.branch(done)
+        b.position_at_end(done)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@kernel
+def _plane(xf, xbase, h, wd, zrow, wf, wbase, bias, of, obase, ow, oy0, oy1, pt, k, st, nr):
+    """Rows ``[oy0, oy1)`` of one output plane, ``nr`` at a time (they share input rows)."""
+    oy = oy0
+    while oy < oy1:
+        r = nr if oy + nr <= oy1 else 1
+        _rows(xf, xbase, h, wd, zrow, wf, wbase, bias, of, obase, ow, oy, pt, k, st, r)
+        oy += r
+
+
+@parallel_kernel
+def _driver(xf_o, wf_o, b_o, of_o, prm, nthreads):
+    # one contiguous run of the (image, output channel, output row) rows per thread
+    c, h, wd, m, oh, ow = prm[_C], prm[_H], prm[_W], prm[_M], prm[_OH], prm[_OW]
+    k, st, pt, nr = prm[_K], prm[_ST], prm[_PT], prm[_NR]
+    nrows = (of_o.size // (oh * ow)) * oh
+    for t in prange(nthreads):
+        xf = _unowned(xf_o)
+        wf = _unowned(wf_o)
+        b = _unowned(b_o)
+        of = _unowned(of_o)
+        zrow = np.zeros(wd + 64, dtype=xf.dtype)
+        lo = t * nrows // nthreads
+        hi = (t + 1) * nrows // nthreads
+        r = lo
+        while r < hi:
+            plane = r // oh
+            oy0 = r - plane * oh
+            oy1 = min(oh, oy0 + hi - r)
+            co = plane % (c * m)
+            n = plane // (c * m)
+            _plane(xf, (n * c + co // m) * h * wd, h, wd, zrow, wf, co * k * k, b[co], of,
+                   plane * oh * ow, ow, oy0, oy1, pt, k, st, nr)
+            r += oy1 - oy0
+
+
+def conv2d_depthwise_rows(x, w, b, out, stride, pad_top):
+    """Depthwise convolution into ``out`` for the geometries of :func:`supports`.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    w : ndarray, shape (C * m, 1, k, k)
+    b : ndarray, shape (C * m,)
+    out : ndarray, shape (N, C * m, OH, OW)
+        All C-contiguous, one dtype (float32 or float64); ``out`` is written completely.
+    stride, pad_top : int
+        Stride (both directions) and top padding; the left padding is ``k // 2``, ``OH`` and
+        ``OW`` imply the bottom and right padding.
+
+    Notes
+    -----
+    ``out[n, co, oy, ox] = b[co] + sum_{ky, kx} w[co, 0, ky, kx] *
+    x[n, co // m, oy*stride - pad_top + ky, ox*stride - k//2 + kx]`` (zeros outside ``x``),
+    summed in that order.
+    """
+    if out.size == 0:
+        return
+    n, c, h, wd = x.shape
+    cout, _, k, _ = w.shape
+    oh, ow = out.shape[2], out.shape[3]
+    prm = np.array([c, h, wd, cout // c, oh, ow, k, stride, pad_top, ROWS[k, stride]],
+                   dtype=np.int64)
+    nrows = n * cout * oh
+    _driver(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), prm,
+            max(1, min(numba.get_num_threads(), nrows)))
