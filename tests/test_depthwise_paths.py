@@ -94,6 +94,7 @@ def test_rows_same_bits_on_one_and_two_threads(geom):
     assert one.tobytes() == two.tobytes()
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")
 def test_rows_propagate_an_infinite_weight_on_padded_taps_like_the_reference():
     geom = (1, 2, 1, 6, 20, 3, 1, 1, 1)
     x, w, b = _arrays(geom, np.float32, seed=3)
