@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import shapes
+from . import output_pool, shapes
 from .problem import ConvProblem
 
 
@@ -163,7 +163,7 @@ def output_array(prepared, out):
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes >= _CHECK_FROM:  # the message is built only then: formatting costs microseconds
             check_fits(nbytes, f"the output {shape} ({dtype})")
-        result = np.empty(shape, dtype=dtype)
+        result = output_pool.empty(shape, dtype)
     else:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
