@@ -10,7 +10,9 @@ splits each pair of input vectors into even and odd columns (two shuffles), and 
 shifted run of one of them. So a 3x3 tap costs one FMA and one shuffle, and each input element is
 loaded once per kernel row, where a flat pass (:mod:`numbaconv.kernels.depthwise`) issues one
 unaligned load per tap; the zero padding left and right needs no copies or border passes, since
-the shuffles shift zeros in.
+the shuffles shift zeros in. 5x5 kernels would keep too many vectors in registers: there each
+shifted run is its own masked load (still shared by the output rows of a step). Several output
+rows per step share their input rows, and their multiply-add chains interleave.
 
 Each output is the bias followed by one FMA per tap, rows then columns, padding zeros multiplied
 like data (so an Inf/NaN weight on a padded tap gives NaN, as in the reference). Work is split
@@ -22,6 +24,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from numbaconv._jit import kernel, parallel_kernel
@@ -31,12 +34,12 @@ from numbaconv.kernels.unowned import unowned as _unowned
 __all__ = ["conv2d_depthwise_rows", "supports"]
 
 # Output rows per step by (k, stride): the rows share input rows, and more rows need more
-# registers. Measured on 2 cores (AVX-512, float32; flat passes of the other depthwise kernel in
-# brackets): 3x3 C144 56x56 stride 1 with 4 rows 113-121 GFLOP/s (74-77), 1 row 74; 3x3 C96
-# 112x112 stride 2 with 2 or 3 rows 62 (37), 1 row 37; 5x5 C240 28x28 with 3 rows 80 (74), 2 rows
-# 54-57. 5x5 stride 2 (36-40 against 52-55) and 7x7 (43-63 against 70-85) spill registers and
-# stay with the flat passes.
-ROWS = {(3, 1): 4, (3, 2): 2, (5, 1): 3}
+# registers. Measured on 2 cores (AVX-512 Zen 4, float32; flat passes of the other depthwise
+# kernel in brackets): 3x3 C144 56x56 stride 1 with 4 rows 113-123 GFLOP/s (74-81), 1 row 74, 6
+# or 8 rows no faster; 3x3 C96 112x112 stride 2 with 2 or 3 rows 60-67 (37), 1 row 37; 5x5 C240
+# 28x28 with 4 rows and loads 104-112 (53-74; 3 rows and shuffles 70-83). 5x5 stride 2 (36-40
+# against 52-55) and 7x7 (43-63 against 70-85) spill registers and stay with the flat passes.
+ROWS = {(3, 1): 4, (3, 2): 2, (5, 1): 4}
 VARIANTS = sorted({(k, s, r) for (k, s), n in ROWS.items() for r in {1, n}})
 
 # parameter slots of the int64 array handed to the compiled code
@@ -131,23 +134,44 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
 
     b.position_at_end(j_body)
     j1 = b.add(j, c64(1))
-    nxt = streams(j1)
+    # 5x5: each shifted run by its own (masked) load; 3x3: by shuffles of kept vectors
+    by_loads = st == 1 and k >= 5
     first = b.mul(j, c64(lanes))
+    if by_loads:
+        nxt = cur
+        shifted_rows = []
+        zero32 = ir.Constant(i32v, [0] * lanes)
+        for kx in range(k):
+            s = kx - k // 2
+            pos = b.add(iota, splat32(b.add(first, c64(s))))
+            m = b.and_(b.icmp_signed(">=", pos, zero32), b.icmp_signed("<", pos, wd_splat))
+            shifted_rows.append([vec.load(b.gep(r, [b.add(first, c64(s))]), mask=m)
+                                 for r in rows])
+    else:
+        nxt = streams(j1)
     omask = b.icmp_signed("<", b.add(iota, splat32(first)), ow_splat)
+    # taps outermost: the nr rows' multiply-add chains interleave, so the out-of-order core
+    # always has independent FMAs to issue (row by row, the 9-deep chains filled its queues)
+    accs = [bvec] * nr
+    for ky in range(k):
+        for kx, (p, q) in enumerate(taps):
+            for r in range(nr):
+                i = r * st + ky
+                if by_loads:
+                    v = shifted_rows[kx][i]
+                else:
+                    v = shifted(prev[i][p], cur[i][p], nxt[i][p], q)
+                accs[r] = vec.fma(v, wvec[ky * k + kx], accs[r])
+    optrs = [vec.ptr(aty[8], out_v, b.add(b.add(obase_v, b.mul(b.add(oy_v, c64(r)), ow_v)),
+                                         first)) for r in range(nr)]
     for r in range(nr):
-        acc = bvec
-        for ky in range(k):
-            i = r * st + ky
-            for kx, (p, q) in enumerate(taps):
-                v = shifted(prev[i][p], cur[i][p], nxt[i][p], q)
-                acc = vec.fma(v, wvec[ky * k + kx], acc)
-        orow = b.add(obase_v, b.mul(b.add(oy_v, c64(r)), ow_v))
-        vec.store(acc, vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
-    j.add_incoming(j1, j_body)
+        vec.store(accs[r], optrs[r], omask)
+    latch = b.block
+    j.add_incoming(j1, latch)
     for i in range(nin):
         for p in range(st):
-            prev[i][p].add_incoming(cur[i][p], j_body)
-            cur[i][p].add_incoming(nxt[i][p], j_body)
+            prev[i][p].add_incoming(cur[i][p], latch)
+            cur[i][p].add_incoming(nxt[i][p], latch)
     b.branch(j_hdr)
     b.position_at_end(done)
 
@@ -171,7 +195,14 @@ def _rows(typingctx, x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, oy, 
                            ir.Constant(ir.IntType(64), 16)), nr_v)
         fn = b.function
         done = fn.append_basic_block("dw_variants_done")
-        sw = b.switch(code, done)
+        other = fn.append_basic_block("dw_no_variant")
+        sw = b.switch(code, other)
+        # a combination without compiled code is a bug of the caller: stop rather than leave
+        # the rows unwritten
+        b.position_at_end(other)
+        b.call(cgutils.get_or_insert_function(b.module, ir.FunctionType(ir.VoidType(), []),
+                                              "llvm.trap"), [])
+        b.unreachable()
         for kk, ss, rr in VARIANTS:
             blk = fn.append_basic_block("dw_k%d_s%d_r%d" % (kk, ss, rr))
             sw.add_case(ir.Constant(ir.IntType(64), (kk * 16 + ss) * 16 + rr), blk)
