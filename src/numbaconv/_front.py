@@ -163,7 +163,8 @@ def output_array(prepared, out):
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes >= _CHECK_FROM:  # the message is built only then: formatting costs microseconds
             check_fits(nbytes, f"the output {shape} ({dtype})")
-        result = output_pool.empty(shape, dtype)
+        result = (np.empty(shape, dtype=dtype) if nbytes < output_pool.MIN_BYTES
+                  else output_pool.empty(shape, dtype))
     else:
         if not isinstance(out, np.ndarray):
             raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")

@@ -66,6 +66,13 @@ def num_threads(n):
         numba.set_num_threads(saved_numba)
 
 
+def launch_needed():
+    """Whether a kernel launch from this thread must set Numba's thread count first (a
+    context manager costs about a microsecond: skipped when there is nothing to set)."""
+    n = _num_threads
+    return n is not None and n != numba.get_num_threads()
+
+
 @contextlib.contextmanager
 def launch():
     """Set Numba's (thread-local) thread count for a kernel launch from the calling thread."""

@@ -308,9 +308,24 @@ def auto_choice(problem, exact=False):
     raise AssertionError(f"no algorithm for {problem}")
 
 
+# (name, exact, problem, table) -> Algorithm: repeated calls skip the rule and the checks
+_CHOSEN = {}
+
+
 def get(name, problem, exact=False):
     """The :class:`Algorithm` called ``name`` for ``problem``'s kind, checked to support it (and
     to be exact, with ``exact``)."""
+    key = (name, exact, problem, id(ALGORITHMS))
+    chosen = _CHOSEN.get(key)
+    if chosen is None:
+        chosen = _get(name, problem, exact)
+        if len(_CHOSEN) >= 1024:
+            _CHOSEN.clear()
+        _CHOSEN[key] = chosen
+    return chosen
+
+
+def _get(name, problem, exact):
     if name == "auto":
         name = auto_choice(problem, exact)
     if name not in names():

@@ -14,6 +14,7 @@ that would still exceed the limit is an ordinary new array. ``set_limit(0)`` tur
 ``result.flags.owndata`` is False.
 """
 
+import math
 import sys
 import threading
 
@@ -83,7 +84,7 @@ def _trim(extra):
 def empty(shape, dtype):
     """An uninitialised C-contiguous array, from a kept block when it is large enough to pay."""
     dtype = np.dtype(dtype)
-    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    nbytes = dtype.itemsize * math.prod(shape)
     if nbytes < MIN_BYTES:
         return np.empty(shape, dtype=dtype)
     need = nbytes + _ALIGN

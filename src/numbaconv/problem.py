@@ -362,10 +362,20 @@ def _memo_key(value):
     if kind is int:
         return value
     if kind is tuple or kind is list:
-        if kind is tuple and all(type(v) is int for v in value):
-            return value
-        parts = tuple(_memo_key(v) for v in value)
-        return None if None in parts else (kind,) + parts
+        # a loop rather than a generator of recursive calls: this runs on every call
+        parts = [kind]
+        plain = kind is tuple
+        for v in value:
+            k = type(v)
+            if k is int:
+                parts.append(v)
+                continue
+            plain = False
+            part = (k, v) if k is bool or k is str or v is None else _memo_key(v)
+            if part is None:
+                return None
+            parts.append(part)
+        return value if plain else tuple(parts)
     if kind in (bool, str, float) or value is None:
         return (kind, value)
     if isinstance(value, np.dtype):

@@ -69,6 +69,7 @@ import numba
 from numba import prange
 
 from numbaconv._jit import prefer_wide_vectors, parallel_kernel
+from numbaconv.kernels.scratch import buffer
 
 __all__ = ["conv_transpose2d_direct", "conv_transpose2d_gemm"]
 
@@ -344,9 +345,10 @@ def _fix_columns(x, w, b, out, N, Cin, H, W, groups, Cg_out, kH, kW, sh, sw, pt,
             out[((n * Cout + oc) * OH + oy) * OW + ox] = acc + b[oc]
 
 
-def _aligned_empty(n, dt):
-    """Uninitialised flat array of n elements whose data starts on a 64-byte boundary."""
-    raw = np.empty(n + 64 // dt.itemsize, dt)
+def _aligned_empty(slot, n, dt):
+    """Uninitialised flat array of n elements whose data starts on a 64-byte boundary: the
+    scratch buffer ``slot``, kept between calls (fresh pages would be faulted in every call)."""
+    raw = buffer(slot, n + 64 // dt.itemsize, dt)
     off = (-raw.ctypes.data % 64) // dt.itemsize
     return raw[off:off + n]
 
@@ -419,9 +421,9 @@ def conv_transpose2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
     PADL = int(tex.max())
     WP = PADL + max(W, int((m0x + SL).max()))          # tiles may run past the row: zeros
     WP = -(-WP // vec) * vec                           # rows start on a cache line
-    xp = _aligned_empty(N * H * Cin * WP, dt)
+    xp = _aligned_empty("transposed.x", N * H * Cin * WP, dt)
     ncb = -(-Cg_out // CB)
-    wp = np.empty(groups * kH * kW * Cg_in * ncb * CB, dt)
+    wp = buffer("transposed.w", groups * kH * kW * Cg_in * ncb * CB, dt)
     bad = _prepare(x.reshape(-1), xp, w.reshape(-1), wp, N, Cin, H, W, WP, PADL,
                    groups, Cg_out, kH, kW, ncb * CB)
     outf = out.reshape(-1)
@@ -613,7 +615,7 @@ def conv_transpose2d_gemm(x, w, b, out, stride_h, stride_w, pad_top, pad_left, d
         ww = np.zeros((Cin, JW), dt)
         ww[:, :J] = w.reshape(Cin, J)
         w2 = ww.reshape(-1)
-    cols = np.empty(N * groups * HWc * Jc, dt)
+    cols = buffer("transposed.cols", N * groups * HWc * Jc, dt)
     nitems = N * groups * -(-Jc // JW)
     _gemm_kernel(dt.itemsize, JW)(x2, w2, cols, N, groups, Cg_in, HWc, Jc,
                                   max(1, min(nitems, numba.get_num_threads())))
