@@ -55,6 +55,7 @@ def test_unaligned_weights_and_one_or_two_threads_give_the_same_bits():
 @pytest.mark.parametrize("x_shape,w_shape,padding,expected", [
     ((1, 512, 7, 7), (512, 512, 3, 3), 1, "dot"),      # ResNet-50 stage 4, batch 1
     ((2, 512, 7, 7), (512, 512, 3, 3), 1, "dot"),
+    ((4, 512, 7, 7), (512, 512, 3, 3), 1, "dot"),      # 196 pixels, each image 77% covered
     ((1, 2048, 4, 4), (512, 2048, 1, 1), 0, "dot"),
     ((1, 512, 8, 8), (512, 512, 3, 3), 1, "gemm"),     # 64 pixels fill the GEMM's tiles
     ((8, 512, 7, 7), (512, 512, 3, 3), 1, "gemm"),     # 392 pixels

@@ -236,8 +236,9 @@ def _winograd_pays(problem):
 # The dot-product kernel covers output pixels in steps of 7, the GEMM's tiles in steps of 32: it
 # pays where that leaves many of the GEMM's lanes idle and the reduction is long. Measured on 2
 # cores (AVX-512, float32), dot / gemm speed: 3x3 C512 at 4x4, 6x6, 7x7 outputs 1.41, 1.37,
-# 1.12 (two images of 7x7: 1.14), C256 7x7 1.12; 1x1 C2048->512 4x4 1.29; but 0.84 on 8x8 (the
-# GEMM's tiles full), 1.00 on C128 7x7 and 0.88 on C64 7x7 (short K).
+# 1.12 (two images of 7x7: 1.14, four: 1.12, eight: 1.01), C256 7x7 1.12; 1x1 C2048->512 4x4
+# 1.29; but 0.84 on 8x8 (the GEMM's tiles full), 1.00 on C128 7x7 and 0.88 on C64 7x7 (short K).
+# Past 256 pixels the im2col rows no longer fit one chunk and the weights are read once per chunk.
 _DOT_MIN_K = 2048
 _DOT_MAX_PIXELS = 256
 _DOT_MIN_GAIN = 1.15
@@ -249,7 +250,8 @@ def _dot_pays(problem):
     k = problem.in_channels * math.prod(problem.kernel_size)
     if problem.groups != 1 or k < _DOT_MIN_K or not 0 < npix <= _DOT_MAX_PIXELS:
         return False
-    gemm_cover = npix / (32 * -(-npix // 32))
+    # the GEMM's pixel tiles stay within one image; the dot kernel's run across images
+    gemm_cover = oh * ow / (32 * -(-(oh * ow) // 32))
     dot_cover = npix / (dot.NR * -(-npix // dot.NR))
     return dot_cover >= _DOT_MIN_GAIN * gemm_cover
 
@@ -269,7 +271,7 @@ def rule(problem, exact=False):
        (``H_out * W_out < 256``, where direct tiles waste lanes on row padding); among those,
        ``dot`` for ungrouped layers with a long reduction (``C_in * kH * kW >= 2048``) and at most
        256 output pixels in all, when its 7-pixel tiles cover them at least 1.15 times better than
-       the GEMM's 32-pixel ones (ResNet-50's last stage at batch 1 and 2).
+       the GEMM's 32-pixel ones within each image (ResNet-50's last stage at batch 1 to 5).
     4. ``direct`` otherwise: dense 3x3 and larger kernels, strided or dilated, and images with few
        input or output channels.
 
