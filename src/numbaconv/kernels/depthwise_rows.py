@@ -273,11 +273,20 @@ def conv2d_depthwise_rows(x, w, b, out, stride, pad_top):
     """
     if out.size == 0:
         return
-    n, c, h, wd = x.shape
-    cout, _, k, _ = w.shape
-    oh, ow = out.shape[2], out.shape[3]
-    prm = np.array([c, h, wd, cout // c, oh, ow, k, stride, pad_top, ROWS[k, stride]],
-                   dtype=np.int64)
-    nrows = n * cout * oh
+    key = (x.shape, w.shape, out.shape, stride, pad_top)
+    prm = _params.get(key)
+    if prm is None:
+        n, c, h, wd = x.shape
+        cout, _, k, _ = w.shape
+        oh, ow = out.shape[2], out.shape[3]
+        prm = np.array([c, h, wd, cout // c, oh, ow, k, stride, pad_top, ROWS[k, stride]],
+                       dtype=np.int64)
+        if len(_params) >= 256:
+            _params.clear()
+        _params[key] = prm
+    nrows = out.shape[0] * out.shape[1] * out.shape[2]
     _driver(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), prm,
             max(1, min(numba.get_num_threads(), nrows)))
+
+
+_params = {}  # per-shape parameter arrays (building one costs about a microsecond a call)
