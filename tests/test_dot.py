@@ -70,3 +70,26 @@ def test_dot_refuses_groups():
     with pytest.raises(dispatch.UnsupportedAlgorithm, match="ungrouped"):
         numbaconv.conv2d(np.ones((1, 4, 5, 5)), np.ones((4, 2, 3, 3)), groups=2,
                          algorithm="dot")
+
+
+def test_workspace_stays_one_chunk_on_a_large_image():
+    import tracemalloc
+
+    # im2col rows of all 16384 pixels would take 37 MB; chunks of about 1 MiB are built in turn
+    rng = np.random.default_rng(7)
+    x = _ints(rng, (1, 64, 128, 128), np.float32)
+    w = _ints(rng, (64, 64, 3, 3), np.float32)
+    out = np.empty((1, 64, 128, 128), np.float32)
+    numbaconv.conv2d(x[:, :, :8, :8], w, padding=1, algorithm="dot")  # compile outside the trace
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        numbaconv.conv2d(x, w, padding=1, algorithm="dot", out=out)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    budget = dot.workspace_bytes(64 * 9, 128 * 128, 4)
+    assert budget <= (1 << 20) + 64 * 9 * 4
+    assert peak <= budget + (256 << 10), peak
+    np.testing.assert_array_equal(out, reference.conv2d(x, w, padding=1))
