@@ -41,7 +41,7 @@ _u = np.uint64  # index cast: unsigned indices skip Numba's negative-index wrapa
 # register tile: MR weight rows x NR pixels of vector accumulators, plus MR + 1 loaded vectors
 MR, NR = (3, 7) if _VBYTES == 64 else (2, 5)
 _CHUNK_BYTES = 1 << 20  # P rows of one pixel chunk (L2)
-_KC_BYTES = 2048  # K block: MR weight rows and NR pixel rows of it stay in L1
+_KC_BYTES = 8192  # K block: the tile's weight rows of it (24 KiB) stay in L1
 
 _NIMG, _CIN, _H, _W, _COUT, _OH, _OW, _KH, _KW, _SH, _SW, _PT, _PL, _DH, _DW, _K, _KP, \
     _NPC, _KC = range(19)
