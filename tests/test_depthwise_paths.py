@@ -68,12 +68,19 @@ def _run(path, geom, x, w, b, threads=None):
     return out
 
 
+ROWS_KERNEL = pytest.mark.skipif(not depthwise_rows.ROWS,
+                                 reason="the shifted-row kernel needs 32 vector registers")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("geom", GEOMETRIES, ids=str)
 def test_each_path_equals_the_reference(geom, path, dtype):
     n, c, m, h, wd, k, s = geom[:7]
-    assert depthwise_rows.supports(k, k, s, s, k // 2, 1, 1)
+    if depthwise_rows.ROWS:
+        assert depthwise_rows.supports(k, k, s, s, k // 2, 1, 1)
+    elif path == "rows":
+        pytest.skip("the shifted-row kernel needs 32 vector registers")
     x, w, b = _arrays(geom, dtype, seed=sum(geom))
     copies = x.copy(), w.copy(), b.copy()
     out = _run(path, geom, x, w, b)
@@ -82,6 +89,7 @@ def test_each_path_equals_the_reference(geom, path, dtype):
         np.testing.assert_array_equal(before, after)
 
 
+@ROWS_KERNEL
 @pytest.mark.parametrize("geom", GEOMETRIES[::3], ids=str)
 def test_rows_same_bits_on_one_and_two_threads(geom):
     rng = np.random.default_rng(1)
@@ -94,6 +102,7 @@ def test_rows_same_bits_on_one_and_two_threads(geom):
     assert one.tobytes() == two.tobytes()
 
 
+@ROWS_KERNEL
 @pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")
 def test_rows_propagate_an_infinite_weight_on_padded_taps_like_the_reference():
     geom = (1, 2, 1, 6, 20, 3, 1, 1, 1)

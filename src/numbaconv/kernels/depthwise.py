@@ -5,9 +5,9 @@ Output channel ``co`` reads input channel ``co // m``; every output plane is a 2
 per tap and output, so the kernel is bound by loads and by per-row overheads, not by FLOPs.
 
 3x3 kernels with stride 1 or 2 and 5x5 with stride 1 (dilation 1, left padding ``k // 2``: the
-MobileNet/EfficientNet layers) run on :mod:`numbaconv.kernels.depthwise_rows`, which shifts
-vectors in registers instead of reloading them per tap (1.5-1.7x faster there); everything else
-runs on the flat passes below.
+MobileNet/EfficientNet layers) run on :mod:`numbaconv.kernels.depthwise_rows` where the CPU has
+32 vector registers (AVX-512): it shifts vectors in registers instead of reloading them per tap
+(1.5-1.7x faster there); everything else runs on the flat passes below.
 
 Strategy: *flat passes*. If an input plane (or a zero-padded copy of it) and the outputs share
 one row pitch, then every tap ``(ky, kx)`` reads the input at a fixed offset from the output

@@ -27,7 +27,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from numbaconv._jit import kernel, parallel_kernel
+from numbaconv._jit import kernel, parallel_kernel, vector_bytes
 from numbaconv.kernels.ir_vectors import Vectors
 from numbaconv.kernels.unowned import unowned as _unowned
 
@@ -39,7 +39,10 @@ __all__ = ["conv2d_depthwise_rows", "supports"]
 # or 8 rows no faster; 3x3 C96 112x112 stride 2 with 2 or 3 rows 60-67 (37), 1 row 37; 5x5 C240
 # 28x28 with 4 rows and loads 104-112 (53-74; 3 rows and shuffles 70-83). 5x5 stride 2 (36-40
 # against 52-55) and 7x7 (43-63 against 70-85) spill registers and stay with the flat passes.
-ROWS = {(3, 1): 4, (3, 2): 2, (5, 1): 4}
+# With 16 vector registers (AVX2) the kept rows spill: measured under an AVX2 build here, 3x3
+# C144 56x56 ran at 41-49 GFLOP/s against 79-80 for the flat passes (1, 2 or 4 rows per step),
+# so the kernel is used with 32 registers (AVX-512) only.
+ROWS = {(3, 1): 4, (3, 2): 2, (5, 1): 4} if vector_bytes() == 64 else {}
 VARIANTS = sorted({(k, s, r) for (k, s), n in ROWS.items() for r in {1, n}})
 
 # parameter slots of the int64 array handed to the compiled code
