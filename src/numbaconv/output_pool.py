@@ -62,6 +62,8 @@ def _refs(blocks, i):
 # references to a block that nothing else holds, counted the way _free counts them (the list's
 # and getrefcount's own); measured once, as interpreters may count differently
 _FREE_REFS = _refs([np.empty(1, dtype=np.uint8)], 0)
+if _FREE_REFS not in (1, 2):  # an interpreter that counts in unforeseen ways: no pool
+    _limit = 0
 
 
 def _free(blocks, i):
