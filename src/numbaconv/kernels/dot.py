@@ -17,9 +17,10 @@ bias is added. It depends on ``K`` only, not on the image size, the tiling or th
 Integer-valued data gives the reference's result exactly; otherwise the result is within the
 usual forward error bound.
 
-Work: pixels are taken in chunks whose ``P`` rows fit in about 1 MiB (all of them for the small
-layers this is for); per chunk the threads first build ``P`` (split by pixels), then split the
-weight-row tiles between them, each tile running against every pixel tile of the chunk.
+Work: the threads split the weight-row tiles between them; pixels are taken in chunks whose
+``P`` rows fit in about 1 MiB (all of them for the small layers this is for), and each thread
+builds its own copy of a chunk's rows (twice the copying, but no rows handed between cores; see
+the README on threads), then runs its tiles against every pixel tile of the chunk.
 """
 
 import numba
@@ -225,24 +226,25 @@ def _driver(xf_o, wf_o, b_o, of_o, prm, pf_o, nthreads):
     k, kp, npc, kc = prm[_K], prm[_KP], prm[_NPC], prm[_KC]
     npix = nimg * oh * ow
     n_mt = (cout + MR - 1) // MR
-    for c0 in range(0, npix, npc):
-        c1 = min(npix, c0 + npc)
-        for t in prange(nthreads):
-            xf = _unowned(xf_o)
-            pf = _unowned(pf_o)
-            _fill_rows(xf, prm, pf, c0 + t * (c1 - c0) // nthreads,
-                       c0 + (t + 1) * (c1 - c0) // nthreads, t * (c1 - c0) // nthreads)
-        n_nt = (c1 - c0 + NR - 1) // NR
-        for t in prange(nthreads):
-            wf = _unowned(wf_o)
-            pf = _unowned(pf_o)
-            b = _unowned(b_o)
-            of = _unowned(of_o)
-            wrows = np.empty(MR, dtype=np.int64)
-            prows = np.empty(n_nt * NR, dtype=np.int64)
-            lanes = _lanes(pf)
-            acc = np.empty(n_nt * MR * NR * lanes, dtype=pf.dtype)
-            res = np.empty(MR * NR, dtype=pf.dtype)
+    plen = pf_o.size // nthreads
+    for t in prange(nthreads):
+        xf = _unowned(xf_o)
+        pf = _unowned(pf_o)[t * plen:(t + 1) * plen]  # this thread's copy of the rows
+        wf = _unowned(wf_o)
+        b = _unowned(b_o)
+        of = _unowned(of_o)
+        wrows = np.empty(MR, dtype=np.int64)
+        lanes = _lanes(pf)
+        nmax = (npc + NR - 1) // NR
+        prows = np.empty(nmax * NR, dtype=np.int64)
+        acc = np.empty(nmax * MR * NR * lanes, dtype=pf.dtype)
+        res = np.empty(MR * NR, dtype=pf.dtype)
+        for c0 in range(0, npix, npc):
+            c1 = min(npix, c0 + npc)
+            # every thread builds the chunk's rows itself: reading rows the other core built
+            # cost up to 14% in periods when the two cores are far apart
+            _fill_rows(xf, prm, pf, c0, c1, 0)
+            n_nt = (c1 - c0 + NR - 1) // NR
             for nt in range(n_nt):
                 nv = min(NR, c1 - c0 - nt * NR)
                 for j in range(NR):
@@ -268,10 +270,12 @@ def _driver(xf_o, wf_o, b_o, of_o, prm, pf_o, nthreads):
                             of[(n * cout + co) * oh * ow + pix] = res[i * NR + j] + b[co]
 
 
-def workspace_bytes(k, npix, itemsize):
-    """Peak extra memory (bytes) of :func:`conv2d_dot`: one chunk of im2col rows."""
+def workspace_bytes(k, npix, itemsize, nthreads=None):
+    """Peak extra memory (bytes) of :func:`conv2d_dot`: one chunk of im2col rows per thread."""
     kp = -(-k // 16) * 16
-    return min(npix, _chunk_pixels(kp, itemsize)) * kp * itemsize
+    if nthreads is None:
+        nthreads = numba.get_num_threads()
+    return nthreads * min(npix, _chunk_pixels(kp, itemsize)) * kp * itemsize
 
 
 def _chunk_pixels(kp, itemsize):
@@ -307,10 +311,10 @@ def conv2d_dot(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
     npc = _chunk_pixels(kp, x.itemsize)
     npix = nimg * oh * ow
     nthreads = max(1, min(numba.get_num_threads(), npix))
-    n_p = min(npix, npc) * kp
-    raw = buffer("dot.rows", n_p + 64 // x.itemsize, x.dtype)
+    n_p = min(npix, npc) * kp  # one thread's rows (a multiple of 16: each copy stays aligned)
+    raw = buffer("dot.rows", nthreads * n_p + 64 // x.itemsize, x.dtype)
     skip = (-raw.ctypes.data % 64) // x.itemsize  # rows on 64-byte boundaries: no split loads
-    pf = raw[skip:skip + n_p]
+    pf = raw[skip:skip + nthreads * n_p]
     prm = np.array([nimg, cin, h, wd, cout, oh, ow, kh, kw, stride_h, stride_w, pad_top,
                     pad_left, dil_h, dil_w, k, kp, npc, _KC_BYTES // x.itemsize],
                    dtype=np.int64)
