@@ -310,7 +310,7 @@ def conv2d_dot(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
     kp = -(-k // 16) * 16  # P rows start on 64-byte boundaries (float32)
     npc = _chunk_pixels(kp, x.itemsize)
     npix = nimg * oh * ow
-    nthreads = max(1, min(numba.get_num_threads(), npix))
+    nthreads = max(1, min(numba.get_num_threads(), -(-cout // MR)))  # they split weight rows
     n_p = min(npix, npc) * kp  # one thread's rows (a multiple of 16: each copy stays aligned)
     raw = buffer("dot.rows", nthreads * n_p + 64 // x.itemsize, x.dtype)
     skip = (-raw.ctypes.data % 64) // x.itemsize  # rows on 64-byte boundaries: no split loads
