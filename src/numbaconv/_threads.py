@@ -66,11 +66,15 @@ def num_threads(n):
         numba.set_num_threads(saved_numba)
 
 
-def launch_needed():
-    """Whether a kernel launch from this thread must set Numba's thread count first (a
-    context manager costs about a microsecond: skipped when there is nothing to set)."""
+def call(fn, *args):
+    """``fn(*args)`` launched with the thread count set for the calling thread, as
+    :func:`launch`; without entering a context manager (about a microsecond) when there is
+    nothing to set."""
     n = _num_threads
-    return n is not None and n != numba.get_num_threads()
+    if n is None or n == numba.get_num_threads():
+        return fn(*args)
+    with launch():
+        return fn(*args)
 
 
 @contextlib.contextmanager

@@ -45,11 +45,7 @@ def _run(prepared, algorithm, out, exact=False):
     else:
         chosen = dispatch.get(algorithm, problem, exact)
     if problem.batch:
-        if _threads.launch_needed():
-            with _threads.launch():
-                chosen.run(problem, x, w, b, batched)
-        else:
-            chosen.run(problem, x, w, b, batched)
+        _threads.call(chosen.run, problem, x, w, b, batched)
     return result
 
 

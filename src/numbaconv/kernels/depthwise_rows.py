@@ -60,7 +60,7 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
      pt_v) = args[:13]
     vec = Vectors(context, builder, aty[0])
     b = builder
-    i64, i32, lanes = vec.i64, vec.i32, vec.lanes
+    i64, lanes = vec.i64, vec.lanes
     c64 = lambda n: ir.Constant(i64, n)  # noqa: E731
     zero = ir.Constant(vec.vty, [0.0] * lanes)
     xbase_v, wd_v, h_v, ow_v, obase_v, oy_v, pt_v = (
@@ -86,15 +86,9 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
         inside = b.and_(b.icmp_signed(">=", iy, c64(0)), b.icmp_signed("<", iy, h_v))
         xrow = vec.ptr(aty[0], x_v, b.add(xbase_v, b.mul(b.select(inside, iy, c64(0)), wd_v)))
         rows.append(b.select(inside, xrow, zptr))
-    i32v = ir.VectorType(i32, lanes)
-    u = ir.Constant(i32v, ir.Undefined)
-
-    def splat32(v):
-        return b.shuffle_vector(b.insert_element(u, b.trunc(v, i32), ir.Constant(i32, 0)), u,
-                                ir.Constant(i32v, [0] * lanes))
-
-    iota = ir.Constant(i32v, list(range(lanes)))
-    wd_splat, ow_splat = splat32(wd_v), splat32(ow_v)
+    # 5x5: each shifted run by its own (masked) load; 3x3: by shuffles of vectors kept from one
+    # step to the next (loop-carried values)
+    by_loads = st == 1 and k >= 5
 
     def streams(j):
         """Block ``j`` of every input row as ``st`` column-phase vectors: lanes ``l`` hold
@@ -102,7 +96,7 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
         halves = []
         for half in range(st):
             first = b.add(b.mul(j, c64(lanes * st)), c64(half * lanes))
-            m = b.icmp_signed("<", b.add(iota, splat32(first)), wd_splat)
+            m = vec.mask(b.sub(wd_v, first), lanes)
             halves.append([vec.load(b.gep(r, [first]), mask=m) for r in rows])
         if st == 1:
             return [[v] for v in halves[0]]
@@ -121,38 +115,35 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
     j_hdr = fn.append_basic_block("dw_j_hdr")
     j_body = fn.append_basic_block("dw_j_body")
     done = fn.append_basic_block("dw_done")
-    cur0 = streams(c64(0))
+    cur0 = None if by_loads else streams(c64(0))
     b.branch(j_hdr)
 
     b.position_at_end(j_hdr)
     j = b.phi(i64)
     j.add_incoming(c64(0), pre)
-    prev = [[b.phi(vec.vty) for _ in range(st)] for _ in range(nin)]
-    cur = [[b.phi(vec.vty) for _ in range(st)] for _ in range(nin)]
-    for i in range(nin):
-        for p in range(st):
-            prev[i][p].add_incoming(zero, pre)
-            cur[i][p].add_incoming(cur0[i][p], pre)
+    if not by_loads:
+        prev = [[b.phi(vec.vty) for _ in range(st)] for _ in range(nin)]
+        cur = [[b.phi(vec.vty) for _ in range(st)] for _ in range(nin)]
+        for i in range(nin):
+            for p in range(st):
+                prev[i][p].add_incoming(zero, pre)
+                cur[i][p].add_incoming(cur0[i][p], pre)
     b.cbranch(b.icmp_signed("<", j, nvec), j_body, done)
 
     b.position_at_end(j_body)
     j1 = b.add(j, c64(1))
-    # 5x5: each shifted run by its own (masked) load; 3x3: by shuffles of kept vectors
-    by_loads = st == 1 and k >= 5
     first = b.mul(j, c64(lanes))
     if by_loads:
-        nxt = cur
         shifted_rows = []
-        zero32 = ir.Constant(i32v, [0] * lanes)
         for kx in range(k):
-            s = kx - k // 2
-            pos = b.add(iota, splat32(b.add(first, c64(s))))
-            m = b.and_(b.icmp_signed(">=", pos, zero32), b.icmp_signed("<", pos, wd_splat))
-            shifted_rows.append([vec.load(b.gep(r, [b.add(first, c64(s))]), mask=m)
-                                 for r in rows])
+            start = b.add(first, c64(kx - k // 2))
+            # lanes l with 0 <= start + l < wd
+            m = b.and_(vec.mask(b.sub(wd_v, start), lanes),
+                       b.not_(vec.mask(b.neg(start), lanes)))
+            shifted_rows.append([vec.load(b.gep(r, [start]), mask=m) for r in rows])
     else:
         nxt = streams(j1)
-    omask = b.icmp_signed("<", b.add(iota, splat32(first)), ow_splat)
+    omask = vec.mask(b.sub(ow_v, first), lanes)
     # taps outermost: the nr rows' multiply-add chains interleave, so the out-of-order core
     # always has independent FMAs to issue (row by row, the 9-deep chains filled its queues)
     accs = [bvec] * nr
@@ -165,16 +156,15 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
                 else:
                     v = shifted(prev[i][p], cur[i][p], nxt[i][p], q)
                 accs[r] = vec.fma(v, wvec[ky * k + kx], accs[r])
-    optrs = [vec.ptr(aty[8], out_v, b.add(b.add(obase_v, b.mul(b.add(oy_v, c64(r)), ow_v)),
-                                         first)) for r in range(nr)]
     for r in range(nr):
-        vec.store(accs[r], optrs[r], omask)
-    latch = b.block
-    j.add_incoming(j1, latch)
-    for i in range(nin):
-        for p in range(st):
-            prev[i][p].add_incoming(cur[i][p], latch)
-            cur[i][p].add_incoming(nxt[i][p], latch)
+        orow = b.add(obase_v, b.mul(b.add(oy_v, c64(r)), ow_v))
+        vec.store(accs[r], vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
+    j.add_incoming(j1, j_body)
+    if not by_loads:
+        for i in range(nin):
+            for p in range(st):
+                prev[i][p].add_incoming(cur[i][p], j_body)
+                cur[i][p].add_incoming(nxt[i][p], j_body)
     b.branch(j_hdr)
     b.position_at_end(done)
 

@@ -32,7 +32,7 @@ from numba.extending import intrinsic
 from numbaconv._jit import kernel, parallel_kernel, vector_bytes
 from numbaconv.kernels.gemm import _lanes
 from numbaconv.kernels.ir_vectors import Vectors
-from numbaconv.kernels.scratch import buffer
+from numbaconv.kernels.scratch import aligned
 from numbaconv.kernels.unowned import unowned as _unowned
 
 __all__ = ["conv2d_dot"]
@@ -312,9 +312,7 @@ def conv2d_dot(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
     npix = nimg * oh * ow
     nthreads = max(1, min(numba.get_num_threads(), -(-cout // MR)))  # they split weight rows
     n_p = min(npix, npc) * kp  # one thread's rows (a multiple of 16: each copy stays aligned)
-    raw = buffer("dot.rows", nthreads * n_p + 64 // x.itemsize, x.dtype)
-    skip = (-raw.ctypes.data % 64) // x.itemsize  # rows on 64-byte boundaries: no split loads
-    pf = raw[skip:skip + nthreads * n_p]
+    pf = aligned("dot.rows", nthreads * n_p, x.dtype)  # no load of a row splits cache lines
     prm = np.array([nimg, cin, h, wd, cout, oh, ow, kh, kw, stride_h, stride_w, pad_top,
                     pad_left, dil_h, dil_w, k, kp, npc, _KC_BYTES // x.itemsize],
                    dtype=np.int64)

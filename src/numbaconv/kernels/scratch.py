@@ -29,3 +29,12 @@ def buffer(slot, size, dtype, keep_bytes=64 << 20):
     if size * dtype.itemsize <= keep_bytes:
         cache[key] = buf
     return buf
+
+
+def aligned(slot, size, dtype, align=64):
+    """:func:`buffer` whose first element starts on an ``align``-byte boundary (vector loads of
+    rows laid out from there never straddle cache lines)."""
+    dtype = np.dtype(dtype)
+    raw = buffer(slot, size + align // dtype.itemsize, dtype)
+    skip = (-raw.ctypes.data % align) // dtype.itemsize
+    return raw[skip:skip + size]

@@ -74,7 +74,7 @@ import numba
 from numba import prange
 
 from numbaconv._jit import kernel, prefer_wide_vectors, parallel_kernel
-from numbaconv.kernels.scratch import buffer
+from numbaconv.kernels.scratch import aligned, buffer
 
 __all__ = ["conv_transpose2d_direct", "conv_transpose2d_gemm"]
 
@@ -386,14 +386,6 @@ def _fix_columns(x, w, b, out, N, Cin, H, W, groups, Cg_out, kH, kW, sh, sw, pt,
             out[((n * Cout + oc) * OH + oy) * OW + ox] = acc + b[oc]
 
 
-def _aligned_empty(slot, n, dt):
-    """Uninitialised flat array of n elements whose data starts on a 64-byte boundary: the
-    scratch buffer ``slot``, kept between calls (fresh pages would be faulted in every call)."""
-    raw = buffer(slot, n + 64 // dt.itemsize, dt)
-    off = (-raw.ctypes.data % 64) // dt.itemsize
-    return raw[off:off + n]
-
-
 def _check_dtype(x):
     if x.dtype != np.float32 and x.dtype != np.float64:
         raise TypeError(f"transposed kernels support float32/float64, got {x.dtype}")
@@ -467,7 +459,7 @@ def conv_transpose2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
     nruns = max(1, min(nitems, numba.get_num_threads()))
     runs, nrows = _run_tables(nitems, nruns, OH, H, ncb, groups, stride_h, pad_top,
                               int(tey.max()))
-    xp = _aligned_empty("transposed.x", nrows * Cin * WP, dt)
+    xp = aligned("transposed.x", nrows * Cin * WP, dt)
     wps = groups * kH * kW * Cg_in * ncb * CB
     wp = buffer("transposed.w", nruns * wps, dt)
     outf = out.reshape(-1)
