@@ -109,6 +109,9 @@ def transposed_corner_cases():
         c((1, 3, 4, 4), (3, 5, 5, 5), dilation=3, padding=4, output_padding=2, transposed=True),
         c((1, 40, 3, 3), (40, 33, 4, 4), stride=2, padding=1, transposed=True),
         c((1, 8, 4, 4), (8, 8, 1, 1), transposed=True, bias=False),
+        # runs of work items that start inside an image, a group and a channel block, and
+        # revisit channel blocks of later images (rows and weight blocks copied on first use)
+        c((3, 4, 9, 18), (4, 20, 3, 3), stride=2, padding=1, groups=2, transposed=True),
     ]
 
 
