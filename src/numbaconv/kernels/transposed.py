@@ -177,8 +177,8 @@ def _make_copy_weights(CB):
 
 def _run_tables(nitems, nruns, OH, H, ncb, groups, sh, pt, emax):
     """Per run of items: first and last input row ``n*H + iy`` it reads, offset of its rows in
-    the row copies, first and last channel-block index ``(n*groups + g)*ncb + cb``."""
-    t = np.zeros((nruns, 5), np.int64)
+    the row copies, first channel-block index ``(n*groups + g)*ncb + cb``."""
+    t = np.zeros((nruns, 4), np.int64)
     per_img = groups * ncb
     off = 0
     for run in range(nruns):
@@ -193,7 +193,7 @@ def _run_tables(nitems, nruns, OH, H, ncb, groups, sh, pt, emax):
         r0 = na * H + (0 if bb > ba and (ba + 1) // per_img == na else lo)
         r1 = nb * H + (H - 1 if bb > ba and (bb - 1) // per_img == nb else hi)
         r1 = max(r1, r0 - 1)  # rows that read no input (bias only) copy nothing
-        t[run] = (r0, r1, off, ba, bb)
+        t[run] = (r0, r1, off, ba)
         off += r1 - r0 + 1
     return t, off
 
