@@ -206,17 +206,18 @@ def _make_direct(TW, CB):
     @parallel_kernel
     def _direct_rows(x, w, xp, wp, b, out, N, H, W, Cin, WP, PADL, Cg_in, Cg_out, groups, kH,
                      kW, sh, sw, pt, pl, nty, tky, tey, ntx, tkx, tex, m0x, Mx, SL, OH, OW,
-                     runs, WPS, nruns):
+                     runs, WPS, nruns, stage):
         Cout = Cg_out * groups
         ncb = (Cg_out + CB - 1) // CB
         ustep_x = np.uint64(WP)        # next input channel, same row
         ustep_w = np.uint64(ncb * CB)  # next input channel, same tap and channel block
         nitems = N * groups * ncb * OH
         bad = 0
-        # nruns contiguous runs of items, one per thread. Each run first copies the input rows
-        # and the weight blocks it reads (so no thread reads what the other one wrote: that
-        # cost up to 2x when the two cores were far apart), and allocates its scratch rows once
-        # (an allocation per item took the allocator's lock about a thousand times a call)
+        # nruns contiguous runs of items, one per thread. Each run copies the input rows and the
+        # weight blocks it reads (so no thread reads what the other one wrote: that cost up to
+        # 2x when the two cores were far apart). Its staging row is an argument, not a local
+        # array: LLVM cannot tell local arrays apart, and kept the tile in memory to copy it
+        # out element by element (5% of U-Net's time)
         for run in prange(nruns):
             prefer_wide_vectors()
             r0 = runs[run, 0]
@@ -227,7 +228,7 @@ def _make_direct(TW, CB):
             rows_done = r0 - 1
             blk0 = runs[run, 3]
             blks_done = 0
-            stage = np.empty(sw * CB * SL, xp.dtype)
+            sbase = np.uint64(run * sw * CB * SL)
             acc = np.empty((CB, TW), xp.dtype)
             for item in range(run * nitems // nruns, (run + 1) * nitems // nruns):
                 oy = item % OH
@@ -318,7 +319,7 @@ def _make_direct(TW, CB):
                                     xb += ustep_x
                                     wb += ustep_w
                         for c in range(CB):
-                            so = np.uint64((qx * CB + c) * SL + j0)
+                            so = sbase + np.uint64((qx * CB + c) * SL + j0)
                             for t in range(UTW):
                                 stage[so + t] = acc[c, t]
                 # Interleave the column phases into the output row (+ bias).
@@ -327,15 +328,15 @@ def _make_direct(TW, CB):
                     bv = b[oc]
                     ob = np.uint64(((n * Cout + oc) * OH + oy) * OW)
                     if sw == 1:
-                        sa = np.uint64(c * SL)      # m0x[0] == pad_left: phase index m == ox
+                        sa = sbase + np.uint64(c * SL)  # m0x[0] == pad_left: phase index m == ox
                         for u in range(OW):
                             uu = np.uint64(u)
                             out[ob + uu] = stage[sa + uu] + bv
                     elif sw == 2:
                         # ox = 2u -> phase qa, ox = 2u + 1 -> phase qb, both at phase index u.
                         qa = pl % 2
-                        sa = np.uint64((qa * CB + c) * SL)
-                        sb = np.uint64(((1 - qa) * CB + c) * SL)
+                        sa = sbase + np.uint64((qa * CB + c) * SL)
+                        sb = sbase + np.uint64(((1 - qa) * CB + c) * SL)
                         half = OW // 2
                         for u in range(half):
                             uu = np.uint64(u)
@@ -347,9 +348,9 @@ def _make_direct(TW, CB):
                     else:
                         for qx in range(sw):
                             ox0 = m0x[qx] * sw + qx - pl
-                            sq = (qx * CB + c) * SL
+                            sq = sbase + np.uint64((qx * CB + c) * SL)
                             for m in range(Mx[qx]):
-                                out[ob + np.uint64(ox0 + sw * m)] = stage[sq + m] + bv
+                                out[ob + np.uint64(ox0 + sw * m)] = stage[sq + np.uint64(m)] + bv
 
         return bad
 
@@ -489,7 +490,8 @@ def conv_transpose2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
     bad = _direct_kernel(isz, TW, CB)(
         x.reshape(-1), w.reshape(-1), xp, wp, b, outf, N, H, W, Cin, WP, PADL, Cg_in, Cg_out,
         groups, kH, kW, stride_h, stride_w, pad_top, pad_left, nty, tky, tey, ntx, tkx, tex,
-        m0x, Mx, SL, OH, OW, runs, wps, nruns)
+        m0x, Mx, SL, OH, OW, runs, wps, nruns,
+        buffer("transposed.stage", nruns * stride_w * CB * SL, dt))
     if bad:
         # Output columns whose phase tile read horizontal padding for some tap.
         fix = []
