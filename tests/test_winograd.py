@@ -147,6 +147,25 @@ def test_non_finite_values_propagate_as_in_the_reference(where, rng):
     assert np.isfinite(want).any()
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_weight_transform_reports_the_largest_weight(dtype, rng):
+    """The weight transform returns max|w| (what the overflow check scales by), Inf for an
+    infinite weight and NaN for a NaN, wherever it sits (a partial last vector included);
+    NaN wins over Inf."""
+    w = rng.standard_normal((7, 5, 3, 3)).astype(dtype)        # 35 kernels: a partial vector
+    u, largest = winograd.transform_weights(w)
+    assert largest == np.abs(w).max()
+    for spots, value, expect in [((0,), np.inf, np.inf), ((-1,), -np.inf, np.inf),
+                                 ((-1,), np.nan, None), ((3, -2), (np.inf, np.nan), None)]:
+        bad = w.copy()
+        for spot, v in zip(spots, np.broadcast_to(value, len(spots))):
+            bad.reshape(-1)[spot] = v
+        _, got = winograd.transform_weights(bad)
+        assert (np.isnan(got) if expect is None else got == expect), (spots, value, got)
+    _, none = winograd.transform_weights(np.zeros((4, 0, 3, 3), dtype))
+    assert none == 0
+
+
 def test_empty_and_tiny_problems(rng):
     for x_shape, pad in [((0, 4, 8, 8), 1), ((1, 4, 3, 3), 0), ((1, 4, 1, 1), 1), ((1, 4, 2, 9), 1)]:
         x = rng.standard_normal(x_shape).astype(np.float32)

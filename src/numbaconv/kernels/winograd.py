@@ -45,6 +45,8 @@ How
       dropped.
 """
 
+import math
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -213,8 +215,9 @@ def _output_tiles(typingctx, m, moff, plane, bias, rows, roff, pitch, n_valid):
 def _weight_tiles(typingctx, w, woff, u, uoff, plane, n_valid):
     """``u[uoff + (xi*6 + nu)*plane + l] = (G g_l G^T)[xi, nu]`` for ``l < n_valid``, with
     ``g_l[a, b] = w[woff + 9*l + 3*a + b]`` (3x3 kernels as they lie in memory: one wide load,
-    split by shuffles)."""
-    sig = types.void(w, woff, u, uoff, plane, n_valid)
+    split by shuffles). Returns the largest ``|g_l[a, b]|`` (Inf if one is infinite), or NaN if
+    one is NaN: the caller's check of the weights, at no extra pass over them."""
+    sig = w.dtype(w, woff, u, uoff, plane, n_valid)
 
     def codegen(context, builder, signature, args):
         w_v, woff_v, u_v, uoff_v, plane_v, nv_v = args
@@ -241,6 +244,24 @@ def _weight_tiles(typingctx, w, woff, u, uoff, plane, n_valid):
             return builder.call(gather, [ptrs, ir.Constant(e.i32, e.isz), mask, zero])
 
         g = [[taps(a, c) for c in range(3)] for a in range(3)]
+        # largest magnitude (lanes past n_valid gathered zeros), and whether any lane is NaN
+        fabs = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(e.vty, [e.vty]), "llvm.fabs.v%d%s" % (L, e.sfx))
+        big = zero
+        nan = ir.Constant(ir.VectorType(ir.IntType(1), L), [0] * L)
+        for a in range(3):
+            for c in range(3):
+                mag = builder.call(fabs, [g[a][c]])
+                big = builder.select(builder.fcmp_ordered(">", mag, big), mag, big)
+                nan = builder.or_(nan, builder.fcmp_unordered("uno", g[a][c], g[a][c]))
+        fmax = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(e.fty, [e.vty]),
+            "llvm.vector.reduce.fmax.v%d%s" % (L, e.sfx))
+        any_nan = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(1), [nan.type]),
+            "llvm.vector.reduce.or.v%di1" % L)
+        largest = builder.select(builder.call(any_nan, [nan]),
+                                 ir.Constant(e.fty, float("nan")), builder.call(fmax, [big]))
         # cols[c][xi] = (G g)[xi, c]
         cols = [_combine(builder, G, [g[a][c] for a in range(3)], e.vty, e.fty) for c in range(3)]
         ubase = e.ptr(signature.args[2], u_v, uoff_v)
@@ -250,7 +271,7 @@ def _weight_tiles(typingctx, w, woff, u, uoff, plane, n_valid):
             for nu in range(ALPHA):
                 p = builder.gep(ubase, [builder.mul(ir.Constant(e.i64, xi * ALPHA + nu), plane)])
                 e.store(row[nu], p, mask)
-        return context.get_dummy_value()
+        return largest
 
     return sig, codegen
 
@@ -355,9 +376,9 @@ def _output_transform(m, nf, r0, r1, nty, ntx, bias, out, ws):
 
 
 @parallel_kernel
-def _weight_transform(w, u):
+def _weight_transform(w, u, largest):
     """``U[xi*6 + nu, q] = (G g_q G^T)[xi, nu]`` for the 3x3 kernels ``g_q`` of ``w`` in order
-    (``q = k*C_in + c``)."""
+    (``q = k*C_in + c``); ``largest[blk]``: :func:`_weight_tiles`'s check of block ``blk``."""
     wf = w.reshape(-1)
     count = wf.size // 9
     plane = u.shape[1]
@@ -366,7 +387,7 @@ def _weight_transform(w, u):
     blocks = (count + lanes - 1) // lanes
     for blk in prange(blocks):
         q = blk * lanes
-        _weight_tiles(wf, 9 * q, uf, q, plane, min(lanes, count - q))
+        largest[blk] = _weight_tiles(wf, 9 * q, uf, q, plane, min(lanes, count - q))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,13 +404,16 @@ def plane_stride(size, itemsize):
 
 
 def transform_weights(w, u=None):
-    """``U`` (36, P) with ``U[xi*6 + nu, k*C_in + c] = (G w[k, c] G^T)[xi, nu]`` (``G w`` first,
-    then times ``G^T``; each product in the fixed order of :func:`_combine`), ``P`` at least
-    ``C_out*C_in``; into ``u`` if given."""
+    """``(U, largest)``: ``U`` (36, P) with ``U[xi*6 + nu, k*C_in + c] = (G w[k, c] G^T)[xi,
+    nu]`` (``G w`` first, then times ``G^T``; each product in the fixed order of
+    :func:`_combine`), ``P`` at least ``C_out*C_in``, into ``u`` if given; ``largest`` is
+    ``max |w|`` (0 for no weights), Inf or NaN if ``w`` holds one (NaN wins)."""
     if u is None:
         u = np.empty((ALPHA * ALPHA, w.shape[0] * w.shape[1]), dtype=w.dtype)
-    _weight_transform(w, u)
-    return u
+    lanes = gemm._VBYTES // w.itemsize
+    largest = np.empty(-(-(w.size // 9) // lanes), dtype=w.dtype)
+    _weight_transform(w, u, largest)
+    return u, float(largest.max(initial=0))
 
 
 def tile_rows_per_chunk(batch, out_h, out_w, cin, cout, itemsize):
@@ -493,18 +517,18 @@ def conv2d_winograd(x, w, bias, out, pt, pl):
     cout, oh, ow = out.shape[1:]
     if n == 0 or cout == 0 or oh == 0 or ow == 0:
         return True
-    if not np.isfinite(w).all():
-        return False
-    # Every intermediate is at most 10^2 |x| (input transform), |w| (weight transform), a sum of
-    # C_in products, then 19^2 times that (output transform): beyond the dtype's range only if
-    # max|x| * w_scale exceeds its largest value, where the exact kernels may still be finite.
-    w_scale = float(np.abs(w).max(initial=0)) * cin * 100 * 19 ** 2 * 2
-    limit = float(np.finfo(x.dtype).max)
     dt = x.dtype
     sq = ALPHA * ALPHA
     isz = dt.itemsize
     up = plane_stride(cout * cin, isz)
-    u = transform_weights(w, buffer("winograd.u", sq * up, dt).reshape(sq, up))
+    u, w_max = transform_weights(w, buffer("winograd.u", sq * up, dt).reshape(sq, up))
+    if not math.isfinite(w_max):
+        return False
+    # Every intermediate is at most 10^2 |x| (input transform), |w| (weight transform), a sum of
+    # C_in products, then 19^2 times that (output transform): beyond the dtype's range only if
+    # max|x| * w_scale exceeds its largest value, where the exact kernels may still be finite.
+    w_scale = w_max * cin * 100 * 19 ** 2 * 2
+    limit = float(np.finfo(x.dtype).max)
     nty, ntx = -(-oh // TILE), -(-ow // TILE)
     rows = tile_rows_per_chunk(n, oh, ow, cin, cout, isz)
     nthreads = numba.config.NUMBA_NUM_THREADS
