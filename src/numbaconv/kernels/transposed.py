@@ -148,28 +148,30 @@ def _make_copy_weights(CB):
     def copy_weights(w, wp, woff, g, cb, Cin, groups, Cg_out, kH, kW, CgoutP):
         """Channel block ``cb`` of group ``g``: ``wp[woff + ((g*kH*kW + k)*Cg_in + ci)*CgoutP
         + co] = w[g*Cg_in + ci, co, k]`` for ``co`` in the block, zeros past ``Cg_out``.
-        Returns the number of non-finite weights copied. (A loop of ``CB`` iterations known
-        at compile time: unrolled, 2.3x faster than a loop to the block's end.)"""
+        Returns whether a copied weight is not finite. (The check is its own pass over the
+        block's contiguous weights, which LLVM vectorises; the copy's channel loop has a trip
+        count known at compile time and is unrolled: 138 -> 52 us for DCGAN C128->64's
+        weights against a plain loop with the check inside.)"""
+        prefer_wide_vectors()
         Cg_in = Cin // groups
         KK = kH * kW
         uKK = np.uint64(KK)
         co0 = cb * CB
         full = co0 + CB <= Cg_out
-        bad = 0
+        bad = False
         for ci in range(Cg_in):
+            s0 = np.uint64(((g * Cg_in + ci) * Cg_out + co0) * KK)
+            for i in range(np.uint64(min(CB, Cg_out - co0) * KK)):
+                bad |= not np.isfinite(w[s0 + i])
             for k in range(KK):
                 d = np.uint64(woff + ((g * KK + k) * Cg_in + ci) * CgoutP + co0)
-                s = np.uint64(((g * Cg_in + ci) * Cg_out + co0) * KK + k)
+                s = s0 + np.uint64(k)
                 if full:
                     for j in range(UCB):
-                        v = w[s + j * uKK]
-                        wp[d + j] = v
-                        bad += not np.isfinite(v)
+                        wp[d + j] = w[s + j * uKK]
                 else:
                     for j in range(UCB):
-                        v = w[s + j * uKK] if co0 + j < Cg_out else 0
-                        wp[d + j] = v
-                        bad += not np.isfinite(v)
+                        wp[d + j] = w[s + j * uKK] if co0 + j < Cg_out else 0
         return bad
 
     return copy_weights
