@@ -219,7 +219,7 @@ def _make_direct(TW, CB):
         # weight blocks it reads (so no thread reads what the other one wrote: that cost up to
         # 2x when the two cores were far apart). Its staging row is an argument, not a local
         # array: LLVM cannot tell local arrays apart, and kept the tile in memory to copy it
-        # out element by element (5% of U-Net's time)
+        # out element by element (3x3 s2 C32->16 128: 150 against 172 GFLOP/s)
         for run in prange(nruns):
             prefer_wide_vectors()
             r0 = runs[run, 0]
