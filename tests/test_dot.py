@@ -7,6 +7,7 @@ import pytest
 
 import numbaconv
 from numbaconv import dispatch, reference
+from numbaconv.bench import extra_memory
 from numbaconv.kernels import dot
 from numbaconv.problem import ConvProblem
 
@@ -73,8 +74,6 @@ def test_dot_refuses_groups():
 
 
 def test_workspace_stays_one_chunk_on_a_large_image():
-    import tracemalloc
-
     # im2col rows of all 16384 pixels would take 37 MB; chunks of about 1 MiB per thread are built
     # in turn
     rng = np.random.default_rng(7)
@@ -82,14 +81,7 @@ def test_workspace_stays_one_chunk_on_a_large_image():
     w = _ints(rng, (64, 64, 3, 3), np.float32)
     out = np.empty((1, 64, 128, 128), np.float32)
     numbaconv.conv2d(x[:, :, :8, :8], w, padding=1, algorithm="dot")  # compile outside the trace
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        numbaconv.conv2d(x, w, padding=1, algorithm="dot", out=out)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    peak = extra_memory(lambda: numbaconv.conv2d(x, w, padding=1, algorithm="dot", out=out), 0)
     budget = dot.workspace_bytes(64 * 9, 128 * 128, 4)
     assert budget <= numba.get_num_threads() * ((1 << 20) + 64 * 9 * 4)
     assert peak <= budget + (256 << 10), peak

@@ -7,13 +7,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import tracemalloc
 
 import numpy as np
 import pytest
 
 import numbaconv
 from numbaconv import dispatch, reference
+from numbaconv.bench import extra_memory
 from numbaconv.kernels import im2col
 
 
@@ -139,14 +139,7 @@ def test_im2col_workspace_respects_the_cap():
     x = np.ones(problem.input_shape, np.float32)
     w = np.ones(problem.weight_shape, np.float32)
     out = np.empty(problem.output_shape, np.float32)
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        numbaconv.conv2d(x, w, padding=1, algorithm="im2col", out=out)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    peak = extra_memory(lambda: numbaconv.conv2d(x, w, padding=1, algorithm="im2col", out=out), 0)
     assert peak <= im2col.get_workspace_limit() + (1 << 20), peak
     assert out[0, 0, 100, 100] == k  # interior: every tap meets a one
 
@@ -157,14 +150,8 @@ def test_every_algorithm_keeps_extra_memory_small_on_a_large_layer():
     for name in _usable(x, w, padding=1):
         if name == "reference":
             continue
-        tracemalloc.start()
-        try:
-            tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
-            y = numbaconv.conv2d(x, w, padding=1, algorithm=name)
-            extra = tracemalloc.get_traced_memory()[1] - base - y.nbytes
-        finally:
-            tracemalloc.stop()
+        extra = extra_memory(lambda: numbaconv.conv2d(x, w, padding=1, algorithm=name),
+                             x.nbytes)       # the result has the input's shape
         assert extra < 64 * 2**20, (name, extra)
 
 
