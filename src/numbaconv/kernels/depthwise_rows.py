@@ -5,14 +5,18 @@ One output row is a run of vectors along W. For every kernel row ``ky`` the inpu
 once, vector after vector, with masked loads (lanes past the row's end and rows in the top or
 bottom padding read as zeros, without touching memory), and kept in registers from one output
 vector to the next: the vector of tap ``kx`` is the input run shifted by ``kx - k // 2``
-columns, one shuffle of the previous and current (or current and next) vectors. Stride 2 first
-splits each pair of input vectors into even and odd columns (two shuffles), and every tap is a
-shifted run of one of them. So a 3x3 tap costs one FMA and one shuffle, and each input element is
-loaded once per kernel row, where a flat pass (:mod:`numbaconv.kernels.depthwise`) issues one
-unaligned load per tap; the zero padding left and right needs no copies or border passes, since
-the shuffles shift zeros in. 5x5 kernels would keep too many vectors in registers: there each
-shifted run is its own masked load (still shared by the output rows of a step). Several output
-rows per step share their input rows, and their multiply-add chains interleave.
+columns, one lane shift (``valignd``) of the previous and current (or current and next)
+vectors. Stride 2 reads two vectors per output vector and splits them into even and odd columns
+inside 128-bit lanes (``vshufps``; the column order this leaves is undone once per output
+vector), the pair shifted by one column giving the third tap. These instructions are inline
+assembly because LLVM lowers the same shuffles to two-source permutes, which on Zen 4 compete
+with the FMAs for their pipes (measured below). So a 3x3 tap costs one FMA and at most one
+shuffle, and each input element is loaded once per kernel row, where a flat pass
+(:mod:`numbaconv.kernels.depthwise`) issues one unaligned load per tap; the zero padding left and
+right needs no copies or border passes, since the shifts bring zeros in. 5x5 kernels would keep
+too many vectors in registers: there each shifted run is its own masked load (still shared by the
+output rows of a step). Several output rows per step share their input rows, and their
+multiply-add chains interleave.
 
 Each output is the bias followed by one FMA per tap, rows then columns, padding zeros multiplied
 like data (so an Inf/NaN weight on a padded tap gives NaN, as in the reference). Work is split
@@ -41,7 +45,9 @@ __all__ = ["conv2d_depthwise_rows", "supports"]
 # against 52-55) and 7x7 (43-63 against 70-85) spill registers and stay with the flat passes.
 # With 16 vector registers (AVX2) the kept rows spill: measured under an AVX2 build here, 3x3
 # C144 56x56 ran at 41-49 GFLOP/s against 79-80 for the flat passes (1, 2 or 4 rows per step),
-# so the kernel is used with 32 registers (AVX-512) only.
+# so the kernel is used with 32 registers (AVX-512) only. valignd/vshufps in place of LLVM's
+# vpermt2ps (1 thread, same bits): 3x3 C144 56x56 125 -> 114 us, C32 112x112 95 -> 87, stride 2
+# C96 112x112 148 -> 145, C144 56x56 72 -> 63.
 ROWS = {(3, 1): 4, (3, 2): 2, (5, 1): 4} if vector_bytes() == 64 else {}
 VARIANTS = sorted({(k, s, r) for (k, s), n in ROWS.items() for r in {1, n}})
 
@@ -65,13 +71,6 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
     zero = ir.Constant(vec.vty, [0.0] * lanes)
     xbase_v, wd_v, h_v, ow_v, obase_v, oy_v, pt_v = (
         vec.as64(v) for v in (xbase_v, wd_v, h_v, ow_v, obase_v, oy_v, pt_v))
-
-    # taps: stream (column phase) and shift (in stream elements) of each kx
-    taps = []
-    for kx in range(k):
-        s = kx - k // 2
-        p = s % st
-        taps.append((p, (s - p) // st))
     wvec = [vec.splat(b.load(vec.ptr(aty[5], w_v, b.add(vec.as64(wbase_v), c64(i)))))
             for i in range(k * k)]
     bvec = vec.splat(bias_v)
@@ -86,85 +85,93 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
         inside = b.and_(b.icmp_signed(">=", iy, c64(0)), b.icmp_signed("<", iy, h_v))
         xrow = vec.ptr(aty[0], x_v, b.add(xbase_v, b.mul(b.select(inside, iy, c64(0)), wd_v)))
         rows.append(b.select(inside, xrow, zptr))
-    # 5x5: each shifted run by its own (masked) load; 3x3: by shuffles of vectors kept from one
-    # step to the next (loop-carried values)
-    by_loads = st == 1 and k >= 5
 
-    def streams(j):
-        """Block ``j`` of every input row as ``st`` column-phase vectors: lanes ``l`` hold
-        columns ``(j*lanes + l)*st + p``, zero from column ``wd`` on (masked loads)."""
-        halves = []
-        for half in range(st):
-            first = b.add(b.mul(j, c64(lanes * st)), c64(half * lanes))
-            m = vec.mask(b.sub(wd_v, first), lanes)
-            halves.append([vec.load(b.gep(r, [first]), mask=m) for r in rows])
-        if st == 1:
-            return [[v] for v in halves[0]]
-        return [[vec.shuffle(lo, hi, list(range(p, 2 * lanes, 2))) for p in range(st)]
-                for lo, hi in zip(halves[0], halves[1])]
+    # How the tap vectors of output block j come about, per input row (lanes past the row's
+    # end load as zeros, so the shifts and shuffles bring in the right padding):
+    # - "loads" (5x5): each shifted run is its own masked load.
+    # - "shifts" (3x3 stride 1): the row's blocks j-1, j, j+1 stay in registers from one step
+    #   to the next; tap kx is the pair shifted by kx - 1 lanes (valign).
+    # - "pairs" (3x3 stride 2): the row's 2 * lanes columns of block j, and the same shifted
+    #   one column right (valign with the previous block's upper half), deinterleaved in
+    #   128-bit lanes (vshufps): even columns of the shifted pair are tap 0, even and odd
+    #   columns of the pair taps 1 and 2, all in the lane order of
+    #   Vectors.in_lanes_order; the sums are put back in column order once per output vector.
+    mode = "loads" if st == 1 and k >= 5 else "shifts" if st == 1 else "pairs"
+    assert mode != "pairs" or k == 3
 
-    def shifted(prev, cur, nxt, q):
-        if q == 0:
-            return cur
-        if q < 0:
-            return vec.shuffle(prev, cur, [lanes + q + l for l in range(lanes)])
-        return vec.shuffle(cur, nxt, [q + l for l in range(lanes)])
+    def block(r, first):
+        m = vec.mask(b.sub(wd_v, first), lanes)
+        return vec.load(b.gep(r, [first]), mask=m)
 
     fn = b.function
     pre = b.block
     j_hdr = fn.append_basic_block("dw_j_hdr")
     j_body = fn.append_basic_block("dw_j_body")
     done = fn.append_basic_block("dw_done")
-    cur0 = None if by_loads else streams(c64(0))
+    if mode == "shifts":
+        cur0 = [block(r, c64(0)) for r in rows]
     b.branch(j_hdr)
 
     b.position_at_end(j_hdr)
     j = b.phi(i64)
     j.add_incoming(c64(0), pre)
-    if not by_loads:
-        prev = [[b.phi(vec.vty) for _ in range(st)] for _ in range(nin)]
-        cur = [[b.phi(vec.vty) for _ in range(st)] for _ in range(nin)]
+    if mode != "loads":
+        # loop-carried blocks: shifts keep (previous, current), pairs the previous upper half
+        carried = [[b.phi(vec.vty) for _ in range(2 if mode == "shifts" else 1)]
+                   for _ in range(nin)]
         for i in range(nin):
-            for p in range(st):
-                prev[i][p].add_incoming(zero, pre)
-                cur[i][p].add_incoming(cur0[i][p], pre)
+            carried[i][0].add_incoming(zero, pre)
+            if mode == "shifts":
+                carried[i][1].add_incoming(cur0[i], pre)
     b.cbranch(b.icmp_signed("<", j, nvec), j_body, done)
 
     b.position_at_end(j_body)
     j1 = b.add(j, c64(1))
     first = b.mul(j, c64(lanes))
-    if by_loads:
-        shifted_rows = []
+    taps = [[None] * k for _ in range(nin)]  # taps[row][kx]: the vector of that tap
+    if mode == "loads":
         for kx in range(k):
             start = b.add(first, c64(kx - k // 2))
             # lanes l with 0 <= start + l < wd
             m = b.and_(vec.mask(b.sub(wd_v, start), lanes),
                        b.not_(vec.mask(b.neg(start), lanes)))
-            shifted_rows.append([vec.load(b.gep(r, [start]), mask=m) for r in rows])
+            for i, r in enumerate(rows):
+                taps[i][kx] = vec.load(b.gep(r, [start]), mask=m)
+    elif mode == "shifts":
+        nxt = [block(r, b.add(first, c64(lanes))) for r in rows]
+        for i in range(nin):
+            prev, cur = carried[i]
+            taps[i] = [vec.align(prev, cur, lanes - 1), cur, vec.align(cur, nxt[i], 1)]
     else:
-        nxt = streams(j1)
+        first2 = b.mul(j, c64(2 * lanes))
+        pairs = [(block(r, first2), block(r, b.add(first2, c64(lanes)))) for r in rows]
+        for i, (lo, hi) in enumerate(pairs):
+            slo = vec.align(carried[i][0], lo, lanes - 1)
+            shi = vec.align(lo, hi, lanes - 1)
+            taps[i] = [vec.deinterleave_in_lanes(slo, shi, 0),
+                       vec.deinterleave_in_lanes(lo, hi, 0),
+                       vec.deinterleave_in_lanes(lo, hi, 1)]
     omask = vec.mask(b.sub(ow_v, first), lanes)
     # taps outermost: the nr rows' multiply-add chains interleave, so the out-of-order core
     # always has independent FMAs to issue (row by row, the 9-deep chains filled its queues)
     accs = [bvec] * nr
     for ky in range(k):
-        for kx, (p, q) in enumerate(taps):
+        for kx in range(k):
             for r in range(nr):
-                i = r * st + ky
-                if by_loads:
-                    v = shifted_rows[kx][i]
-                else:
-                    v = shifted(prev[i][p], cur[i][p], nxt[i][p], q)
-                accs[r] = vec.fma(v, wvec[ky * k + kx], accs[r])
+                accs[r] = vec.fma(taps[r * st + ky][kx], wvec[ky * k + kx], accs[r])
     for r in range(nr):
+        acc = accs[r] if mode != "pairs" else vec.shuffle(accs[r], accs[r],
+                                                          vec.in_lanes_order())
         orow = b.add(obase_v, b.mul(b.add(oy_v, c64(r)), ow_v))
-        vec.store(accs[r], vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
+        vec.store(acc, vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
     j.add_incoming(j1, j_body)
-    if not by_loads:
+    if mode == "shifts":
         for i in range(nin):
-            for p in range(st):
-                prev[i][p].add_incoming(cur[i][p], j_body)
-                cur[i][p].add_incoming(nxt[i][p], j_body)
+            carried[i][0].add_incoming(carried[i][1], j_body)
+            carried[i][1].add_incoming(nxt[i], j_body)
+    elif mode == "pairs":
+        for i in range(nin):
+            carried[i][0].add_incoming(pairs[i][1], j_body)
     b.branch(j_hdr)
     b.position_at_end(done)
 
