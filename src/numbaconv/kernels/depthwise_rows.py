@@ -6,12 +6,11 @@ once, vector after vector, with masked loads (lanes past the row's end and rows 
 bottom padding read as zeros, without touching memory), and kept in registers from one output
 vector to the next: the vector of tap ``kx`` is the input run shifted by ``kx - k // 2``
 columns, one lane shift (``valignd``) of the previous and current (or current and next)
-vectors. Stride 2 reads two vectors per output vector and splits them into even and odd columns
-inside 128-bit lanes (``vshufps``; the column order this leaves is undone once per output
-vector), the pair shifted by one column giving the third tap. These instructions are inline
-assembly because LLVM lowers the same shuffles to two-source permutes, which on Zen 4 compete
-with the FMAs for their pipes (measured below). So a 3x3 tap costs one FMA and at most one
-shuffle, and each input element is loaded once per kernel row, where a flat pass
+vectors. Stride 2 reads two vectors per output vector and splits them into even and odd
+columns (two permutes): taps 1 and 2 are those, tap 0 the odd ones shifted by one lane. The lane
+shifts are inline assembly because LLVM lowers them to two-source permutes, which on Zen 4
+compete with the FMAs for their pipes (measured below). So a 3x3 tap costs one FMA and at most
+one shuffle, and each input element is loaded once per kernel row, where a flat pass
 (:mod:`numbaconv.kernels.depthwise`) issues one unaligned load per tap; the zero padding left and
 right needs no copies or border passes, since the shifts bring zeros in. 5x5 kernels would keep
 too many vectors in registers: there each shifted run is its own masked load (still shared by the
@@ -45,9 +44,11 @@ __all__ = ["conv2d_depthwise_rows", "supports"]
 # against 52-55) and 7x7 (43-63 against 70-85) spill registers and stay with the flat passes.
 # With 16 vector registers (AVX2) the kept rows spill: measured under an AVX2 build here, 3x3
 # C144 56x56 ran at 41-49 GFLOP/s against 79-80 for the flat passes (1, 2 or 4 rows per step),
-# so the kernel is used with 32 registers (AVX-512) only. valignd/vshufps in place of LLVM's
-# vpermt2ps (1 thread, same bits): 3x3 C144 56x56 125 -> 114 us, C32 112x112 95 -> 87, stride 2
-# C96 112x112 148 -> 145, C144 56x56 72 -> 63.
+# so the kernel is used with 32 registers (AVX-512) only. Lane shifts by valignd in place of
+# LLVM's vpermt2ps (1 thread, same bits): 3x3 C144 56x56 125 -> 114 us, C32 112x112 95 -> 87;
+# stride 2, where the shift of the odd columns replaced a third permute: C96 112x112 148 -> 135,
+# C144 56x56 72 -> 58 (splitting in 128-bit lanes by vshufps and restoring the column order once
+# per output vector, five shuffles per row instead of three, gave 145 and 63).
 ROWS = {(3, 1): 4, (3, 2): 2, (5, 1): 4} if vector_bytes() == 64 else {}
 VARIANTS = sorted({(k, s, r) for (k, s), n in ROWS.items() for r in {1, n}})
 
@@ -87,15 +88,13 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
         rows.append(b.select(inside, xrow, zptr))
 
     # How the tap vectors of output block j come about, per input row (lanes past the row's
-    # end load as zeros, so the shifts and shuffles bring in the right padding):
+    # end load as zeros, so the shifts bring in the right padding):
     # - "loads" (5x5): each shifted run is its own masked load.
     # - "shifts" (3x3 stride 1): the row's blocks j-1, j, j+1 stay in registers from one step
     #   to the next; tap kx is the pair shifted by kx - 1 lanes (valign).
-    # - "pairs" (3x3 stride 2): the row's 2 * lanes columns of block j, and the same shifted
-    #   one column right (valign with the previous block's upper half), deinterleaved in
-    #   128-bit lanes (vshufps): even columns of the shifted pair are tap 0, even and odd
-    #   columns of the pair taps 1 and 2, all in the lane order of
-    #   Vectors.in_lanes_order; the sums are put back in column order once per output vector.
+    # - "pairs" (3x3 stride 2): the row's 2 * lanes columns of block j split into even and odd
+    #   columns (taps 1 and 2); tap 0 is the odd columns shifted by one lane, the previous
+    #   block's odd columns shifting in (valign).
     mode = "loads" if st == 1 and k >= 5 else "shifts" if st == 1 else "pairs"
     assert mode != "pairs" or k == 3
 
@@ -116,7 +115,7 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
     j = b.phi(i64)
     j.add_incoming(c64(0), pre)
     if mode != "loads":
-        # loop-carried blocks: shifts keep (previous, current), pairs the previous upper half
+        # loop-carried blocks: shifts keep (previous, current), pairs the previous odd columns
         carried = [[b.phi(vec.vty) for _ in range(2 if mode == "shifts" else 1)]
                    for _ in range(nin)]
         for i in range(nin):
@@ -145,12 +144,12 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
     else:
         first2 = b.mul(j, c64(2 * lanes))
         pairs = [(block(r, first2), block(r, b.add(first2, c64(lanes)))) for r in rows]
+        odds = []
         for i, (lo, hi) in enumerate(pairs):
-            slo = vec.align(carried[i][0], lo, lanes - 1)
-            shi = vec.align(lo, hi, lanes - 1)
-            taps[i] = [vec.deinterleave_in_lanes(slo, shi, 0),
-                       vec.deinterleave_in_lanes(lo, hi, 0),
-                       vec.deinterleave_in_lanes(lo, hi, 1)]
+            ev = vec.shuffle(lo, hi, list(range(0, 2 * lanes, 2)))
+            od = vec.shuffle(lo, hi, list(range(1, 2 * lanes, 2)))
+            odds.append(od)
+            taps[i] = [vec.align(carried[i][0], od, lanes - 1), ev, od]
     omask = vec.mask(b.sub(ow_v, first), lanes)
     # taps outermost: the nr rows' multiply-add chains interleave, so the out-of-order core
     # always has independent FMAs to issue (row by row, the 9-deep chains filled its queues)
@@ -160,10 +159,8 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
             for r in range(nr):
                 accs[r] = vec.fma(taps[r * st + ky][kx], wvec[ky * k + kx], accs[r])
     for r in range(nr):
-        acc = accs[r] if mode != "pairs" else vec.shuffle(accs[r], accs[r],
-                                                          vec.in_lanes_order())
         orow = b.add(obase_v, b.mul(b.add(oy_v, c64(r)), ow_v))
-        vec.store(acc, vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
+        vec.store(accs[r], vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
     j.add_incoming(j1, j_body)
     if mode == "shifts":
         for i in range(nin):
@@ -171,7 +168,7 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
             carried[i][1].add_incoming(nxt[i], j_body)
     elif mode == "pairs":
         for i in range(nin):
-            carried[i][0].add_incoming(pairs[i][1], j_body)
+            carried[i][0].add_incoming(odds[i], j_body)
     b.branch(j_hdr)
     b.position_at_end(done)
 

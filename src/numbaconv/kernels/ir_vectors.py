@@ -10,9 +10,8 @@ from numbaconv._jit import vector_bytes
 
 _VBYTES = vector_bytes()
 
-# The AVX-512 lane shifts and in-lane shuffles below are inline assembly, which LLVM must parse
-# when it compiles them (Numba registers only the code generator; registering the parser has no
-# other effect).
+# The AVX-512 lane shift below is inline assembly, which LLVM must parse when it compiles it
+# (Numba registers only the code generator; registering the parser has no other effect).
 llvm.initialize_native_asmparser()
 
 
@@ -88,31 +87,6 @@ class Vectors:
         fty = ir.FunctionType(self.vty, [self.vty, self.vty])
         return self.builder.asm(fty, "%s $$%d, $1, $2, $0" % (ins, n), "=v,v,v", [lo, hi],
                                 False)
-
-    def deinterleave_in_lanes(self, lo, hi, phase):
-        """AVX-512 only: the elements ``2i + phase`` of the pair ``lo, hi`` (as a stream of
-        ``lanes`` values) in the lane order of :meth:`in_lanes_order`, by one ``vshufps``/
-        ``vshufpd``, which stays inside 128-bit lanes and so issues beside FMAs on Zen 4."""
-        if self.isz == 4:
-            ins, imm = "vshufps", (0x88, 0xDD)[phase]
-        else:
-            ins, imm = "vshufpd", (0x00, 0xFF)[phase]
-        fty = ir.FunctionType(self.vty, [self.vty, self.vty])
-        return self.builder.asm(fty, "%s $$%d, $2, $1, $0" % (ins, imm), "=v,v,v", [lo, hi],
-                                False)
-
-    def in_lanes_order(self):
-        """Where :meth:`deinterleave_in_lanes` puts stream element ``s``: a list of lane
-        indices. Each 128-bit lane ``q`` holds ``n/2`` elements taken from ``lo`` followed by
-        ``n/2`` from ``hi`` (``n`` = elements per 128 bits)."""
-        n = 16 // self.isz
-        half = n // 2
-        pos = [0] * self.lanes
-        for q in range(self.lanes // n):
-            for h in range(2):
-                for t in range(half):
-                    pos[h * (self.lanes // 2) + q * half + t] = q * n + h * half + t
-        return pos
 
     def fma(self, a, b, c):
         """``a * b + c`` rounded once, elementwise."""
