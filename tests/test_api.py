@@ -118,16 +118,18 @@ def test_memory_layouts_give_the_same_result(rng, transposed):
 
 @pytest.mark.parametrize("bad, error", [
     (dict(stride=True), "stride must be an int"), (dict(padding=1.0), "padding must be an int"),
-    (dict(groups=True), "groups must be an int"), (dict(dilation=True), "dilation must be")])
+    (dict(groups=True), "groups must be an int"), (dict(dilation=True), "dilation must be"),
+    (dict(stride=(1, True)), "stride must be"), (dict(padding=((1, 1), (1, 1.0))), "padding")])
 def test_a_remembered_call_does_not_let_equal_but_invalid_arguments_through(rng, bad, error):
     # 1 == 1.0 == True as dictionary keys: a call repeated with the same shapes must still be
     # validated when an argument only compares equal to the remembered one
     x, w = _ints(rng, (1, 3, 9, 9)), _ints(rng, (4, 3, 3, 3))
-    kwargs = dict(stride=1, padding=1, dilation=1, groups=1)
-    first = numbaconv.conv2d(x, w, **kwargs)
-    assert np.array_equal(numbaconv.conv2d(x, w, **kwargs), first)
-    with pytest.raises(TypeError, match=error):
-        numbaconv.conv2d(x, w, **{**kwargs, **bad})
+    for kwargs in (dict(stride=1, padding=1, dilation=1, groups=1),
+                   dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1), groups=1)):
+        first = numbaconv.conv2d(x, w, **kwargs)
+        assert np.array_equal(numbaconv.conv2d(x, w, **kwargs), first)
+        with pytest.raises(TypeError, match=error):
+            numbaconv.conv2d(x, w, **{**kwargs, **bad})
 
 
 def _digest(*arrays):

@@ -96,17 +96,32 @@ _SEEN = {}
 
 def _repeat_key(func, nd, x, w, b, transposed, stride, padding, dilation, groups,
                 output_padding, output_size):
-    """A key that fixes the problem and the dtypes, for the common argument types only (arrays
-    and plain ints, padding a plain int or a string); None for anything else. Plain ints only,
-    since ``1 == True == 1.0`` as keys, and the validation treats those differently."""
+    """A key that fixes the problem and the dtypes, for the common argument types only (arrays;
+    plain ints or tuples of them, nested once for padding, which may also be a string); None
+    for anything else. Plain ints only, since ``1 == True == 1.0`` as keys, and the validation
+    treats those differently."""
     if not (type(x) is np.ndarray and type(w) is np.ndarray and (b is None or type(b) is np.ndarray)
-            and type(stride) is int and type(dilation) is int and type(groups) is int
-            and type(output_padding) is int and output_size is None
-            and (type(padding) is int or type(padding) is str)):
+            and type(groups) is int and output_size is None and _plain(stride)
+            and _plain(dilation) and _plain(output_padding)
+            and (type(padding) is str or _plain(padding))):
         return None
     return (func, nd, transposed, x.shape, x.dtype, w.shape, w.dtype,
             None if b is None else (b.shape, b.dtype), stride, padding, dilation, groups,
             output_padding)
+
+
+def _plain(value):
+    """Whether ``value`` is an int, or a tuple of ints and tuples of ints (bools excluded)."""
+    kind = type(value)
+    if kind is int:
+        return True
+    if kind is not tuple:
+        return False
+    for v in value:
+        k = type(v)
+        if k is not int and not (k is tuple and all(type(i) is int for i in v)):
+            return False
+    return True
 
 
 def _usable(a, dtype):
