@@ -120,8 +120,15 @@ def test_auto_uses_it_only_where_it_pays():
         != "winograd"
     assert dispatch.auto_choice(Case((1, 64, 28, 28), (64, 64, 3, 3), padding=1).problem) \
         != "winograd"
+    # dilated: judged by one stride-1 phase (DeepLab's 17-wide phases, C64 28x28 phases: no)
     dilated = Case((1, 256, 33, 33), (256, 256, 3, 3), padding=2, dilation=2).problem
     assert dispatch.auto_choice(dilated) != "winograd"
+    assert dispatch.auto_choice(Case((1, 64, 56, 56), (64, 64, 3, 3), padding=2,
+                                     dilation=2).problem) != "winograd"
+    assert dispatch.auto_choice(Case((1, 128, 56, 56), (128, 128, 3, 3), padding=2,
+                                     dilation=2).problem) == "winograd"
+    assert dispatch.auto_choice(Case((1, 128, 56, 56), (128, 128, 3, 3), padding=2,
+                                     dilation=2).problem, exact=True) != "winograd"
     assert next(a for a in dispatch.ALGORITHMS if a.name == "winograd").why_not(dilated) is None
     for refused in [Case((1, 64, 56, 56), (64, 64, 3, 3), stride=2, padding=1),
                     Case((1, 64, 56, 56), (64, 32, 3, 3), groups=2, padding=1),

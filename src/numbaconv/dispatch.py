@@ -214,22 +214,25 @@ def candidates(problem, exact=False):
             for a in ALGORITHMS if a.transposed == problem.transposed}
 
 
-# Winograd pays for its transforms on large, dense, undilated layers whose output fills its 4x4
-# tiles (each tile row also carries one unused tile). Measured with ``numbaconv bench`` on 2
-# cores against the best exact kernel: 1.5-2x on ResNet-50 3x3 C64 56 and C128 28 and VGG-16
-# conv1_2; slower on C32 56x56 and C64 28x28 (too little work per transformed value), on 14x14 and
-# 7x7 maps (61% and 51% of the tiles' outputs used) and on dilated layers (phases are small maps).
+# Winograd pays for its transforms on large, dense layers whose output fills its 4x4 tiles (each
+# tile row also carries one unused tile). Measured with ``numbaconv bench`` on 2 cores against the
+# best exact kernel: 1.5-2x on ResNet-50 3x3 C64 56 and C128 28 and VGG-16 conv1_2; slower on C32
+# 56x56 and C64 28x28 (too little work per transformed value) and on 14x14 and 7x7 maps (61% and
+# 51% of the tiles' outputs used). A dilated layer runs as dilation_h * dilation_w stride-1
+# phases, and the same limits hold per phase: dilation 2 on C128 56x56, C256 56x56, C256 65x65
+# and C512 65x65 (phases 28 to 33 wide) 1.17-1.45x the direct kernel (7 of 7 interleaved rounds
+# each); slower on C64 56x56 (phases like C64 28x28) and DeepLab's C256 33x33 (17-wide phases).
 _WINOGRAD_MIN_MACS = 50_000_000
 _WINOGRAD_MIN_CHANNELS = 32
 _WINOGRAD_MIN_TILE_USE = 0.75
 
 
 def _winograd_pays(problem):
-    oh, ow = problem.out_size
+    (oh, ow), (dh, dw) = problem.out_size, problem.dilation
+    ph, pw = -(-oh // dh), -(-ow // dw)  # one stride-1 phase of a dilated layer (the largest)
     t = winograd.TILE
-    used = oh * ow / (t * -(-oh // t) * t * (-(-ow // t) + 1))
-    return (problem.dilation == (1, 1) and problem.macs >= _WINOGRAD_MIN_MACS
-            and used >= _WINOGRAD_MIN_TILE_USE
+    used = ph * pw / (t * -(-ph // t) * t * (-(-pw // t) + 1))
+    return (problem.macs / (dh * dw) >= _WINOGRAD_MIN_MACS and used >= _WINOGRAD_MIN_TILE_USE
             and min(problem.in_channels, problem.out_channels) >= _WINOGRAD_MIN_CHANNELS)
 
 
@@ -261,9 +264,10 @@ def rule(problem, exact=False):
 
     Forward convolution:
 
-    0. ``winograd`` for 3x3 stride-1 undilated ungrouped layers of at least 50M multiply-adds, 32
-       input and output channels, and outputs that use 75% of the 4x4 tiles covering them (maps
-       of about 28 pixels and wider), unless ``exact``.
+    0. ``winograd`` for 3x3 stride-1 ungrouped layers of at least 50M multiply-adds, 32 input
+       and output channels, and outputs that use 75% of the 4x4 tiles covering them (maps of
+       about 28 pixels and wider), unless ``exact``; for dilated layers the multiply-adds and the
+       map of one stride-1 phase count.
     1. ``depthwise`` when ``groups == C_in > 1`` (one channel per group).
     2. ``direct`` for other grouped convolutions with narrow groups (``C_out / groups < 32``):
        a GEMM per group would be too small to run fast.
