@@ -48,6 +48,9 @@ def test_unbatched_input(rng):
     assert np.array_equal(y, numbaconv.conv2d(x[None], w, b, padding=1)[0])
     t = numbaconv.conv_transpose2d(x, _ints(rng, (3, 2, 2, 2)), stride=2)
     assert t.shape == (2, 16, 16)
+    # repeated calls (the remembered path) keep the unbatched form
+    assert np.array_equal(numbaconv.conv2d(x, w, b, padding=1), y)
+    assert np.array_equal(numbaconv.conv2d(x, w, b, padding=1), y)
 
 
 @pytest.mark.parametrize("x_dtype,w_dtype,expected", [
