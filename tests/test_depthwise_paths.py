@@ -5,7 +5,8 @@ default; the flat passes ('same' and 'fill') still compute them when forced, and
 by default. Each path must equal the reference bit for bit on integer data, write every output
 cell, and give the same bits on 1 and 2 threads. Widths straddle vector boundaries (8 float64 or
 16 float32 lanes), heights and top paddings put padding rows at both ends, and thread splits
-fall inside planes.
+fall inside planes; stride-2 widths cover both the vertical strips (output rows of up to four
+vectors) and the row steps of wider rows.
 """
 
 import numba
@@ -28,6 +29,8 @@ GEOMETRIES = [
     (1, 2, 2, 10, 31, 3, 2, 1, 0),
     (1, 3, 1, 12, 32, 3, 2, 0, 1),
     (1, 2, 1, 7, 65, 3, 2, 1, 1),
+    (1, 2, 1, 8, 127, 3, 2, 2, 0),
+    (1, 2, 1, 6, 150, 3, 2, 1, 1),
     (2, 2, 1, 6, 5, 5, 1, 2, 2),
     (1, 3, 2, 9, 18, 5, 1, 1, 2),
     (1, 2, 1, 8, 40, 5, 1, 0, 0),
