@@ -71,31 +71,49 @@ def supports(kh, kw, sh, sw, pl, dh, dw):
     return kh == kw and sh == sw and (kh, sh) in ROWS and dh == dw == 1 and pl == kw // 2
 
 
+class _PlaneIR:
+    """What both emitters need of one plane (the first 11 arguments of :func:`_rows` and
+    :func:`_strips`): the vector helpers, the ``k * k`` weights and the bias as vectors, and
+    input row pointers."""
+
+    def __init__(self, context, builder, aty, args, k):
+        x_v, xbase_v, h_v, wd_v, z_v, w_v, wbase_v, bias_v, out_v, obase_v, ow_v = args[:11]
+        self.vec = vec = Vectors(context, builder, aty[0])
+        self.b, self.aty, self.x, self.out = builder, aty, x_v, out_v
+        self.xbase, self.h, self.wd, self.ow, self.obase = (
+            vec.as64(v) for v in (xbase_v, h_v, wd_v, ow_v, obase_v))
+        wbase = vec.as64(wbase_v)
+        self.w = [vec.splat(builder.load(vec.ptr(aty[5], w_v, builder.add(wbase, self.c64(i)))))
+                  for i in range(k * k)]
+        self.bias = vec.splat(bias_v)
+        self.zrow = vec.ptr(aty[4], z_v, self.c64(0))
+
+    def c64(self, n):
+        return ir.Constant(self.vec.i64, n)
+
+    def row(self, iy):
+        """Input row ``iy`` of the plane, or the zero row outside ``[0, h)``."""
+        b, c64 = self.b, self.c64
+        inside = b.and_(b.icmp_signed(">=", iy, c64(0)), b.icmp_signed("<", iy, self.h))
+        xrow = self.vec.ptr(self.aty[0], self.x,
+                            b.add(self.xbase, b.mul(b.select(inside, iy, c64(0)), self.wd)))
+        return b.select(inside, xrow, self.zrow)
+
+
 def _emit_rows(context, builder, aty, args, k, st, nr):
     """IR of output rows ``oy .. oy + nr - 1`` of one plane (see :func:`_rows`)."""
-    (x_v, xbase_v, h_v, wd_v, z_v, w_v, wbase_v, bias_v, out_v, obase_v, ow_v, oy_v,
-     pt_v) = args[:13]
-    vec = Vectors(context, builder, aty[0])
-    b = builder
+    p = _PlaneIR(context, builder, aty, args, k)
+    vec, b, c64, wvec, bvec = p.vec, builder, p.c64, p.w, p.bias
     i64, lanes = vec.i64, vec.lanes
-    c64 = lambda n: ir.Constant(i64, n)  # noqa: E731
     zero = ir.Constant(vec.vty, [0.0] * lanes)
-    xbase_v, wd_v, h_v, ow_v, obase_v, oy_v, pt_v = (
-        vec.as64(v) for v in (xbase_v, wd_v, h_v, ow_v, obase_v, oy_v, pt_v))
-    wvec = [vec.splat(b.load(vec.ptr(aty[5], w_v, b.add(vec.as64(wbase_v), c64(i)))))
-            for i in range(k * k)]
-    bvec = vec.splat(bias_v)
+    wd_v, ow_v, obase_v, out_v = p.wd, p.ow, p.obase, p.out
+    oy_v, pt_v = vec.as64(args[11]), vec.as64(args[12])
     nvec = b.sdiv(b.add(ow_v, c64(lanes - 1)), c64(lanes))
 
     # input rows of the nr output rows: pointers into x, or to the zero row
     nin = (nr - 1) * st + k
-    zptr = vec.ptr(aty[4], z_v, c64(0))
-    rows = []
-    for i in range(nin):
-        iy = b.add(b.sub(b.mul(oy_v, c64(st)), pt_v), c64(i))
-        inside = b.and_(b.icmp_signed(">=", iy, c64(0)), b.icmp_signed("<", iy, h_v))
-        xrow = vec.ptr(aty[0], x_v, b.add(xbase_v, b.mul(b.select(inside, iy, c64(0)), wd_v)))
-        rows.append(b.select(inside, xrow, zptr))
+    top = b.sub(b.mul(oy_v, c64(st)), pt_v)
+    rows = [p.row(b.add(top, c64(i))) for i in range(nin)]
 
     # How the tap vectors of output block j come about, per input row (lanes past the row's
     # end load as zeros, so the shifts bring in the right padding):
@@ -225,19 +243,12 @@ def _rows(typingctx, x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, oy, 
 def _emit_strips(context, builder, aty, args, nstrips):
     """IR of output rows ``[oy0, oy1)`` of the vertical strips ``j .. j + nstrips - 1`` (one
     vector of outputs wide each) of one plane, 3x3 stride 2 (see :func:`_strips`)."""
-    (x_v, xbase_v, h_v, wd_v, z_v, w_v, wbase_v, bias_v, out_v, obase_v, ow_v, j_v, oy0_v,
-     oy1_v, pt_v) = args[:15]
-    vec = Vectors(context, builder, aty[0])
-    b = builder
+    p = _PlaneIR(context, builder, aty, args, 3)
+    vec, b, c64, wvec, bvec, rowptr = p.vec, builder, p.c64, p.w, p.bias, p.row
     i64, lanes = vec.i64, vec.lanes
-    c64 = lambda n: ir.Constant(i64, n)  # noqa: E731
     fzero = ir.Constant(vec.fty, 0.0)
-    xbase_v, wd_v, h_v, ow_v, obase_v, j_v, oy0_v, oy1_v, pt_v = (
-        vec.as64(v) for v in (xbase_v, wd_v, h_v, ow_v, obase_v, j_v, oy0_v, oy1_v, pt_v))
-    wvec = [vec.splat(b.load(vec.ptr(aty[5], w_v, b.add(vec.as64(wbase_v), c64(i)))))
-            for i in range(9)]
-    bvec = vec.splat(bias_v)
-    zptr = vec.ptr(aty[4], z_v, c64(0))
+    wd_v, ow_v, obase_v, out_v = p.wd, p.ow, p.obase, p.out
+    j_v, oy0_v, oy1_v, pt_v = (vec.as64(v) for v in args[11:15])
     strips = []
     for s in range(nstrips):
         js = b.add(j_v, c64(s))
@@ -249,11 +260,6 @@ def _emit_strips(context, builder, aty, args, nstrips):
         left = b.icmp_signed(">", js, c64(0))
         lidx = b.select(left, b.sub(first2, c64(1)), c64(0))
         strips.append((first2, m_lo, m_hi, firsto, om, left, lidx))
-
-    def rowptr(iy):
-        inside = b.and_(b.icmp_signed(">=", iy, c64(0)), b.icmp_signed("<", iy, h_v))
-        xrow = vec.ptr(aty[0], x_v, b.add(xbase_v, b.mul(b.select(inside, iy, c64(0)), wd_v)))
-        return b.select(inside, xrow, zptr)
 
     def taps(rp, st_):
         first2, m_lo, m_hi, _, _, left, lidx = st_
