@@ -106,6 +106,27 @@ def test_rows_same_bits_on_one_and_two_threads(geom):
 
 
 @ROWS_KERNEL
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("extra", [0, 1, 2, 3])
+def test_rows_without_right_padding(dtype, stride, extra):
+    """Right padding 0 (the output width implies it): the last outputs read real columns right
+    of their vector, which the vertical strips take from a scalar load; widths around one and
+    two vectors of outputs."""
+    lanes = 64 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(extra)
+    wd = stride * lanes + extra
+    x = rng.integers(-4, 5, (1, 3, 9, wd)).astype(dtype)
+    w = rng.integers(-4, 5, (3, 1, 3, 3)).astype(dtype)
+    b = rng.integers(-4, 5, 3).astype(dtype)
+    expected = reference.conv2d(np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 0))), w, b,
+                                stride=stride, groups=3)
+    out = np.full(expected.shape, np.nan, dtype)
+    depthwise.conv2d_depthwise(x, w, b, out, stride, stride, 1, 1, 1, 1)
+    np.testing.assert_array_equal(out, expected)
+
+
+@ROWS_KERNEL
 @pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")
 def test_rows_propagate_an_infinite_weight_on_padded_taps_like_the_reference():
     geom = (1, 2, 1, 6, 20, 3, 1, 1, 1)

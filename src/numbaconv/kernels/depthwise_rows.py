@@ -15,9 +15,9 @@ one shuffle, and each input element is loaded once per kernel row, where a flat 
 right needs no copies or border passes, since the shifts bring zeros in. 5x5 kernels would keep
 too many vectors in registers: there each shifted run is its own masked load (still shared by the
 output rows of a step). Several output rows per step share their input rows, and their
-multiply-add chains interleave. 3x3 stride 2 on rows of up to four output vectors instead walks
-down vertical strips, one output row per step: each input row is read and split once, and the
-row an output row shares with the next one carries over in registers.
+multiply-add chains interleave. 3x3 on narrow rows (stride 2: up to four output vectors, stride
+1: one) instead walks down vertical strips, one output row per step: each input row is read (and
+split) once, and the rows an output row shares with the next one carry over in registers.
 
 Each output is the bias followed by one FMA per tap, rows then columns, padding zeros multiplied
 like data (so an Inf/NaN weight on a padded tap gives NaN, as in the reference). Work is split
@@ -53,13 +53,15 @@ __all__ = ["conv2d_depthwise_rows", "supports"]
 # per output vector, five shuffles per row instead of three, gave 145 and 63).
 ROWS = {(3, 1): 4, (3, 2): 2, (5, 1): 4} if vector_bytes() == 64 else {}
 VARIANTS = sorted({(k, s, r) for (k, s), n in ROWS.items() for r in {1, n}})
-# 3x3 stride 2 on output rows of at most STRIPS vectors goes down vertical strips instead (see
-# _strips): each input row is read and split once, where row steps read the rows they share
+# 3x3 on output rows of at most STRIPS[stride] vectors goes down vertical strips instead (see
+# _strips): each input row is read (and split) once, where row steps read the rows they share
 # with the next step again. 2 threads, float32, same bits, 9 of 9 interleaved rounds faster:
-# C96 112x112 65.9 -> 55.8 us, C144 56x56 30.3 -> 24.2, C64 65x65 23.1 -> 18.7, C240 28x28
-# 19.7 -> 14.1. On wider rows the strips lost (C32 224x224, 7 vectors per row: 79 -> 84 us with
-# strips of four), so those keep the row steps.
-STRIPS = 4
+# stride 2, C96 112x112 65.9 -> 55.8 us, C144 56x56 30.3 -> 24.2, C64 65x65 23.1 -> 18.7, C240
+# 28x28 19.7 -> 14.1 (wider rows lost: C32 224x224, 7 vectors per row, 79 -> 84 with strips of
+# four); stride 1 only on rows of one vector, C384 14x14 21.7 -> 16.0 us, C960 7x7 35.8 -> 23.3
+# (two vectors already lost: C96 28x28 13.6 -> 14.3, C144 56x56 61 -> 65).
+STRIPS = (0, 1, 4)
+STRIP_VARIANTS = [(st, n) for st in (1, 2) for n in range(1, STRIPS[st] + 1)]
 _VBYTES = vector_bytes()
 
 # parameter slots of the int64 array handed to the compiled code
@@ -240,9 +242,9 @@ def _rows(typingctx, x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, oy, 
     return sig, codegen
 
 
-def _emit_strips(context, builder, aty, args, nstrips):
+def _emit_strips(context, builder, aty, args, st, nstrips):
     """IR of output rows ``[oy0, oy1)`` of the vertical strips ``j .. j + nstrips - 1`` (one
-    vector of outputs wide each) of one plane, 3x3 stride 2 (see :func:`_strips`)."""
+    vector of outputs wide each) of one plane, 3x3, stride ``st`` (see :func:`_strips`)."""
     p = _PlaneIR(context, builder, aty, args, 3)
     vec, b, c64, wvec, bvec, rowptr = p.vec, builder, p.c64, p.w, p.bias, p.row
     i64, lanes = vec.i64, vec.lanes
@@ -252,92 +254,102 @@ def _emit_strips(context, builder, aty, args, nstrips):
     strips = []
     for s in range(nstrips):
         js = b.add(j_v, c64(s))
-        first2 = b.mul(js, c64(2 * lanes))
-        m_lo = vec.mask(b.sub(wd_v, first2), lanes)
-        m_hi = vec.mask(b.sub(wd_v, b.add(first2, c64(lanes))), lanes)
+        first = b.mul(js, c64(st * lanes))     # the strip's first input column
+        m_lo = vec.mask(b.sub(wd_v, first), lanes)
+        m_hi = vec.mask(b.sub(wd_v, b.add(first, c64(lanes))), lanes)
         firsto = b.mul(js, c64(lanes))
         om = vec.mask(b.sub(ow_v, firsto), lanes)
+        # the input columns left and (stride 1) right of the strip, zero outside the row
         left = b.icmp_signed(">", js, c64(0))
-        lidx = b.select(left, b.sub(first2, c64(1)), c64(0))
-        strips.append((first2, m_lo, m_hi, firsto, om, left, lidx))
+        lidx = b.select(left, b.sub(first, c64(1)), c64(0))
+        right = b.icmp_signed("<", b.add(first, c64(lanes)), wd_v)
+        ridx = b.select(right, b.add(first, c64(lanes)), c64(0))
+        strips.append((first, m_lo, m_hi, firsto, om, left, lidx, right, ridx))
 
-    def taps(rp, st_):
-        first2, m_lo, m_hi, _, _, left, lidx = st_
-        lo = vec.load(b.gep(rp, [first2]), mask=m_lo)
-        hi = vec.load(b.gep(rp, [b.add(first2, c64(lanes))]), mask=m_hi)
-        ev = vec.shuffle(lo, hi, list(range(0, 2 * lanes, 2)))
-        od = vec.shuffle(lo, hi, list(range(1, 2 * lanes, 2)))
-        prevx = b.select(left, b.load(b.gep(rp, [lidx])), fzero)
-        return [vec.align(vec.splat(prevx), od, lanes - 1), ev, od]
+    def taps(rp, strip):
+        first, m_lo, m_hi, _, _, left, lidx, right, ridx = strip
+        lx = vec.splat(b.select(left, b.load(b.gep(rp, [lidx])), fzero))
+        cur = vec.load(b.gep(rp, [first]), mask=m_lo)
+        if st == 1:
+            rx = vec.splat(b.select(right, b.load(b.gep(rp, [ridx])), fzero))
+            return [vec.align(lx, cur, lanes - 1), cur, vec.align(cur, rx, 1)]
+        hi = vec.load(b.gep(rp, [b.add(first, c64(lanes))]), mask=m_hi)
+        ev = vec.shuffle(cur, hi, list(range(0, 2 * lanes, 2)))
+        od = vec.shuffle(cur, hi, list(range(1, 2 * lanes, 2)))
+        return [vec.align(lx, od, lanes - 1), ev, od]
 
+    # an output row shares 3 - st input rows with the previous one: their taps carry over
+    ncar = 3 - st
     fn = b.function
     pre = b.block
     hdr = fn.append_basic_block("st_hdr")
     body = fn.append_basic_block("st_body")
     done = fn.append_basic_block("st_done")
-    # the first output row's top input row
-    r0 = rowptr(b.sub(b.mul(oy0_v, c64(2)), pt_v))
-    init = [taps(r0, st_) for st_ in strips]
+    top = b.sub(b.mul(oy0_v, c64(st)), pt_v)
+    init = [[taps(rowptr(b.add(top, c64(i))), strip) for i in range(ncar)] for strip in strips]
     b.branch(hdr)
     b.position_at_end(hdr)
     oy = b.phi(i64)
     oy.add_incoming(oy0_v, pre)
-    car = [[b.phi(vec.vty) for _ in range(3)] for _ in range(nstrips)]
+    car = [[[b.phi(vec.vty) for _ in range(3)] for _ in range(ncar)] for _ in range(nstrips)]
     for s in range(nstrips):
-        for t in range(3):
-            car[s][t].add_incoming(init[s][t], pre)
+        for i in range(ncar):
+            for t in range(3):
+                car[s][i][t].add_incoming(init[s][i][t], pre)
     b.cbranch(b.icmp_signed("<", oy, oy1_v), body, done)
     b.position_at_end(body)
-    iy0 = b.sub(b.mul(oy, c64(2)), pt_v)
-    r1 = rowptr(b.add(iy0, c64(1)))
-    r2 = rowptr(b.add(iy0, c64(2)))
-    new = []
-    for s, st_ in enumerate(strips):
-        t1, t2 = taps(r1, st_), taps(r2, st_)
-        rows3 = [car[s], t1, t2]
+    iy0 = b.sub(b.mul(oy, c64(st)), pt_v)
+    newrows = [rowptr(b.add(iy0, c64(i))) for i in range(ncar, 3)]
+    nxt = []
+    for s, strip in enumerate(strips):
+        rows3 = [list(t) for t in car[s]] + [taps(r, strip) for r in newrows]
         acc = bvec
         for ky in range(3):
             for kx in range(3):
                 acc = vec.fma(rows3[ky][kx], wvec[ky * 3 + kx], acc)
         orow = b.add(obase_v, b.mul(oy, ow_v))
-        vec.store(acc, vec.ptr(aty[8], out_v, b.add(orow, st_[3])), st_[4])
-        new.append(t2)
-    oy1n = b.add(oy, c64(1))
-    oy.add_incoming(oy1n, body)
+        vec.store(acc, vec.ptr(aty[8], out_v, b.add(orow, strip[3])), strip[4])
+        nxt.append(rows3[st:])
+    oy.add_incoming(b.add(oy, c64(1)), body)
     for s in range(nstrips):
-        for t in range(3):
-            car[s][t].add_incoming(new[s][t], body)
+        for i in range(ncar):
+            for t in range(3):
+                car[s][i][t].add_incoming(nxt[s][i][t], body)
     b.branch(hdr)
     b.position_at_end(done)
 
 
 @intrinsic
 def _strips(typingctx, x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, j, oy0, oy1, pt,
-            ns):
-    """Output rows ``[oy0, oy1)`` of one plane of a 3x3 stride-2 convolution, restricted to the
-    ``ns`` (at most :data:`STRIPS`) vectors of outputs from vector ``j`` on, walking down the
-    rows (same arguments and result as :func:`_rows`). Each step reads the two new input rows of
-    its output row and splits them into even and odd columns; the third row's taps are the
-    previous step's; tap 0 takes its first lane from the input column left of the strip (a
-    scalar load, zero at the left edge)."""
-    sig = types.void(x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, j, oy0, oy1, pt, ns)
+            st, ns):
+    """Output rows ``[oy0, oy1)`` of one plane of a 3x3 convolution with stride ``st``,
+    restricted to the ``ns`` vectors of outputs from vector ``j`` on, walking down the rows
+    (same arguments and result as :func:`_rows`); ``(st, ns)`` must be one of
+    :data:`STRIP_VARIANTS`. Each step reads the input rows its output row does not share with
+    the previous one (stride 2: splits them into even and odd columns); the shared rows' taps
+    are the previous step's; the lane shifts take the columns beside the strip from scalar
+    loads (zero outside the row)."""
+    sig = types.void(x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, j, oy0, oy1, pt, st,
+                     ns)
 
     def codegen(context, builder, signature, args):
         b = builder
-        ns_v = args[15]
+        st_v, ns_v = (b.sext(v, ir.IntType(64)) if v.type.width < 64 else v
+                      for v in args[15:17])
+        code = b.add(b.mul(st_v, ir.Constant(ir.IntType(64), 16)), ns_v)
         fn = b.function
-        done = fn.append_basic_block("nsdone")
-        other = fn.append_basic_block("nsother")
-        sw = b.switch(ns_v, other)
+        done = fn.append_basic_block("strips_done")
+        other = fn.append_basic_block("strips_other")
+        sw = b.switch(code, other)
         b.position_at_end(other)
         b.call(cgutils.get_or_insert_function(b.module, ir.FunctionType(ir.VoidType(), []),
                                               "llvm.trap"), [])
         b.unreachable()
-        for n in range(1, STRIPS + 1):
-            blk = fn.append_basic_block("ns%d" % n)
-            sw.add_case(ir.Constant(ns_v.type, n), blk)
+        for st, n in STRIP_VARIANTS:
+            blk = fn.append_basic_block("strips_s%d_n%d" % (st, n))
+            sw.add_case(ir.Constant(ir.IntType(64), st * 16 + n), blk)
             b.position_at_end(blk)
-            _emit_strips(context, b, signature.args, args, n)
+            _emit_strips(context, b, signature.args, args, st, n)
             b.branch(done)
         b.position_at_end(done)
         return context.get_dummy_value()
@@ -347,11 +359,12 @@ def _strips(typingctx, x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, j,
 
 @kernel
 def _plane(xf, xbase, h, wd, zrow, wf, wbase, bias, of, obase, ow, oy0, oy1, pt, k, st, nr):
-    """Rows ``[oy0, oy1)`` of one output plane: down vertical strips (3x3 stride 2, narrow rows)
-    or ``nr`` at a time (they share input rows)."""
+    """Rows ``[oy0, oy1)`` of one output plane: down vertical strips (3x3, narrow rows) or
+    ``nr`` at a time (they share input rows)."""
     nvec = -(-ow // (_VBYTES // xf.itemsize))
-    if st == 2 and k == 3 and nvec <= STRIPS:
-        _strips(xf, xbase, h, wd, zrow, wf, wbase, bias, of, obase, ow, 0, oy0, oy1, pt, nvec)
+    if k == 3 and nvec <= STRIPS[st]:
+        _strips(xf, xbase, h, wd, zrow, wf, wbase, bias, of, obase, ow, 0, oy0, oy1, pt, st,
+                nvec)
         return
     oy = oy0
     while oy < oy1:
