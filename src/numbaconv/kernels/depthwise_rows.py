@@ -203,6 +203,35 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
     b.position_at_end(done)
 
 
+def _switch(builder, selectors, variants, name, emit):
+    """IR: a switch on the runtime ints ``selectors`` (each below 16) to the code ``emit(*v)``
+    writes for each tuple ``v`` of ``variants``. Any other combination is a bug of the caller:
+    it traps rather than leave outputs unwritten."""
+    b = builder
+    i64 = ir.IntType(64)
+    code = ir.Constant(i64, 0)
+    for v in selectors:
+        code = b.add(b.mul(code, ir.Constant(i64, 16)), b.sext(v, i64) if v.type.width < 64 else v)
+    fn = b.function
+    done = fn.append_basic_block(name + "_done")
+    other = fn.append_basic_block(name + "_none")
+    sw = b.switch(code, other)
+    b.position_at_end(other)
+    b.call(cgutils.get_or_insert_function(b.module, ir.FunctionType(ir.VoidType(), []),
+                                          "llvm.trap"), [])
+    b.unreachable()
+    for variant in variants:
+        key = 0
+        for v in variant:
+            key = key * 16 + v
+        blk = fn.append_basic_block("%s_%s" % (name, "_".join(map(str, variant))))
+        sw.add_case(ir.Constant(i64, key), blk)
+        b.position_at_end(blk)
+        emit(*variant)
+        b.branch(done)
+    b.position_at_end(done)
+
+
 @intrinsic
 def _rows(typingctx, x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, oy, pt, k, st,
           nr):
@@ -215,28 +244,9 @@ def _rows(typingctx, x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, oy, 
     sig = types.void(x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, oy, pt, k, st, nr)
 
     def codegen(context, builder, signature, args):
-        b = builder
-        k_v, st_v, nr_v = (b.sext(v, ir.IntType(64)) if v.type.width < 64 else v
-                           for v in args[13:16])
-        code = b.add(b.mul(b.add(b.mul(k_v, ir.Constant(ir.IntType(64), 16)), st_v),
-                           ir.Constant(ir.IntType(64), 16)), nr_v)
-        fn = b.function
-        done = fn.append_basic_block("dw_variants_done")
-        other = fn.append_basic_block("dw_no_variant")
-        sw = b.switch(code, other)
-        # a combination without compiled code is a bug of the caller: stop rather than leave
-        # the rows unwritten
-        b.position_at_end(other)
-        b.call(cgutils.get_or_insert_function(b.module, ir.FunctionType(ir.VoidType(), []),
-                                              "llvm.trap"), [])
-        b.unreachable()
-        for kk, ss, rr in VARIANTS:
-            blk = fn.append_basic_block("dw_k%d_s%d_r%d" % (kk, ss, rr))
-            sw.add_case(ir.Constant(ir.IntType(64), (kk * 16 + ss) * 16 + rr), blk)
-            b.position_at_end(blk)
-            _emit_rows(context, b, signature.args, args, kk, ss, rr)
-            b.branch(done)
-        b.position_at_end(done)
+        _switch(builder, args[13:16], VARIANTS, "dw_rows",
+                lambda kk, ss, rr: _emit_rows(context, builder, signature.args, args, kk, ss,
+                                              rr))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -333,25 +343,8 @@ def _strips(typingctx, x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, j,
                      ns)
 
     def codegen(context, builder, signature, args):
-        b = builder
-        st_v, ns_v = (b.sext(v, ir.IntType(64)) if v.type.width < 64 else v
-                      for v in args[15:17])
-        code = b.add(b.mul(st_v, ir.Constant(ir.IntType(64), 16)), ns_v)
-        fn = b.function
-        done = fn.append_basic_block("strips_done")
-        other = fn.append_basic_block("strips_other")
-        sw = b.switch(code, other)
-        b.position_at_end(other)
-        b.call(cgutils.get_or_insert_function(b.module, ir.FunctionType(ir.VoidType(), []),
-                                              "llvm.trap"), [])
-        b.unreachable()
-        for st, n in STRIP_VARIANTS:
-            blk = fn.append_basic_block("strips_s%d_n%d" % (st, n))
-            sw.add_case(ir.Constant(ir.IntType(64), st * 16 + n), blk)
-            b.position_at_end(blk)
-            _emit_strips(context, b, signature.args, args, st, n)
-            b.branch(done)
-        b.position_at_end(done)
+        _switch(builder, args[15:17], STRIP_VARIANTS, "dw_strips",
+                lambda st, n: _emit_strips(context, builder, signature.args, args, st, n))
         return context.get_dummy_value()
 
     return sig, codegen
