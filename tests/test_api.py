@@ -1,12 +1,13 @@
 """The public functions: argument forms, dtypes, memory layouts, out=, and inputs left alone."""
 
+import dataclasses
 import hashlib
 
 import numpy as np
 import pytest
 
 import numbaconv
-from numbaconv import reference
+from numbaconv import dispatch, reference
 
 
 def _ints(rng, shape, dtype=np.float32):
@@ -133,6 +134,37 @@ def test_a_remembered_call_does_not_let_equal_but_invalid_arguments_through(rng,
         assert np.array_equal(numbaconv.conv2d(x, w, **kwargs), first)
         with pytest.raises(TypeError, match=error):
             numbaconv.conv2d(x, w, **{**kwargs, **bad})
+
+
+def test_repeated_calls_return_new_arrays_and_run_what_their_arguments_ask(rng, monkeypatch):
+    """A call repeated with the same shapes and arguments reuses the algorithm chosen the first
+    time for that ``algorithm`` and ``exact`` (and ALGORITHMS table), never a result."""
+    ran = []
+
+    def spy(algorithm):
+        def run(*args):
+            ran.append(algorithm.name)
+            return algorithm.run(*args)
+        return dataclasses.replace(algorithm, run=run)
+
+    monkeypatch.setattr(dispatch, "ALGORITHMS", [spy(a) for a in dispatch.ALGORITHMS])
+    monkeypatch.setattr(dispatch, "rule", lambda problem, exact: "direct" if exact else "gemm")
+    x1, x2, w, b = (_ints(rng, (1, 4, 9, 9)), _ints(rng, (1, 4, 9, 9)), _ints(rng, (5, 4, 3, 3)),
+                    _ints(rng, (5,)))
+    calls = [("auto", False, x1), ("auto", False, x2), ("auto", True, x1), ("auto", True, x2),
+             ("gemm", True, x1), ("direct", False, x2), ("auto", False, x1)]
+    results = [numbaconv.conv2d(x, w, b, padding=1, algorithm=a, exact=e) for a, e, x in calls]
+    assert ran == ["gemm", "gemm", "direct", "direct", "gemm", "direct", "gemm"]
+    for (_, _, x), y in zip(calls, results):
+        assert np.array_equal(y, reference.conv2d(x, w, b, padding=1))
+    assert not np.shares_memory(results[0], results[-1])
+    results[0][...] = np.nan  # the caller owns each result
+    assert np.array_equal(numbaconv.conv2d(x1, w, b, padding=1), results[-1])
+    # a new table of algorithms is a new choice
+    monkeypatch.setattr(dispatch, "ALGORITHMS", [spy(a) for a in dispatch.ALGORITHMS])
+    monkeypatch.setattr(dispatch, "rule", lambda problem, exact: "direct")
+    numbaconv.conv2d(x1, w, b, padding=1)
+    assert ran[-1] == "direct"
 
 
 def _digest(*arrays):

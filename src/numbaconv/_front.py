@@ -53,11 +53,14 @@ def compute_dtype(named_arrays):
 class Prepared:
     """Contiguous operands, the batched problem, and how to shape the result for the user."""
 
-    __slots__ = ("problem", "x", "w", "b", "unbatched", "originals")
+    __slots__ = ("problem", "x", "w", "b", "unbatched", "originals", "runs")
 
-    def __init__(self, problem, x, w, b, unbatched, originals):
+    def __init__(self, problem, x, w, b, unbatched, originals, runs=None):
         self.problem, self.x, self.w, self.b = problem, x, w, b
         self.unbatched, self.originals = unbatched, originals
+        # for calls with remembered arguments: what the caller may remember about running this
+        # problem (shared by all such calls; see functional._run)
+        self.runs = runs
 
     @property
     def result_shape(self):
@@ -74,10 +77,10 @@ def prepare(func, nd, input, weight, bias, *, transposed, stride, padding, dilat
         seen = _SEEN.get(key)
         if seen is not None and _usable(input, seen[1]) and _usable(weight, seen[1]) and (
                 bias is None or _usable(bias, seen[1])):
-            problem, _, x_shape = seen
+            problem, _, x_shape, runs = seen
             unbatched = len(x_shape) != input.ndim
             return Prepared(problem, input.reshape(x_shape) if unbatched else input, weight,
-                            bias, unbatched, (input, weight, bias))
+                            bias, unbatched, (input, weight, bias), runs)
     prepared = _prepare(func, nd, input, weight, bias, transposed=transposed, stride=stride,
                         padding=padding, dilation=dilation, groups=groups,
                         output_padding=output_padding, output_size=output_size)
@@ -85,7 +88,8 @@ def prepare(func, nd, input, weight, bias, *, transposed, stride, padding, dilat
         if len(_SEEN) >= 1024:
             _SEEN.clear()
         problem = prepared.problem
-        _SEEN[key] = (problem, np.dtype(problem.dtype), prepared.x.shape)
+        prepared.runs = {}
+        _SEEN[key] = (problem, np.dtype(problem.dtype), prepared.x.shape, prepared.runs)
     return prepared
 
 
@@ -117,10 +121,15 @@ def _plain(value):
         return True
     if kind is not tuple:
         return False
-    for v in value:
+    for v in value:  # loops, not all(): a generator costs half a microsecond here
         k = type(v)
-        if k is not int and not (k is tuple and all(type(i) is int for i in v)):
+        if k is int:
+            continue
+        if k is not tuple:
             return False
+        for i in v:
+            if type(i) is not int:
+                return False
     return True
 
 

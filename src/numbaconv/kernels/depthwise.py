@@ -44,10 +44,10 @@ inline another copy of its loops: compile time); and the per-shape parameters ar
 Python and cached.
 """
 
-import numba
 import numpy as np
 from numba import prange
 
+from numbaconv import _threads
 from numbaconv._jit import kernel, parallel_kernel, prefer_wide_vectors
 from numbaconv.kernels import depthwise_rows
 from numbaconv.kernels.unowned import unowned as _unowned
@@ -454,7 +454,7 @@ def conv2d_depthwise(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h,
                                    pad_left, dil_h, dil_w, x.itemsize)
     prm, offs, ntiles, nbuf, nacc = plan
     _driver(x.reshape(-1), w.reshape(-1), b, out.reshape(-1), offs, prm, x.dtype.type(0),
-            min(numba.get_num_threads(), ntiles), ntiles, nbuf, nacc)
+            min(_threads.numba_count(), ntiles), ntiles, nbuf, nacc)
 
 
 _plans = {}  # per-shape parameters (building them costs more than a small convolution)

@@ -23,12 +23,12 @@ builds its own copy of a chunk's rows (twice the copying, but no rows handed bet
 the README on threads), then runs its tiles against every pixel tile of the chunk.
 """
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
+from numbaconv import _threads
 from numbaconv._jit import kernel, parallel_kernel, vector_bytes
 from numbaconv.kernels.gemm import _lanes
 from numbaconv.kernels.ir_vectors import Vectors
@@ -274,7 +274,7 @@ def workspace_bytes(k, npix, itemsize, nthreads=None):
     """Peak extra memory (bytes) of :func:`conv2d_dot`: one chunk of im2col rows per thread."""
     kp = -(-k // 16) * 16
     if nthreads is None:
-        nthreads = numba.get_num_threads()
+        nthreads = _threads.numba_count()
     return nthreads * min(npix, _chunk_pixels(kp, itemsize)) * kp * itemsize
 
 
@@ -310,7 +310,7 @@ def conv2d_dot(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w
     kp = -(-k // 16) * 16  # P rows start on 64-byte boundaries (float32)
     npc = _chunk_pixels(kp, x.itemsize)
     npix = nimg * oh * ow
-    nthreads = max(1, min(numba.get_num_threads(), -(-cout // MR)))  # they split weight rows
+    nthreads = max(1, min(_threads.numba_count(), -(-cout // MR)))  # they split weight rows
     n_p = min(npix, npc) * kp  # one thread's rows (a multiple of 16: each copy stays aligned)
     pf = aligned("dot.rows", nthreads * n_p, x.dtype)  # no load of a row splits cache lines
     prm = np.array([nimg, cin, h, wd, cout, oh, ow, kh, kw, stride_h, stride_w, pad_top,

@@ -20,12 +20,12 @@ layers, float32, 2 threads, GFLOP/s, one pixel / four / six / eight at a time: M
 56: 37 / 60 / 49 / 60; C96 112 stride 2: 34 / 51 / 39 / 47; C576 14: 27 / 38 / 31 / 38).
 """
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
+from numbaconv import _threads
 from numbaconv._jit import parallel_kernel, vector_bytes
 from numbaconv.kernels.ir_vectors import Vectors
 
@@ -215,5 +215,5 @@ def conv2d_grouped_nhwc(x, w, bias, out, sh, sw, pt, pl, dh, dw):
         raise ValueError(f"groups of {cg} input and {og} output channels are not supported")
     if out.size:
         _grouped_nhwc(x, w, bias, out, sh, sw, pt, pl, dh, dw, cg, og,
-                      max(1, min(out.shape[0] * out.shape[1], numba.get_num_threads())))
+                      max(1, min(out.shape[0] * out.shape[1], _threads.numba_count())))
     return out

@@ -72,9 +72,9 @@ any number of threads.
 """
 
 import numpy as np
-import numba
 from numba import prange
 
+from numbaconv import _threads
 from numbaconv._jit import kernel, prefer_wide_vectors, parallel_kernel
 from numbaconv.kernels.gemm import _lanes, _vcopy, _vzero
 from numbaconv.kernels.scratch import aligned, buffer
@@ -482,7 +482,7 @@ def conv_transpose2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
     WP = -(-WP // vec) * vec                           # rows start on a cache line
     ncb = -(-Cg_out // CB)
     nitems = N * groups * ncb * OH
-    nruns = max(1, min(nitems, numba.get_num_threads()))
+    nruns = max(1, min(nitems, _threads.numba_count()))
     runs, nrows = _run_tables(nitems, nruns, OH, H, ncb, groups, stride_h, pad_top,
                               int(tey.max()))
     xp = aligned("transposed.x", nrows * Cin * WP, dt)
@@ -683,7 +683,7 @@ def conv_transpose2d_gemm(x, w, b, out, stride_h, stride_w, pad_top, pad_left, d
     cols = buffer("transposed.cols", N * groups * HWc * Jc, dt)
     nitems = N * groups * -(-Jc // JW)
     _gemm_kernel(dt.itemsize, JW)(x2, w2, cols, N, groups, Cg_in, HWc, Jc,
-                                  max(1, min(nitems, numba.get_num_threads())))
+                                  max(1, min(nitems, _threads.numba_count())))
     kylo, kyhi = _krange(kH, stride_h, pad_top, dil_h, H, OH)
     kxlo, kxhi = _krange(kW, stride_w, pad_left, dil_w, W, OW)
     # Channels per col2im item: tile of <= 32K elements, and at least ~8 items per group.
