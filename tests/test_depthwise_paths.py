@@ -6,7 +6,8 @@ by default. Each path must equal the reference bit for bit on integer data, writ
 cell, and give the same bits on 1 and 2 threads. Widths straddle vector boundaries (8 float64 or
 16 float32 lanes), heights and top paddings put padding rows at both ends, and thread splits
 fall inside planes; stride-2 widths cover both the vertical strips (output rows of up to four
-vectors) and the row steps of wider rows.
+vectors) and the row steps of wider rows, and last vectors of outputs up to half full (computed
+at half width) or fuller.
 """
 
 import numba
@@ -25,12 +26,15 @@ GEOMETRIES = [
     (1, 3, 2, 11, 17, 3, 1, 1, 0),
     (1, 5, 1, 7, 33, 3, 1, 0, 2),
     (1, 2, 1, 13, 56, 3, 1, 1, 1),
+    (1, 3, 1, 7, 9, 3, 1, 1, 1),
     (2, 3, 1, 9, 8, 3, 2, 1, 1),
     (1, 2, 2, 10, 31, 3, 2, 1, 0),
     (1, 3, 1, 12, 32, 3, 2, 0, 1),
     (1, 2, 1, 7, 65, 3, 2, 1, 1),
     (1, 2, 1, 8, 127, 3, 2, 2, 0),
     (1, 2, 1, 6, 150, 3, 2, 1, 1),
+    (1, 2, 1, 5, 136, 3, 2, 1, 1),
+    (1, 2, 1, 9, 26, 3, 2, 1, 1),
     (2, 2, 1, 6, 5, 5, 1, 2, 2),
     (1, 3, 2, 9, 18, 5, 1, 1, 2),
     (1, 2, 1, 8, 40, 5, 1, 0, 0),

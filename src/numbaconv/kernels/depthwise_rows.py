@@ -17,7 +17,9 @@ too many vectors in registers: there each shifted run is its own masked load (st
 output rows of a step). Several output rows per step share their input rows, and their
 multiply-add chains interleave. 3x3 on narrow rows (stride 2: up to four output vectors, stride
 1: one) instead walks down vertical strips, one output row per step: each input row is read (and
-split) once, and the rows an output row shares with the next one carry over in registers.
+split) once, and the rows an output row shares with the next one carry over in registers. A last
+vector of outputs at most half full (56-wide rows: 3.5 vectors of float32) does its
+multiply-adds at half width, which Zen 4 issues two per cycle against one of full width.
 
 Each output is the bias followed by one FMA per tap, rows then columns, padding zeros multiplied
 like data (so an Inf/NaN weight on a padded tap gives NaN, as in the reference). Work is split
@@ -25,13 +27,13 @@ into contiguous runs of output rows, one per thread; the result does not depend 
 count.
 """
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from numbaconv import _threads
 from numbaconv._jit import kernel, parallel_kernel, vector_bytes
 from numbaconv.kernels.ir_vectors import Vectors
 from numbaconv.kernels.unowned import unowned as _unowned
@@ -60,6 +62,9 @@ VARIANTS = sorted({(k, s, r) for (k, s), n in ROWS.items() for r in {1, n}})
 # 28x28 19.7 -> 14.1 (wider rows lost: C32 224x224, 7 vectors per row, 79 -> 84 with strips of
 # four); stride 1 only on rows of one vector, C384 14x14 21.7 -> 16.0 us, C960 7x7 35.8 -> 23.3
 # (two vectors already lost: C96 28x28 13.6 -> 14.3, C144 56x56 61 -> 65).
+# Half-width last vectors (same bits, 2 threads, 9 interleaved rounds): stride 1 C144 56x56
+# 56.5 -> 55.3 us (9/9 faster), C960 7x7 23.4 -> 21.8 (9/9); stride 2 C96 112x112 55.6 -> 54.6
+# (8/9); 1 thread C144 56x56 109.9 -> 105.3.
 STRIPS = (0, 1, 4)
 STRIP_VARIANTS = [(st, n) for st in (1, 2) for n in range(1, STRIPS[st] + 1)]
 _VBYTES = vector_bytes()
@@ -111,6 +116,10 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
     wd_v, ow_v, obase_v, out_v = p.wd, p.ow, p.obase, p.out
     oy_v, pt_v = vec.as64(args[11]), vec.as64(args[12])
     nvec = b.sdiv(b.add(ow_v, c64(lanes - 1)), c64(lanes))
+    # the last block, when it holds at most half a vector of outputs, is done after the loop
+    half_tail = b.icmp_signed("<=", b.sub(ow_v, b.mul(b.sub(nvec, c64(1)), c64(lanes))),
+                              c64(lanes // 2))
+    nvec = b.select(half_tail, b.sub(nvec, c64(1)), nvec)
 
     # input rows of the nr output rows: pointers into x, or to the zero row
     nin = (nr - 1) * st + k
@@ -154,53 +163,71 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
                 carried[i][1].add_incoming(cur0[i], pre)
     b.cbranch(b.icmp_signed("<", j, nvec), j_body, done)
 
+    def step(j, half):
+        """Output block j of the nr rows; its taps in full vectors, the multiply-adds and the
+        store in half ones when ``half``. Returns the blocks the next step carries."""
+        first = b.mul(j, c64(lanes))
+        taps = [[None] * k for _ in range(nin)]  # taps[row][kx]: the vector of that tap
+        new = None
+        if mode == "loads":
+            for kx in range(k):
+                start = b.add(first, c64(kx - k // 2))
+                # lanes l with 0 <= start + l < wd
+                m = b.and_(vec.mask(b.sub(wd_v, start), lanes),
+                           b.not_(vec.mask(b.neg(start), lanes)))
+                for i, r in enumerate(rows):
+                    taps[i][kx] = vec.load(b.gep(r, [start]), mask=m)
+        elif mode == "shifts":
+            nxt = [block(r, b.add(first, c64(lanes))) for r in rows]
+            for i in range(nin):
+                prev, cur = carried[i]
+                taps[i] = [vec.align(prev, cur, lanes - 1), cur, vec.align(cur, nxt[i], 1)]
+            new = [(carried[i][1], nxt[i]) for i in range(nin)]
+        else:
+            first2 = b.mul(j, c64(2 * lanes))
+            pairs = [(block(r, first2), block(r, b.add(first2, c64(lanes)))) for r in rows]
+            new = []
+            for i, (lo, hi) in enumerate(pairs):
+                ev = vec.shuffle(lo, hi, list(range(0, 2 * lanes, 2)))
+                od = vec.shuffle(lo, hi, list(range(1, 2 * lanes, 2)))
+                new.append((od,))
+                taps[i] = [vec.align(carried[i][0], od, lanes - 1), ev, od]
+        width = lanes // 2 if half else lanes
+        ws, bs = wvec, bvec
+        if half:
+            taps = [[vec.low(t, width) for t in row] for row in taps]
+            ws, bs = [vec.low(t, width) for t in wvec], vec.low(bvec, width)
+        omask = vec.mask(b.sub(ow_v, first), width)
+        # taps outermost: the nr rows' multiply-add chains interleave, so the out-of-order core
+        # always has independent FMAs to issue (row by row, the 9-deep chains filled its queues)
+        accs = [bs] * nr
+        for ky in range(k):
+            for kx in range(k):
+                for r in range(nr):
+                    accs[r] = vec.fma(taps[r * st + ky][kx], ws[ky * k + kx], accs[r])
+        for r in range(nr):
+            orow = b.add(obase_v, b.mul(b.add(oy_v, c64(r)), ow_v))
+            vec.store(accs[r], vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
+        return new
+
     b.position_at_end(j_body)
-    j1 = b.add(j, c64(1))
-    first = b.mul(j, c64(lanes))
-    taps = [[None] * k for _ in range(nin)]  # taps[row][kx]: the vector of that tap
-    if mode == "loads":
-        for kx in range(k):
-            start = b.add(first, c64(kx - k // 2))
-            # lanes l with 0 <= start + l < wd
-            m = b.and_(vec.mask(b.sub(wd_v, start), lanes),
-                       b.not_(vec.mask(b.neg(start), lanes)))
-            for i, r in enumerate(rows):
-                taps[i][kx] = vec.load(b.gep(r, [start]), mask=m)
-    elif mode == "shifts":
-        nxt = [block(r, b.add(first, c64(lanes))) for r in rows]
+    new = step(j, False)
+    j.add_incoming(b.add(j, c64(1)), j_body)
+    if mode != "loads":
         for i in range(nin):
-            prev, cur = carried[i]
-            taps[i] = [vec.align(prev, cur, lanes - 1), cur, vec.align(cur, nxt[i], 1)]
-    else:
-        first2 = b.mul(j, c64(2 * lanes))
-        pairs = [(block(r, first2), block(r, b.add(first2, c64(lanes)))) for r in rows]
-        odds = []
-        for i, (lo, hi) in enumerate(pairs):
-            ev = vec.shuffle(lo, hi, list(range(0, 2 * lanes, 2)))
-            od = vec.shuffle(lo, hi, list(range(1, 2 * lanes, 2)))
-            odds.append(od)
-            taps[i] = [vec.align(carried[i][0], od, lanes - 1), ev, od]
-    omask = vec.mask(b.sub(ow_v, first), lanes)
-    # taps outermost: the nr rows' multiply-add chains interleave, so the out-of-order core
-    # always has independent FMAs to issue (row by row, the 9-deep chains filled its queues)
-    accs = [bvec] * nr
-    for ky in range(k):
-        for kx in range(k):
-            for r in range(nr):
-                accs[r] = vec.fma(taps[r * st + ky][kx], wvec[ky * k + kx], accs[r])
-    for r in range(nr):
-        orow = b.add(obase_v, b.mul(b.add(oy_v, c64(r)), ow_v))
-        vec.store(accs[r], vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
-    j.add_incoming(j1, j_body)
-    if mode == "shifts":
-        for i in range(nin):
-            carried[i][0].add_incoming(carried[i][1], j_body)
-            carried[i][1].add_incoming(nxt[i], j_body)
-    elif mode == "pairs":
-        for i in range(nin):
-            carried[i][0].add_incoming(odds[i], j_body)
+            for c, v in zip(carried[i], new[i]):
+                c.add_incoming(v, j_body)
     b.branch(j_hdr)
     b.position_at_end(done)
+    # a last block of at most half a vector of outputs: FMAs of half width (Zen 4 issues two of
+    # those per cycle, one of full width)
+    tail = fn.append_basic_block("dw_tail")
+    end = fn.append_basic_block("dw_end")
+    b.cbranch(half_tail, tail, end)
+    b.position_at_end(tail)
+    step(j, True)
+    b.branch(end)
+    b.position_at_end(end)
 
 
 def _switch(builder, selectors, variants, name, emit):
@@ -291,42 +318,62 @@ def _emit_strips(context, builder, aty, args, st, nstrips):
     # an output row shares 3 - st input rows with the previous one: their taps carry over
     ncar = 3 - st
     fn = b.function
-    pre = b.block
-    hdr = fn.append_basic_block("st_hdr")
-    body = fn.append_basic_block("st_body")
-    done = fn.append_basic_block("st_done")
     top = b.sub(b.mul(oy0_v, c64(st)), pt_v)
-    init = [[taps(rowptr(b.add(top, c64(i))), strip) for i in range(ncar)] for strip in strips]
-    b.branch(hdr)
-    b.position_at_end(hdr)
-    oy = b.phi(i64)
-    oy.add_incoming(oy0_v, pre)
-    car = [[[b.phi(vec.vty) for _ in range(3)] for _ in range(ncar)] for _ in range(nstrips)]
-    for s in range(nstrips):
-        for i in range(ncar):
-            for t in range(3):
-                car[s][i][t].add_incoming(init[s][i][t], pre)
-    b.cbranch(b.icmp_signed("<", oy, oy1_v), body, done)
-    b.position_at_end(body)
-    iy0 = b.sub(b.mul(oy, c64(st)), pt_v)
-    newrows = [rowptr(b.add(iy0, c64(i))) for i in range(ncar, 3)]
-    nxt = []
-    for s, strip in enumerate(strips):
-        rows3 = [list(t) for t in car[s]] + [taps(r, strip) for r in newrows]
-        acc = bvec
-        for ky in range(3):
-            for kx in range(3):
-                acc = vec.fma(rows3[ky][kx], wvec[ky * 3 + kx], acc)
-        orow = b.add(obase_v, b.mul(oy, ow_v))
-        vec.store(acc, vec.ptr(aty[8], out_v, b.add(orow, strip[3])), strip[4])
-        nxt.append(rows3[st:])
-    oy.add_incoming(b.add(oy, c64(1)), body)
-    for s in range(nstrips):
-        for i in range(ncar):
-            for t in range(3):
-                car[s][i][t].add_incoming(nxt[s][i][t], body)
-    b.branch(hdr)
-    b.position_at_end(done)
+    half_ws = [vec.low(v, lanes // 2) for v in wvec]
+    half_b = vec.low(bvec, lanes // 2)
+
+    def walk(half):
+        """The loop down the rows; with ``half``, the last strip holds at most half a vector
+        of outputs and its multiply-adds are of half width (two per cycle on Zen 4, one of
+        full width)."""
+        pre = b.block
+        hdr = fn.append_basic_block("st_hdr")
+        body = fn.append_basic_block("st_body")
+        done = fn.append_basic_block("st_done")
+        init = [[taps(rowptr(b.add(top, c64(i))), strip) for i in range(ncar)]
+                for strip in strips]
+        b.branch(hdr)
+        b.position_at_end(hdr)
+        oy = b.phi(i64)
+        oy.add_incoming(oy0_v, pre)
+        car = [[[b.phi(vec.vty) for _ in range(3)] for _ in range(ncar)]
+               for _ in range(nstrips)]
+        for s in range(nstrips):
+            for i in range(ncar):
+                for t in range(3):
+                    car[s][i][t].add_incoming(init[s][i][t], pre)
+        b.cbranch(b.icmp_signed("<", oy, oy1_v), body, done)
+        b.position_at_end(body)
+        iy0 = b.sub(b.mul(oy, c64(st)), pt_v)
+        newrows = [rowptr(b.add(iy0, c64(i))) for i in range(ncar, 3)]
+        nxt = []
+        for s, strip in enumerate(strips):
+            rows3 = [list(t) for t in car[s]] + [taps(r, strip) for r in newrows]
+            nxt.append(rows3[st:])
+            ws, acc, om = wvec, bvec, strip[4]
+            if half and s == nstrips - 1:
+                rows3 = [[vec.low(t, lanes // 2) for t in r] for r in rows3]
+                ws, acc = half_ws, half_b
+                om = vec.mask(b.sub(ow_v, strip[3]), lanes // 2)
+            for ky in range(3):
+                for kx in range(3):
+                    acc = vec.fma(rows3[ky][kx], ws[ky * 3 + kx], acc)
+            orow = b.add(obase_v, b.mul(oy, ow_v))
+            vec.store(acc, vec.ptr(aty[8], out_v, b.add(orow, strip[3])), om)
+        oy.add_incoming(b.add(oy, c64(1)), body)
+        for s in range(nstrips):
+            for i in range(ncar):
+                for t in range(3):
+                    car[s][i][t].add_incoming(nxt[s][i][t], body)
+        b.branch(hdr)
+        b.position_at_end(done)
+
+    with b.if_else(b.icmp_signed("<=", b.sub(ow_v, strips[-1][3]), c64(lanes // 2))) as (
+            then, otherwise):
+        with then:
+            walk(True)
+        with otherwise:
+            walk(False)
 
 
 @intrinsic
@@ -430,7 +477,7 @@ def conv2d_depthwise_rows(x, w, b, out, stride, pad_top):
             _params.clear()
         _params[key] = prm
     nrows = out.shape[0] * out.shape[1] * out.shape[2]
-    _driver(x, w, b, out, prm, max(1, min(numba.get_num_threads(), nrows)))
+    _driver(x, w, b, out, prm, max(1, min(_threads.numba_count(), nrows)))
 
 
 _params = {}  # per-shape parameter arrays (building one costs about a microsecond a call)

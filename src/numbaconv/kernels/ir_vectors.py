@@ -100,6 +100,10 @@ class Vectors:
         return self.builder.asm(fty, "%s $$%d, $1, $2, $0" % (ins, n), "=v,v,v", [lo, hi],
                                 False)
 
+    def low(self, v, n):
+        """The first ``n`` lanes of ``v`` (a subregister: no instruction)."""
+        return self.shuffle(v, v, list(range(n)))
+
     def fma(self, a, b, c):
         """``a * b + c`` rounded once, elementwise."""
         fn = cgutils.get_or_insert_function(
