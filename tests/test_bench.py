@@ -65,6 +65,23 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     assert report["summary"]["numpy-im2col"]["layers"] == 4
 
 
+@pytest.mark.parametrize("argv, rounds", [([], 9), (["--quick"], 3), (["--rounds", "4"], 4),
+                                          (["--quick", "--rounds", "5"], 5)])
+def test_bench_rounds_default_to_nine_and_three_with_quick(monkeypatch, argv, rounds):
+    seen = {}
+    monkeypatch.setattr(bench, "run", lambda layers, **kwargs: seen.update(kwargs))
+    assert cli.main(["bench", "mb1ic8ih12oc8kh3ph1"] + argv) == 0
+    assert seen["rounds"] == rounds
+
+
+@pytest.mark.parametrize("option", ["--rounds", "--repeats"])
+def test_bench_counts_below_one_are_refused(option, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "mb1ic8ih12oc8kh3ph1", option, "0"])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_bench_reports_a_wrong_candidate_instead_of_timing_it(monkeypatch):
     layer = bench.parse_layer("mb1ic4ih8oc4kh3ph1")
 

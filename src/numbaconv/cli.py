@@ -72,8 +72,9 @@ def bench(args):
     else:
         layers = runner.default_layers(quick=args.quick, batches=args.batch)
     repeats = 5 if args.quick and args.repeats is None else (args.repeats or 15)
+    rounds = args.rounds if args.rounds is not None else (3 if args.quick else 9)
     runner.run(layers, threads=args.threads, repeats=repeats,
-               min_seconds=0.1 if args.quick else args.min_time, rounds=args.rounds,
+               min_seconds=0.1 if args.quick else args.min_time, rounds=rounds,
                algorithms=args.algorithms, peer_names=args.peers, json_path=args.json,
                plot_path=args.plot, progress=not args.no_progress)
     return 0
@@ -89,6 +90,14 @@ def _bench_layouts(args):
     from .layout_bench import main as run
 
     return run(args)
+
+
+def _count(text):
+    """argparse type: an int of at least 1."""
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
 
 
 def main(argv=None):
@@ -107,10 +116,14 @@ def main(argv=None):
                          help="five representative layers, fewer repeats")
     p_bench.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes")
     p_bench.add_argument("--threads", type=int, default=2)
-    p_bench.add_argument("--repeats", type=int, default=None, help="timed calls per candidate")
+    p_bench.add_argument("--repeats", type=_count, default=None, help="timed calls per candidate")
     p_bench.add_argument("--min-time", type=float, default=0.3,
                          help="least seconds of timed calls per candidate")
-    p_bench.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    # nine rounds by default: slow periods of a shared machine last tens of samples, and with
+    # three rounds one can take a candidate's whole block (measured: auto 130 GFLOP/s against
+    # 149-164 for the kernel it runs); nine shorter rounds spread them over the candidates
+    p_bench.add_argument("--rounds", type=_count, default=None,
+                         help="interleaved timing rounds (default 9; 3 with --quick)")
     p_bench.add_argument("--algorithms", nargs="*", default=None,
                          help="numbaconv algorithms to time besides auto (default: all)")
     p_bench.add_argument("--peers", nargs="*", default=list(PEER_NAMES), choices=PEER_NAMES)
