@@ -168,3 +168,22 @@ def test_size_invariant_algorithms_give_the_same_bits_on_tiles(algo):
             assert np.array_equal(lazy.compute(scheduler="sync"), full), (case, tile)
             checked += 1
     assert checked
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_1x1_prefetching_path_equals_the_reference(dtype, monkeypatch):
+    """1x1 layers whose input and result outgrow the cache run the GEMM reading B in place with
+    prefetches (the size limit is lowered here to reach that path on small arrays)."""
+    from numbaconv.kernels import gemm
+    plain = []
+    real = gemm._conv_driver
+    monkeypatch.setattr(gemm, "_conv_driver", lambda *a: plain.append(int(a[5][19])) or real(*a))
+    rng = np.random.default_rng(5)
+    x = rng.integers(-4, 5, (2, 24, 9, 13)).astype(dtype)
+    w = rng.integers(-4, 5, (40, 24, 1, 1)).astype(dtype)
+    b = rng.integers(-4, 5, 40).astype(dtype)
+    expected = reference.conv2d(x, w, b)
+    assert np.array_equal(numbaconv.conv2d(x, w, b, algorithm="gemm"), expected)
+    monkeypatch.setattr(gemm, "_AHEAD_FROM", 0)
+    assert np.array_equal(numbaconv.conv2d(x, w, b, algorithm="gemm"), expected)
+    assert plain == [1, 2]

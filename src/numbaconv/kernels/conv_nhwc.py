@@ -61,7 +61,7 @@ def _strip(kc, a, aoff, sia, b, boff, ldb, atab, ak0, c, coff, ldc, m, n_valid, 
     for i in range((m + MR - 1) // MR):
         gemm._mk(kc, a, aoff + i * MR * sia, 0, sia, b, boff, ldb, atab, ak0, c,
                  coff + i * MR * ldc, ldc, min(MR, m - i * MR), n_valid, bias, bias_off, init,
-                 MR, NV, 2)
+                 MR, NV, 2, 0)
 
 
 @kernel

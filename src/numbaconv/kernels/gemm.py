@@ -23,7 +23,12 @@ ms, ResNet 3x3 C128 0.75-0.87 against 0.70, since small channel counts leave par
 accumulators are SSA values, and the kernel runs at ~230 GFLOP/s on one core (float32). Partial
 tiles use AVX-512 masked loads/stores, so edge tiles need no copies and never touch memory outside
 the valid rows and columns. B loads are masked too (free on this CPU), which lets the 1x1 path read
-B straight from the input image.
+B straight from the input image. Full tiles of packed A (its ``MR`` values of a ``k`` adjacent) run
+a copy of the K loop that addresses them from one pointer; the general loop keeps ``MR`` row
+addresses, more than the integer registers hold, and spends about 40 integer instructions per 16
+FMAs recomputing them (interleaved, 9 rounds, same bits: 1x1 C192->32 28x28 138 -> 151 GFLOP/s,
+9/9 faster; DCGAN's transposed 4x4 C512->256 142 -> 157; Winograd's GEMMs on C128 28x28 340 ->
+385; 3x3 C128 28x28 through the GEMM 177 -> 174).
 
 *Packing* (BLIS style): A is packed as ``[MR-row panel][k][MR]`` (zero rows pad the last panel),
 B as ``[NR-column panel][k][NR]``, so each micro-kernel call streams two contiguous buffers. Loops
@@ -65,6 +70,15 @@ NV = 2
 _KC_BYTES = 32 * 1024          # B panel (KC x NR) streamed by one micro-kernel call: in L1
 _A_BLOCK_BYTES = 384 * 1024    # A block (MC x KC) revisited for every B panel: in L2
 _B_BLOCK_BYTES = 256 * 1024    # B block (KC x NC) of one tile: in L2
+# B panels a micro-kernel prefetches ahead when B is read in place from the image (1x1 layers:
+# each of the K rows is a separate stream) and the call's input and result together outgrow
+# _AHEAD_FROM bytes, where they no longer stay in this machine's 32 MiB last-level cache (shared
+# with other work). Interleaved, 9 rounds, 2 threads, float32: 1x1 C256->64 56x56 at batch 8
+# (32 MB) 147 -> 177 GFLOP/s and C64->256 at batch 8 121 -> 130, both 9/9 faster; at batch 4
+# (16 MB) 132 -> 133. Smaller calls skip it: there the prefetches cost 1-2% (C64->256 at batch
+# 1 195 -> 194, C192->32 28x28 149 -> 147, C256->1024 14x14 187 -> 183).
+_AHEAD = 2
+_AHEAD_FROM = 12 << 20
 _MIN_TILES = 8                 # parallel tiles wanted (2 cores; balance)
 _IN_PLACE = True               # read single-row B panels from the band (no packing)
 _BAND_BYTES = 512 * 1024       # input band (all channels of a group) of a conv tile: in L2
@@ -76,7 +90,7 @@ _BAND_BYTES = 512 * 1024       # input band (all channels of a group) of a conv 
 
 @intrinsic
 def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc, m_valid,
-        n_valid, bias, bias_off, init, mr_, nv_, btab_):
+        n_valid, bias, bias_off, init, mr_, nv_, btab_, ahead_):
     """``C[i, j] (+)= sum_k A[k, i] * B[k, j]`` for ``i < m_valid``, ``j < n_valid``.
 
     ``A[k, i] = a[aoff + k*lda + i*sia]`` (``i < mr_``; rows past ``m_valid`` are not read),
@@ -84,16 +98,18 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
     replaces ``k*ldb`` with ``btab_ == 1`` and ``k*lda`` with ``btab_ == 2``. ``C[i, j] = c[coff + i*ldc + j]``. Start value of ``C[i, j]``:
     ``init == 0``: ``C`` itself; ``init == 1``: ``bias[bias_off + i]`` (per row); ``init == 3``:
     ``bias[bias_off + j]`` (per column); else 0. Then one FMA per
-    ``k`` ascending. ``mr_``, ``nv_``, ``btab_`` are compile-time constants. B columns
-    ``>= n_valid`` and C rows/columns outside the valid part are never read or written (masked
-    vector accesses).
+    ``k`` ascending. With ``ahead_ > 0`` each ``k`` step also prefetches row ``k`` of the B
+    panel ``ahead_`` panels (of ``nv_`` vectors) to the right. ``mr_``, ``nv_``, ``btab_``,
+    ``ahead_`` are compile-time constants. B columns ``>= n_valid`` and C rows/columns outside
+    the valid part are never read or written (masked vector accesses; prefetches do not fault).
     """
     if not all(isinstance(v, (types.IntegerLiteral, types.BooleanLiteral))
-               for v in (mr_, nv_, btab_)):
+               for v in (mr_, nv_, btab_, ahead_)):
         return None
     mr, nv, tab = mr_.literal_value, nv_.literal_value, int(btab_.literal_value)
+    ahead = int(ahead_.literal_value)
     sig = types.void(kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc, m_valid,
-                     n_valid, bias, bias_off, init, mr_, nv_, btab_)
+                     n_valid, bias, bias_off, init, mr_, nv_, btab_, ahead_)
 
     def codegen(context, builder, signature, args):
         (kc_v, a_v, aoff_v, lda_v, sia_v, b_v, boff_v, ldb_v, boffs_v, bk0_v, c_v, coff_v,
@@ -204,41 +220,78 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
             start.append(p)
 
         # The K loop: accumulators are loop-carried SSA values, i.e. registers.
-        pre = builder.block
-        loop = builder.append_basic_block("mk.loop")
-        done = builder.append_basic_block("mk.done")
-        builder.cbranch(builder.icmp_signed(">", kc, k64(0)), loop, done)
-        builder.position_at_end(loop)
-        kphi = builder.phi(i64)
-        kphi.add_incoming(k64(0), pre)
-        acc = []
-        for t in range(mr * nv):
-            p = builder.phi(vty)
-            p.add_incoming(start[t], pre)
-            acc.append(p)
-        row = as64(builder.load(builder.gep(tptr, [kphi]), typ=tty)) if tab else None
-        bk = builder.gep(bptr, [row if tab == 1 else builder.mul(kphi, ldb)])
-        bv = [builder.call(mload, [vaddr(bk, k64(v * lanes)), align, colmask[v], zero])
-              for v in range(nv)]
-        ka = row if tab == 2 else builder.mul(kphi, lda)
-        new = [None] * (mr * nv)
-        for i in range(mr):
-            av = splat(builder.load(builder.gep(arow[i], [ka]), typ=fty), vty)
-            for v in range(nv):
-                t = i * nv + v
-                new[t] = builder.call(fma, [av, bv[v], acc[t]])
-        knext = builder.add(kphi, k64(1))
-        kphi.add_incoming(knext, loop)
-        for t in range(mr * nv):
-            acc[t].add_incoming(new[t], loop)
-        builder.cbranch(builder.icmp_signed("<", knext, kc), loop, done)
+        def k_loop(entry, packed):
+            """The loop from block ``entry``; returns (exit block, final accumulators). With
+            ``packed`` (A rows adjacent, all ``mr`` valid) the A values of step ``k`` are
+            ``mr`` consecutive elements: one address, constant offsets. The general form
+            keeps ``mr`` row addresses, which outnumber the integer registers (LLVM
+            recomputes them every step: about 40 integer instructions per 16 FMAs)."""
+            builder.position_at_end(entry)
+            loop = builder.append_basic_block("mk.loop")
+            done = builder.append_basic_block("mk.done")
+            builder.cbranch(builder.icmp_signed(">", kc, k64(0)), loop, done)
+            builder.position_at_end(loop)
+            kphi = builder.phi(i64)
+            kphi.add_incoming(k64(0), entry)
+            acc = []
+            for t in range(mr * nv):
+                p = builder.phi(vty)
+                p.add_incoming(start[t], entry)
+                acc.append(p)
+            row = as64(builder.load(builder.gep(tptr, [kphi]), typ=tty)) if tab else None
+            bk = builder.gep(bptr, [row if tab == 1 else builder.mul(kphi, ldb)])
+            bv = [builder.call(mload, [vaddr(bk, k64(v * lanes)), align, colmask[v], zero])
+                  for v in range(nv)]
+            if ahead:
+                i8p = ir.IntType(8).as_pointer()
+                prefetch = cgutils.get_or_insert_function(
+                    mod, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                    "llvm.prefetch.p0")
+                for v in range(nv):  # one 64-byte line per vector: read, keep in all caches
+                    line = builder.bitcast(builder.gep(bk, [k64((ahead * nv + v) * lanes)]),
+                                           i8p)
+                    builder.call(prefetch, [line, ir.Constant(i32, 0), ir.Constant(i32, 3),
+                                            ir.Constant(i32, 1)])
+            ka = row if tab == 2 else builder.mul(kphi, lda)
+            arow_k = builder.gep(aptr, [ka]) if packed else None
+            new = [None] * (mr * nv)
+            for i in range(mr):
+                addr = builder.gep(arow_k, [k64(i)]) if packed else builder.gep(arow[i], [ka])
+                av = splat(builder.load(addr, typ=fty), vty)
+                for v in range(nv):
+                    t = i * nv + v
+                    new[t] = builder.call(fma, [av, bv[v], acc[t]])
+            knext = builder.add(kphi, k64(1))
+            kphi.add_incoming(knext, loop)
+            for t in range(mr * nv):
+                acc[t].add_incoming(new[t], loop)
+            builder.cbranch(builder.icmp_signed("<", knext, kc), loop, done)
+            builder.position_at_end(done)
+            res = []
+            for t in range(mr * nv):
+                p = builder.phi(vty)
+                p.add_incoming(start[t], entry)
+                p.add_incoming(new[t], loop)
+                res.append(p)
+            return done, res
 
-        builder.position_at_end(done)
+        packed_ok = builder.and_(builder.icmp_signed("==", sia, k64(1)),
+                                 builder.icmp_signed("==", mvalid, k64(mr)))
+        e_packed = builder.append_basic_block("mk.packed")
+        e_rows = builder.append_basic_block("mk.rows")
+        builder.cbranch(packed_ok, e_packed, e_rows)
+        x_packed, r_packed = k_loop(e_packed, True)
+        x_rows, r_rows = k_loop(e_rows, False)
+        join = builder.append_basic_block("mk.join")
+        for blk in (x_packed, x_rows):
+            builder.position_at_end(blk)
+            builder.branch(join)
+        builder.position_at_end(join)
         res = []
         for t in range(mr * nv):
             p = builder.phi(vty)
-            p.add_incoming(start[t], pre)
-            p.add_incoming(new[t], loop)
+            p.add_incoming(r_packed[t], x_packed)
+            p.add_incoming(r_rows[t], x_rows)
             res.append(p)
         for i in range(mr):
             for v in range(nv):
@@ -465,7 +518,19 @@ def _strip(kc, a, aoff, a_mt, lda, sia, b, boff, ldb, c, coff, ldc, m, n_valid, 
     _noinline()
     for i in range((m + MR - 1) // MR):
         _mk(kc, a, aoff + i * a_mt, lda, sia, b, boff, ldb, c, 0, c, coff + i * MR * ldc, ldc,
-            min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, False)
+            min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, False, 0)
+
+
+@kernel
+def _strip_ahead(kc, a, aoff, a_mt, lda, sia, b, boff, ldb, c, coff, ldc, m, n_valid, bias,
+                 bias_off, init):
+    """:func:`_strip` prefetching the B panel ``_AHEAD`` panels on: for B read in place from
+    an image, whose ``k`` rows are as many separate streams (too many for the hardware
+    prefetchers once the data outgrows the caches)."""
+    _noinline()
+    for i in range((m + MR - 1) // MR):
+        _mk(kc, a, aoff + i * a_mt, lda, sia, b, boff, ldb, c, 0, c, coff + i * MR * ldc, ldc,
+            min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, False, _AHEAD)
 
 
 @kernel
@@ -475,7 +540,7 @@ def _strip_tab(kc, a, aoff, a_mt, lda, sia, b, boff, boffs, bk0, c, coff, ldc, m
     _noinline()
     for i in range((m + MR - 1) // MR):
         _mk(kc, a, aoff + i * a_mt, lda, sia, b, boff, 0, boffs, bk0, c, coff + i * MR * ldc,
-            ldc, min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, True)
+            ldc, min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, True, 0)
 
 
 @kernel
@@ -488,7 +553,7 @@ def _strip_row(kc, a, aoff, lda, b, boff, ldb, c, coff, n):
     width = 4 * _lanes(c)
     for j in range(0, n, width):
         _mk(kc, a, aoff, lda, 0, b, boff + j, ldb, c, 0, c, coff + j, 0, 1, min(width, n - j), c,
-            0, 0, 1, 4, False)
+            0, 0, 1, 4, False, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -820,7 +885,8 @@ def _pack_panel(band, offs, k0, kc, cdst, csrc, clen, nch, bp):
                 _vcopy(band, offs[k0 + kk] + si, bp, kk * nr + di, li)
 
 
-# Integer parameters of a convolution call, in the order of the ``prm`` array.
+# Integer parameters of a convolution call, in the order of the ``prm`` array (``plain``: 0 no,
+# 1 yes, 2 yes and prefetching B).
 _PRM = ("n_img cin h wd cout oh ow sh sw pt pl groups k wq halo rows_max n_pb n_mb kc "
         "plain w_panels in_place len_x len_w len_b len_out len_offs n_phases len_band len_bp "
         "len_chunks").split()
@@ -848,6 +914,7 @@ def _conv_tile(t, xp, wp, bp_, op, prmp, offsp, php, bandp, bpp, pcp):
         prm[0], prm[1], prm[2], prm[3], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10],
         prm[11], prm[12], prm[13], prm[14], prm[15], prm[16], prm[17], prm[18], prm[19] != 0,
         prm[20] != 0, prm[21] != 0)
+    ahead = prm[19] == 2
     nr = NV * _lanes(of)
     cog = cout // groups
     cin_g = cin // groups
@@ -908,6 +975,9 @@ def _conv_tile(t, xp, wp, bp_, op, prmp, offsp, php, bandp, bpp, pcp):
             if in_row:
                 _strip_tab(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, offs, k0, of, coff, npix,
                            m, nvalid, bias, co, init)
+            elif ahead:
+                _strip_ahead(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, bld, of, coff, npix,
+                             m, nvalid, bias, co, init)
             else:
                 _strip(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, bld, of, coff, npix,
                        m, nvalid, bias, co, init)
@@ -1083,7 +1153,8 @@ def conv2d_implicit_gemm_packed(x, pw, b, out, stride_h, stride_w, pad_top, pad_
     xf, of = x.reshape(-1), out.reshape(-1)
     prm = np.array([n_img, cin, h, wd, cout, oh, ow, stride_h, stride_w, pad_top, pad_left,
                     groups, pw.cin_g * kh * kw, p.wq, p.halo, p.rows_max, p.n_pb, p.n_mb, p.kc,
-                    p.plain, pw.panels, _IN_PLACE, xf.size, pw.data.size, b.size, of.size,
+                    2 if p.plain and x.nbytes + out.nbytes >= _AHEAD_FROM else p.plain,
+                    pw.panels, _IN_PLACE, xf.size, pw.data.size, b.size, of.size,
                     p.offs.size, p.phases.shape[0], ws_band.shape[1], ws_b.shape[1],
                     ws_pc.shape[2]], dtype=np.int64)
     _conv_driver(_tile_cfunc(x.dtype).address, xf, pw.data, b, of, prm, p.offs, p.phases,
