@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import numbaconv
-from numbaconv import dispatch, reference
+from numbaconv import reference
 from numbaconv.bench import extra_memory
 from numbaconv.kernels import im2col
 

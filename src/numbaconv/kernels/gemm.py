@@ -909,7 +909,7 @@ def _conv_tile(t, xp, wp, bp_, op, prmp, offsp, php, bandp, bpp, pcp):
     bp = numba.carray(bpp, prm[29])
     pc = numba.carray(pcp, (3, prm[30]))
     cdst, csrc, clen = pc[0], pc[1], pc[2]
-    (n_img, cin, h, wd, cout, oh, ow, sh, sw, pt, pl, groups, k, wq, halo, rows_max, n_pb, n_mb,
+    (_, cin, h, wd, cout, oh, ow, sh, sw, pt, pl, groups, k, wq, halo, rows_max, n_pb, n_mb,
      kc, plain, w_panels, in_place) = (
         prm[0], prm[1], prm[2], prm[3], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10],
         prm[11], prm[12], prm[13], prm[14], prm[15], prm[16], prm[17], prm[18], prm[19] != 0,
