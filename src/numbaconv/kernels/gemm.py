@@ -26,9 +26,13 @@ the valid rows and columns. B loads are masked too (free on this CPU), which let
 B straight from the input image. Full tiles of packed A (its ``MR`` values of a ``k`` adjacent) run
 a copy of the K loop that addresses them from one pointer; the general loop keeps ``MR`` row
 addresses, more than the integer registers hold, and spends about 40 integer instructions per 16
-FMAs recomputing them (interleaved, 9 rounds, same bits: 1x1 C192->32 28x28 138 -> 151 GFLOP/s,
-9/9 faster; DCGAN's transposed 4x4 C512->256 142 -> 157; Winograd's GEMMs on C128 28x28 340 ->
-385; 3x3 C128 28x28 through the GEMM 177 -> 174).
+FMAs recomputing them. Old and new code side by side in one process, same bits: 1x1 C192->32
+28x28 148 -> 153 and 138 -> 151 GFLOP/s (6/7 and 9/9 rounds faster), Winograd's GEMMs on C128
+28x28 357 -> 377 and 340 -> 385, 3x3 C128 28x28 through the GEMM 181 -> 180 and 177 -> 174; the
+same comparison of two identical copies differed by up to 6% (it favoured the second copy 7/7 on
+one layer), so only the larger of these are clear. Convolutions pass their weights unpacked
+(packing per call cost more than it saved: 1x1 C1024->256 14x14 182 -> 130); with weights packed
+in advance 1x1 C64->256 56x56 ran 162 -> 187, other layers 0-3% faster.
 
 *Packing* (BLIS style): A is packed as ``[MR-row panel][k][MR]`` (zero rows pad the last panel),
 B as ``[NR-column panel][k][NR]``, so each micro-kernel call streams two contiguous buffers. Loops
