@@ -305,6 +305,24 @@ def test_explain_reports_choice_and_reasons():
     assert one.problem.nd == 2
 
 
+@pytest.mark.parametrize("x_shape,w_shape,stride,dtype,expected", [
+    ((8, 64, 56, 56), (256, 64, 1, 1), 1, np.float32, "direct"),   # widens; 32 MB in and out
+    ((3, 64, 56, 56), (256, 64, 1, 1), 1, np.float32, "direct"),   # 12.04 MB
+    ((2, 64, 56, 56), (256, 64, 1, 1), 1, np.float32, "gemm"),     # 8 MB: stays in cache
+    ((2, 64, 56, 56), (256, 64, 1, 1), 1, np.float64, "direct"),   # the same in float64: 16 MB
+    ((8, 256, 56, 56), (64, 256, 1, 1), 1, np.float32, "gemm"),    # narrows the channels
+    ((8, 64, 56, 56), (127, 64, 1, 1), 1, np.float32, "gemm"),     # less than twice as many
+    ((8, 64, 56, 56), (256, 64, 1, 1), 2, np.float32, "gemm"),     # strided
+    ((8, 64, 56, 56), (256, 32, 1, 1), 1, np.float32, "gemm"),     # grouped (2 groups)
+])
+def test_auto_moves_wide_1x1_layers_past_the_cache_to_direct(x_shape, w_shape, stride, dtype,
+                                                              expected):
+    groups = x_shape[1] // w_shape[1]
+    problem = numbaconv.explain(np.zeros(x_shape, dtype), np.zeros(w_shape, dtype),
+                                stride=stride, groups=groups).problem
+    assert dispatch.auto_choice(problem) == expected
+
+
 def test_unknown_algorithm_and_unsupported_forcing(rng):
     x, w = _ints(rng, (1, 2, 5, 5)), _ints(rng, (2, 2, 3, 3))
     with pytest.raises(ValueError, match="algorithm must be 'auto', 'tune' or one of"):

@@ -259,6 +259,27 @@ def _dot_pays(problem):
     return dot_cover >= _DOT_MIN_GAIN * gemm_cover
 
 
+# A 1x1 stride-1 layer that widens the channels (C_out >= 2 C_in) writes a result larger than
+# its input; once input and result together pass _WIDE_1X1_BYTES they leave this machine's 32
+# MiB last-level cache (shared with other work), and the direct kernel outruns the GEMM there.
+# Measured on 2 cores, float32, GFLOP/s GEMM vs direct (4-5 of 5 rounds each way): C64->256
+# 56x56 batch 3 (12 MB) 153 vs 170, batch 4 144 vs 158, batch 8 135 vs 154, batch 16 127 vs 148;
+# C128->512 28x28 batch 8 161 vs 171; C32->128 112x112 batch 8 84 vs 136; but batch 4 of
+# C128->512 (8 MB) 207 vs 199, and layers that narrow the channels keep the GEMM ahead at any
+# size (C256->64 56x56 batch 8 173 vs 157, C512->128 28x28 178 vs 161).
+_WIDE_1X1_BYTES = 10 << 20
+
+
+def _wide_1x1_outgrows_cache(problem):
+    if problem.groups != 1 or any(k != 1 for k in problem.kernel_size) or any(
+            s != 1 for s in problem.stride) or problem.out_channels < 2 * problem.in_channels:
+        return False
+    itemsize = np.dtype(problem.dtype).itemsize
+    data = problem.batch * (problem.in_channels * math.prod(problem.in_size)
+                            + problem.out_channels * math.prod(problem.out_size))
+    return data * itemsize >= _WIDE_1X1_BYTES
+
+
 def rule(problem, exact=False):
     """The algorithm ``'auto'`` prefers, by kernel size, groups, channels and image size.
 
@@ -271,7 +292,9 @@ def rule(problem, exact=False):
     1. ``depthwise`` when ``groups == C_in > 1`` (one channel per group).
     2. ``direct`` for other grouped convolutions with narrow groups (``C_out / groups < 32``):
        a GEMM per group would be too small to run fast.
-    3. ``gemm`` for 1x1 kernels (a plain matrix product) and for small images
+    3. ``gemm`` for 1x1 kernels (a plain matrix product), except stride-1 ones that at least
+       double the channels with input and result of 10 MiB or more (``direct``: see
+       ``_WIDE_1X1_BYTES``), and for small images
        (``H_out * W_out < 256``, where direct tiles waste lanes on row padding); among those,
        ``dot`` for ungrouped layers with a long reduction (``C_in * kH * kW >= 2048``) and at most
        256 output pixels in all, when its 7-pixel tiles cover them at least 1.15 times better than
@@ -295,6 +318,8 @@ def rule(problem, exact=False):
     if problem.groups > 1 and problem.out_channels // problem.groups < 32:
         return "direct"
     if all(k == 1 for k in problem.kernel_size) or oh * ow < 256:
+        if _wide_1x1_outgrows_cache(problem):
+            return "direct"
         return "dot" if _dot_pays(problem) else "gemm"
     return "direct"
 
