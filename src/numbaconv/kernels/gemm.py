@@ -224,16 +224,14 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
             start.append(p)
 
         # The K loop: accumulators are loop-carried SSA values, i.e. registers.
-        def k_loop(entry, packed):
-            """The loop from block ``entry``; returns (exit block, final accumulators). With
-            ``packed`` (A rows adjacent, all ``mr`` valid) the A values of step ``k`` are
-            ``mr`` consecutive elements: one address, constant offsets. The general form
-            keeps ``mr`` row addresses, which outnumber the integer registers (LLVM
-            recomputes them every step: about 40 integer instructions per 16 FMAs)."""
+        def k_loop(entry, packed, join):
+            """The loop from block ``entry``, leaving to ``join``; returns the (block, final
+            accumulators) pairs that reach ``join``. With ``packed`` (A rows adjacent, all
+            ``mr`` valid) the A values of step ``k`` are ``mr`` consecutive elements: one
+            address, constant offsets (see the module docstring)."""
             builder.position_at_end(entry)
             loop = builder.append_basic_block("mk.loop")
-            done = builder.append_basic_block("mk.done")
-            builder.cbranch(builder.icmp_signed(">", kc, k64(0)), loop, done)
+            builder.cbranch(builder.icmp_signed(">", kc, k64(0)), loop, join)
             builder.position_at_end(loop)
             kphi = builder.phi(i64)
             kphi.add_incoming(k64(0), entry)
@@ -269,33 +267,22 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
             kphi.add_incoming(knext, loop)
             for t in range(mr * nv):
                 acc[t].add_incoming(new[t], loop)
-            builder.cbranch(builder.icmp_signed("<", knext, kc), loop, done)
-            builder.position_at_end(done)
-            res = []
-            for t in range(mr * nv):
-                p = builder.phi(vty)
-                p.add_incoming(start[t], entry)
-                p.add_incoming(new[t], loop)
-                res.append(p)
-            return done, res
+            builder.cbranch(builder.icmp_signed("<", knext, kc), loop, join)
+            return [(entry, start), (loop, new)]
 
         packed_ok = builder.and_(builder.icmp_signed("==", sia, k64(1)),
                                  builder.icmp_signed("==", mvalid, k64(mr)))
         e_packed = builder.append_basic_block("mk.packed")
         e_rows = builder.append_basic_block("mk.rows")
-        builder.cbranch(packed_ok, e_packed, e_rows)
-        x_packed, r_packed = k_loop(e_packed, True)
-        x_rows, r_rows = k_loop(e_rows, False)
         join = builder.append_basic_block("mk.join")
-        for blk in (x_packed, x_rows):
-            builder.position_at_end(blk)
-            builder.branch(join)
+        builder.cbranch(packed_ok, e_packed, e_rows)
+        arrivals = k_loop(e_packed, True, join) + k_loop(e_rows, False, join)
         builder.position_at_end(join)
         res = []
         for t in range(mr * nv):
             p = builder.phi(vty)
-            p.add_incoming(r_packed[t], x_packed)
-            p.add_incoming(r_rows[t], x_rows)
+            for blk, values in arrivals:
+                p.add_incoming(values[t], blk)
             res.append(p)
         for i in range(mr):
             for v in range(nv):
@@ -510,31 +497,31 @@ def _pack_b(b, boff, ldb, k, n, dst):
 # Strips: one B panel against a run of A micro-panels
 # ---------------------------------------------------------------------------------------------
 
-@kernel
-def _strip(kc, a, aoff, a_mt, lda, sia, b, boff, ldb, c, coff, ldc, m, n_valid, bias, bias_off,
-           init):
-    """``C[0:m, 0:n_valid] (+)= A[0:m, k-block] @ B[k-block, panel]``, MR rows at a time.
+def _make_strip(ahead):
+    """The strip kernel below, its micro-kernel prefetching B ``ahead`` panels on (0: none)."""
 
-    Row block ``i`` reads A at ``aoff + i*a_mt`` and writes C rows from ``coff + i*MR*ldc``.
-    Kept out of line (one compiled copy shared by the GEMM and the convolution, and no loop
-    unswitching in the callers duplicating the micro-kernel).
-    """
-    _noinline()
-    for i in range((m + MR - 1) // MR):
-        _mk(kc, a, aoff + i * a_mt, lda, sia, b, boff, ldb, c, 0, c, coff + i * MR * ldc, ldc,
-            min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, False, 0)
+    @kernel
+    def strip(kc, a, aoff, a_mt, lda, sia, b, boff, ldb, c, coff, ldc, m, n_valid, bias,
+              bias_off, init):
+        """``C[0:m, 0:n_valid] (+)= A[0:m, k-block] @ B[k-block, panel]``, MR rows at a time.
+
+        Row block ``i`` reads A at ``aoff + i*a_mt`` and writes C rows from ``coff + i*MR*ldc``.
+        Kept out of line (one compiled copy shared by the GEMM and the convolution, and no loop
+        unswitching in the callers duplicating the micro-kernel).
+        """
+        _noinline()
+        for i in range((m + MR - 1) // MR):
+            _mk(kc, a, aoff + i * a_mt, lda, sia, b, boff, ldb, c, 0, c, coff + i * MR * ldc,
+                ldc, min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, False,
+                ahead)
+
+    return strip
 
 
-@kernel
-def _strip_ahead(kc, a, aoff, a_mt, lda, sia, b, boff, ldb, c, coff, ldc, m, n_valid, bias,
-                 bias_off, init):
-    """:func:`_strip` prefetching the B panel ``_AHEAD`` panels on: for B read in place from
-    an image, whose ``k`` rows are as many separate streams (too many for the hardware
-    prefetchers once the data outgrows the caches)."""
-    _noinline()
-    for i in range((m + MR - 1) // MR):
-        _mk(kc, a, aoff + i * a_mt, lda, sia, b, boff, ldb, c, 0, c, coff + i * MR * ldc, ldc,
-            min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, False, _AHEAD)
+_strip = _make_strip(0)
+# for B read in place from an image, whose ``k`` rows are as many separate streams (too many for
+# the hardware prefetchers once the data outgrows the caches)
+_strip_ahead = _make_strip(_AHEAD)
 
 
 @kernel
