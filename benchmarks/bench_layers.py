@@ -9,6 +9,7 @@ import numpy as np
 
 from numbaconv import dispatch, layout_bench, suite
 from numbaconv.functional import convolve
+from numbaconv.plan import plan_conv2d
 
 _LAYERS = [layer.name for layer in suite.LAYERS]
 _ALGORITHMS = ["auto"] + [name for name in dispatch.names() if name != "reference"]
@@ -47,6 +48,39 @@ class Layers:
             convolve(self.problem, self.x, self.w, self.b, algorithm=algorithm)
             times.append(time.perf_counter() - start)
         return self.problem.flops / float(np.median(times)) / 1e9
+
+    track_gflops.unit = "GFLOP/s"
+
+
+class Plans:
+    """Forward suite layers through a plan (weights prepared once), auto's choice for plans."""
+
+    params = ([layer.name for layer in suite.LAYERS
+               if not layer.problem.transposed and layer.problem.nd == 2],)
+    param_names = ["layer"]
+    timeout = 120
+
+    def setup(self, layer):
+        p = suite.get(layer).problem
+        rng = np.random.default_rng(0)
+        self.x = rng.standard_normal(p.input_shape, dtype=np.float32)
+        w = rng.standard_normal(p.weight_shape, dtype=np.float32)
+        b = rng.standard_normal(p.out_channels, dtype=np.float32)
+        self.conv = plan_conv2d(w, b, p.stride, p.padding, p.dilation, p.groups)
+        self.flops = p.flops
+        self.conv(self.x)  # compile, prepare the weights, touch memory
+
+    def time_plan(self, layer):
+        self.conv(self.x)
+
+    def track_gflops(self, layer):
+        import time
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            self.conv(self.x)
+            times.append(time.perf_counter() - start)
+        return self.flops / float(np.median(times)) / 1e9
 
     track_gflops.unit = "GFLOP/s"
 

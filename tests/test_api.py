@@ -148,7 +148,8 @@ def test_repeated_calls_return_new_arrays_and_run_what_their_arguments_ask(rng, 
         return dataclasses.replace(algorithm, run=run)
 
     monkeypatch.setattr(dispatch, "ALGORITHMS", [spy(a) for a in dispatch.ALGORITHMS])
-    monkeypatch.setattr(dispatch, "rule", lambda problem, exact: "direct" if exact else "gemm")
+    monkeypatch.setattr(dispatch, "rule",
+                        lambda problem, exact, prepared=False: "direct" if exact else "gemm")
     x1, x2, w, b = (_ints(rng, (1, 4, 9, 9)), _ints(rng, (1, 4, 9, 9)), _ints(rng, (5, 4, 3, 3)),
                     _ints(rng, (5,)))
     calls = [("auto", False, x1), ("auto", False, x2), ("auto", True, x1), ("auto", True, x2),
@@ -162,7 +163,7 @@ def test_repeated_calls_return_new_arrays_and_run_what_their_arguments_ask(rng, 
     assert np.array_equal(numbaconv.conv2d(x1, w, b, padding=1), results[-1])
     # a new table of algorithms is a new choice
     monkeypatch.setattr(dispatch, "ALGORITHMS", [spy(a) for a in dispatch.ALGORITHMS])
-    monkeypatch.setattr(dispatch, "rule", lambda problem, exact: "direct")
+    monkeypatch.setattr(dispatch, "rule", lambda problem, exact, prepared=False: "direct")
     numbaconv.conv2d(x1, w, b, padding=1)
     assert ran[-1] == "direct"
 

@@ -63,6 +63,14 @@ def test_bench_command_end_to_end(tmp_path, capsys):
         assert auto["status"] == "ok" and len(auto["samples"]) >= 2 and auto["extra_bytes"] >= 0
         assert layer["results"]["numpy-im2col"]["status"] == "ok"
     assert report["summary"]["numpy-im2col"]["layers"] == 4
+    # plans run on the forward layers only (the transposed ones have none), under auto's choice
+    plans = {layer["name"]: layer["results"].get(bench.PLAN) for layer in report["layers"]}
+    assert sorted(n for n, p in plans.items() if p is not None) == [
+        "mb1ic8ih12oc8kh3ph1", "mb1ic8ih12oc8kh3ph1_b2"]
+    assert all(p["status"] == "ok" and len(p["samples"]) >= 2 and p["detail"] == "gemm"
+               for p in plans.values() if p is not None)
+    assert report["summary"]["plan"]["layers"] == 2
+    assert "numbaconv plans (weights prepared once)" in text
 
 
 @pytest.mark.parametrize("argv, rounds", [([], 9), (["--quick"], 3), (["--rounds", "4"], 4),
@@ -130,6 +138,11 @@ def test_asv_benchmarks_set_up_and_run():
     layers.setup("mobilenetv2_1x1_c192to32_28", "auto")
     layers.time_conv("mobilenetv2_1x1_c192to32_28", "auto")
     assert layers.track_gflops("mobilenetv2_1x1_c192to32_28", "auto") > 0
+    plans = module.Plans()
+    assert "dcgan_t4x4s2_c128to64_16" not in plans.params[0]
+    plans.setup("mobilenetv2_1x1_c192to32_28")
+    plans.time_plan("mobilenetv2_1x1_c192to32_28")
+    assert plans.track_gflops("mobilenetv2_1x1_c192to32_28") > 0
     layouts = module.Layouts()
     assert "c3d_3x3x3_c64_16x56" in layouts.params[0]
     for layout in layouts.params[1]:

@@ -20,12 +20,15 @@ import numpy as np
 from . import dispatch, peers, reference
 from ._threads import set_num_threads
 from .functional import convolve
+from .plan import plan_conv2d
 from .problem import ConvProblem
 from .suite import LAYERS, Layer, get
 
 QUICK_LAYERS = ("resnet50_3x3_c128_28", "resnet50_1x1_c64to256_56", "mobilenetv2_dw3x3_c144_56",
                 "resnext50_3x3g32_c128_56", "t3x3s2_c32to16_128")
 PEER_NAMES = tuple(p.name for p in peers.PEERS)
+# numbaconv with the weights prepared once (numbaconv.plan_conv2d), as a network layer would run
+PLAN = "numbaconv plan"
 _PAUSE_AFTER_PEER = 0.4   # seconds: lets a peer's spinning thread pool go to sleep
 _WARM_SECONDS = 0.03      # untimed calls before each candidate's timed calls
 
@@ -153,6 +156,8 @@ def _reference_and_bound(problem, x, w, b):
 def candidates_for(problem, algorithms, peer_names):
     """[(name, kind, object)] for the layer: numbaconv auto, its algorithms, then peers."""
     out = [("numbaconv", "numbaconv", "auto")]
+    if problem.nd == 2 and not problem.transposed and (algorithms is None or "plan" in algorithms):
+        out.append((PLAN, "plan", None))
     for name, reason in dispatch.candidates(problem).items():
         if name != "reference" and (algorithms is None or name in algorithms):
             out.append((f"nc:{name}", "numbaconv", name) if reason is None
@@ -186,6 +191,12 @@ def bench_layer(layer, threads, repeats, min_seconds, rounds, algorithms, peer_n
                 run = (lambda algorithm=obj: convolve(problem, x, w, b, algorithm=algorithm))
                 to_numpy = np.asarray
                 exact = dispatch.get(obj, problem).exact   # 'auto' as what it picks
+            elif kind == "plan":
+                conv = plan_conv2d(w, b, problem.stride, problem.padding, problem.dilation,
+                                   problem.groups)
+                run, to_numpy = (lambda: conv(x)), np.asarray
+                exact = dispatch.get(conv.algorithm_for(x.shape), problem).exact
+                result.detail = conv.algorithm_for(x.shape)
             else:
                 run, to_numpy = obj.prepare(problem, x, w, b, threads)
                 exact = True
@@ -203,7 +214,7 @@ def bench_layer(layer, threads, repeats, min_seconds, rounds, algorithms, peer_n
         if why:
             result.status, result.detail = "failed check", why
             continue
-        if kind == "numbaconv":
+        if kind in ("numbaconv", "plan"):
             result.extra_bytes = extra_memory(run, y.nbytes)
         runners[name] = run
     per_round = max(1, -(-repeats // rounds))
@@ -244,12 +255,13 @@ def best_peer(results):
 
 
 def summarize(report):
-    """Geometric means and worst cases of numbaconv (auto) against torch, the best peer, NumPy."""
-    def ratios(peer):
+    """Geometric means and worst cases of numbaconv (auto) against torch, the best peer, NumPy,
+    and (key ``'plan'``) of numbaconv's plans against the best peer on the layers they run."""
+    def ratios(peer, ours_name="numbaconv"):
         values = {}
         for layer in report["layers"]:
             res = layer["results"]
-            ours = res.get("numbaconv", {}).get("median")
+            ours = res.get(ours_name, {}).get("median")
             theirs = (res.get(peer, {}).get("median") if peer != "best"
                       else layer.get("best_peer_seconds"))
             if ours and theirs and not math.isnan(ours) and not math.isnan(theirs):
@@ -263,6 +275,11 @@ def summarize(report):
             worst = min(values, key=values.get)
             summary[peer] = dict(geomean=float(np.exp(np.mean(np.log(list(values.values()))))),
                                  worst=values[worst], worst_layer=worst, layers=len(values))
+    values = ratios("best", PLAN)
+    if values:
+        worst = min(values, key=values.get)
+        summary["plan"] = dict(geomean=float(np.exp(np.mean(np.log(list(values.values()))))),
+                               worst=values[worst], worst_layer=worst, layers=len(values))
     return summary
 
 
@@ -289,7 +306,7 @@ def _format_table(report, peak):
                 else "-"
             lines.append(f"  {name:<34} {med * 1e3:>9.3f} {gflops:>8.1f} "
                          f"{100 * gflops / peak if peak else 0:>6.1f} {ratio:>12} {first:>9} "
-                         f"{extra:>9}")
+                         f"{extra:>9}  {r['detail']}".rstrip())
     return "\n".join(lines)
 
 
@@ -362,18 +379,23 @@ def _format_summary(summary):
     names = {"torch": "PyTorch NCHW", "best": "the best peer", "numpy-im2col": "NumPy im2col"}
     lines = ["", "numbaconv (auto) speed-up, time(peer) / time(numbaconv), over the layers:"]
     for key, s in summary.items():
+        if key == "plan":
+            lines.append(f"numbaconv plans (weights prepared once), forward layers:\n"
+                         f"  vs {names['best']:<14} geometric mean {s['geomean']:.2f}x, worst "
+                         f"{s['worst']:.2f}x ({s['worst_layer']}), {s['layers']} layers")
+            continue
         lines.append(f"  vs {names[key]:<14} geometric mean {s['geomean']:.2f}x, worst "
                      f"{s['worst']:.2f}x ({s['worst_layer']}), {s['layers']} layers")
     return "\n".join(lines)
 
 
 def plot(report, path):
-    """Horizontal bars: GFLOP/s of numbaconv (auto) and each peer, per layer."""
+    """Horizontal bars: GFLOP/s of numbaconv (auto), its plans and each peer, per layer."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["numbaconv"] + list(PEER_NAMES)
+    names = ["numbaconv", PLAN] + list(PEER_NAMES)
     layers = report["layers"]
     fig, ax = plt.subplots(figsize=(10, 0.5 + 0.45 * len(layers) * 1.2))
     height = 0.8 / len(names)

@@ -227,13 +227,30 @@ _WINOGRAD_MIN_CHANNELS = 32
 _WINOGRAD_MIN_TILE_USE = 0.75
 
 
-def _winograd_pays(problem):
+# With the weights transformed in advance (a plan, see numbaconv.plan), what is left per call is
+# reading U (36 x C_out x C_in) once: it pays once the call has enough tiles to spread that
+# over, even on maps that waste many tile outputs. Measured with plans on 2 cores against the
+# best exact kernel (float32, 5 interleaved rounds): C256 14x14 (61% of the tile outputs used, 20
+# tiles) 197 vs 172 GFLOP/s, DeepLab's C256 33x33 dilation 2 (60%, 120 tiles) 243 vs 191, C512
+# 7x7 batch 8 (51%, 48 tiles) 234 vs 175, C256 14x14 batch 8 267 vs 183; C512 7x7 batch 1 (6
+# tiles) 62 vs 180.
+_WINOGRAD_PREPARED_MIN_TILE_USE = 0.5
+_WINOGRAD_PREPARED_MIN_TILES = 16
+
+
+def _winograd_pays(problem, prepared=False):
     (oh, ow), (dh, dw) = problem.out_size, problem.dilation
     ph, pw = -(-oh // dh), -(-ow // dw)  # one stride-1 phase of a dilated layer (the largest)
     t = winograd.TILE
-    used = ph * pw / (t * -(-ph // t) * t * (-(-pw // t) + 1))
-    return (problem.macs / (dh * dw) >= _WINOGRAD_MIN_MACS and used >= _WINOGRAD_MIN_TILE_USE
-            and min(problem.in_channels, problem.out_channels) >= _WINOGRAD_MIN_CHANNELS)
+    tiles = -(-ph // t) * (-(-pw // t) + 1)
+    used = ph * pw / (t * t * tiles)
+    if not (problem.macs / (dh * dw) >= _WINOGRAD_MIN_MACS
+            and min(problem.in_channels, problem.out_channels) >= _WINOGRAD_MIN_CHANNELS):
+        return False
+    if prepared:
+        return (used >= _WINOGRAD_PREPARED_MIN_TILE_USE
+                and problem.batch * dh * dw * tiles >= _WINOGRAD_PREPARED_MIN_TILES)
+    return used >= _WINOGRAD_MIN_TILE_USE
 
 
 # The dot-product kernel covers output pixels in steps of 7, the GEMM's tiles in steps of 32: it
@@ -280,7 +297,7 @@ def _wide_1x1_outgrows_cache(problem):
     return data * itemsize >= _WIDE_1X1_BYTES
 
 
-def rule(problem, exact=False):
+def rule(problem, exact=False, prepared=False):
     """The algorithm ``'auto'`` prefers, by kernel size, groups, channels and image size.
 
     Forward convolution:
@@ -288,7 +305,9 @@ def rule(problem, exact=False):
     0. ``winograd`` for 3x3 stride-1 ungrouped layers of at least 50M multiply-adds, 32 input
        and output channels, and outputs that use 75% of the 4x4 tiles covering them (maps of
        about 28 pixels and wider), unless ``exact``; for dilated layers the multiply-adds and the
-       map of one stride-1 phase count.
+       map of one stride-1 phase count. With ``prepared`` (weights transformed in advance, as a
+       :class:`~numbaconv.plan.Conv2dPlan` does) 50% of the tiles' outputs suffice (14x14 and
+       dilated 33x33 maps) when the call has at least 16 tiles in all.
     1. ``depthwise`` when ``groups == C_in > 1`` (one channel per group).
     2. ``direct`` for other grouped convolutions with narrow groups (``C_out / groups < 32``):
        a GEMM per group would be too small to run fast.
@@ -311,7 +330,7 @@ def rule(problem, exact=False):
         w_in = problem.in_size[-1]
         cin_g = problem.in_channels // problem.groups
         return "gemm" if w_in < 16 or (w_in < 32 and cin_g >= 256) else "direct"
-    if not exact and _winograd_limits(problem) is None and _winograd_pays(problem):
+    if not exact and _winograd_limits(problem) is None and _winograd_pays(problem, prepared):
         return "winograd"
     if problem.is_depthwise and problem.groups > 1:
         return "depthwise"
@@ -324,11 +343,11 @@ def rule(problem, exact=False):
     return "direct"
 
 
-def auto_choice(problem, exact=False):
+def auto_choice(problem, exact=False, prepared=False):
     """The algorithm ``'auto'`` runs: :func:`rule`'s choice when it can compute the problem,
     else the first algorithm in table order that can (the reference handles everything); with
     ``exact``, never an inexact one."""
-    preferred = rule(problem, exact)
+    preferred = rule(problem, exact, prepared)
     for a in ALGORITHMS:
         if a.name == preferred and a.transposed == problem.transposed and \
                 a.why_not(problem) is None:
@@ -339,26 +358,27 @@ def auto_choice(problem, exact=False):
     raise AssertionError(f"no algorithm for {problem}")
 
 
-# (name, exact, problem, table) -> Algorithm: repeated calls skip the rule and the checks
+# (name, exact, prepared, problem, table) -> Algorithm: repeated calls skip the rule and checks
 _CHOSEN = {}
 
 
-def get(name, problem, exact=False):
+def get(name, problem, exact=False, prepared=False):
     """The :class:`Algorithm` called ``name`` for ``problem``'s kind, checked to support it (and
-    to be exact, with ``exact``)."""
-    key = (name, exact, problem, id(ALGORITHMS))
+    to be exact, with ``exact``); ``prepared`` tells ``'auto'`` that the caller holds weights
+    prepared in advance (see :func:`rule`)."""
+    key = (name, exact, prepared, problem, id(ALGORITHMS))
     chosen = _CHOSEN.get(key)
     if chosen is None:
-        chosen = _get(name, problem, exact)
+        chosen = _get(name, problem, exact, prepared)
         if len(_CHOSEN) >= 1024:
             _CHOSEN.clear()
         _CHOSEN[key] = chosen
     return chosen
 
 
-def _get(name, problem, exact):
+def _get(name, problem, exact, prepared):
     if name == "auto":
-        name = auto_choice(problem, exact)
+        name = auto_choice(problem, exact, prepared)
     if name not in names():
         raise ValueError(f"algorithm must be 'auto', 'tune' or one of {names()}, got {name!r}")
     for a in ALGORITHMS:

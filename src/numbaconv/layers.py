@@ -42,6 +42,7 @@ import numpy as np
 
 from . import _args, functional, padding_modes
 from ._front import as_array
+from .plan import plan_conv2d
 from .problem import ConvProblem
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"]
@@ -467,6 +468,14 @@ class Conv2d(_ConvLayer):
                                      self.dilation, self.groups)
         return functional.conv2d(self._pad_input(input), self._weight, self._bias, self.stride,
                                  0, self.dilation, self.groups)
+
+    def plan(self, *, algorithm="auto", exact=False):
+        """A :class:`~numbaconv.plan.Conv2dPlan` of the layer's current weight and bias, for
+        inference: the layer's results with the weights prepared once. It holds copies, so
+        changes to the layer's weights after this call do not reach it (plan again)."""
+        return plan_conv2d(self._weight, self._bias, self.stride, self.padding, self.dilation,
+                           self.groups, padding_mode=self.padding_mode, algorithm=algorithm,
+                           exact=exact)
 
 
 class Conv1d(_ConvLayer):

@@ -45,6 +45,7 @@ How
       dropped.
 """
 
+import collections
 import math
 
 import numba
@@ -416,6 +417,22 @@ def transform_weights(w, u=None):
     return u, float(largest.max(initial=0))
 
 
+WinogradWeights = collections.namedtuple("WinogradWeights", "u plane largest cout cin")
+WinogradWeights.__doc__ = """Weights transformed once for :func:`conv2d_winograd`: ``u`` (36,
+``plane``) as :func:`transform_weights` writes it, ``largest`` = ``max |w|`` (Inf/NaN if ``w``
+holds one), for ``cout x cin`` 3x3 kernels."""
+
+
+def prepare_weights(w):
+    """:class:`WinogradWeights` for ``w`` (C_out, C_in, 3, 3): a transformed copy that later
+    calls reuse (``w`` may change afterwards). Costs what every unprepared call spends on it."""
+    cout, cin = w.shape[:2]
+    up = plane_stride(cout * cin, w.itemsize)
+    u, largest = transform_weights(np.ascontiguousarray(w),
+                                   np.empty((ALPHA * ALPHA, up), dtype=w.dtype))
+    return WinogradWeights(u, up, largest, cout, cin)
+
+
 def tile_rows_per_chunk(batch, out_h, out_w, cin, cout, itemsize):
     """Tile rows transformed at once: whole rows whose ``V`` and ``M`` together fit
     ``_CHUNK_BYTES`` (at least one row); a function of the shape only."""
@@ -505,8 +522,9 @@ def _by_stages(x, u, up, bias, out, pt, pl, w_scale, limit, nty, ntx, rows):
 def conv2d_winograd(x, w, bias, out, pt, pl):
     """``out = conv2d(x, w, bias, stride=1, padding=(pt, ..., pl, ...))`` for 3x3 ``w``.
 
-    ``x`` (N, C_in, H, W), ``w`` (C_out, C_in, 3, 3), ``bias`` (C_out,), ``out`` (N, C_out, OH, OW)
-    with ``OH``/``OW`` what the padding gives; C-contiguous, one float dtype.
+    ``x`` (N, C_in, H, W), ``w`` (C_out, C_in, 3, 3) or :class:`WinogradWeights` for such
+    weights (from :func:`prepare_weights`: no transform in this call), ``bias`` (C_out,), ``out``
+    (N, C_out, OH, OW) with ``OH``/``OW`` what the padding gives; C-contiguous, one float dtype.
 
     Returns True when it wrote every element of ``out``; False, leaving ``out`` partly written,
     when the weights or the input hold an Inf or a NaN (the transforms would mix them into
@@ -520,8 +538,11 @@ def conv2d_winograd(x, w, bias, out, pt, pl):
     dt = x.dtype
     sq = ALPHA * ALPHA
     isz = dt.itemsize
-    up = plane_stride(cout * cin, isz)
-    u, w_max = transform_weights(w, buffer("winograd.u", sq * up, dt).reshape(sq, up))
+    if isinstance(w, WinogradWeights):
+        u, up, w_max = w.u, w.plane, w.largest
+    else:
+        up = plane_stride(cout * cin, isz)
+        u, w_max = transform_weights(w, buffer("winograd.u", sq * up, dt).reshape(sq, up))
     if not math.isfinite(w_max):
         return False
     # Every intermediate is at most 10^2 |x| (input transform), |w| (weight transform), a sum of
@@ -573,7 +594,8 @@ def conv2d_winograd_dilated(x, w, bias, out, pads, dil):
     columns of the same residues, through an undilated 3x3 kernel: each of the ``dh*dw`` phases
     is a stride-1 convolution of a decimated input. The phases are stacked as one batch (zero
     padded to a common size), so the weights are transformed once and the tiles of all phases
-    share the GEMMs. Returns False, as :func:`conv2d_winograd`, for non-finite data.
+    share the GEMMs. Returns False, as :func:`conv2d_winograd`, for non-finite data. ``w`` may be
+    :class:`WinogradWeights`.
     """
     dh, dw = dil
     n, cin, h, wd = x.shape

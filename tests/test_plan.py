@@ -1,0 +1,222 @@
+"""Plans (numbaconv.plan_conv2d): conv2d's result from weights prepared once, checked arguments,
+copies that later changes to the caller's arrays do not reach."""
+
+import numpy as np
+import pytest
+
+import numbaconv
+from numbaconv import dispatch, plan, reference
+from numbaconv.dispatch import UnsupportedAlgorithm
+
+from cases import Case, all_cases
+from error_bounds import winograd_bound
+
+FORWARD = [c for c in all_cases(60) if not c.transposed]
+
+
+def _plan(case, w, b, **kw):
+    return numbaconv.plan_conv2d(w, b, **case.kwargs, **kw)
+
+
+@pytest.mark.parametrize("case", FORWARD, ids=str)
+def test_equals_conv2d_with_the_algorithm_it_runs(case, rng):
+    """Integer data: every call of a plan (first, repeated, unbatched) equals conv2d run with
+    the algorithm the plan reports, and the reference; inputs stay as they were."""
+    x, w, b = case.arrays(rng)
+    conv = _plan(case, w, b)
+    name = conv.algorithm_for(x.shape, x.dtype)
+    want = reference.conv2d(x, w, b, **case.kwargs)
+    saved = x.copy()
+    first, again = conv(x), conv(x)
+    assert np.array_equal(first, numbaconv.conv2d(x, w, b, **case.kwargs, algorithm=name))
+    assert np.array_equal(again, first) and again is not first
+    if dispatch.get(name, case.problem).exact:
+        assert np.array_equal(first, want)
+    assert np.array_equal(conv(x[0]), first[0])
+    assert np.array_equal(x, saved)
+
+
+@pytest.mark.parametrize("name", ["gemm", "direct", "dot", "im2col", "depthwise"])
+def test_every_exact_algorithm_prepared_or_not(name, rng):
+    case = (Case((2, 6, 11, 13), (6, 1, 3, 3), padding=1, groups=6) if name == "depthwise"
+            else Case((2, 6, 11, 13), (10, 6, 3, 2), stride=(1, 2), padding=(2, 1)))
+    x, w, b = case.arrays(rng)
+    conv = _plan(case, w, b, algorithm=name)
+    assert conv.algorithm_for(x.shape) == name
+    for _ in range(2):
+        assert np.array_equal(conv(x), reference.conv2d(x, w, b, **case.kwargs))
+    if name in plan._PREPARED:
+        assert (name, np.dtype(np.float32)) in conv._prepared
+
+
+@pytest.mark.parametrize("case", [
+    Case((1, 64, 14, 14), (64, 64, 3, 3), padding=1),
+    Case((2, 32, 17, 19), (48, 32, 3, 3), padding=2, dilation=2),
+    Case((1, 40, 30, 30), (24, 40, 3, 3), padding=1, dtype="float64", bias=False),
+], ids=str)
+def test_winograd_plan_gives_conv2d_bits(case, rng):
+    """Transformed once or per call, the same operations in the same order: the same bits on
+    real data, within Winograd's bound of the exact sum."""
+    x, w, b = case.arrays(rng, kind="normal")
+    conv = _plan(case, w, b, algorithm="winograd")
+    got = conv(x)
+    assert np.array_equal(got, numbaconv.conv2d(x, w, b, **case.kwargs, algorithm="winograd"))
+    assert np.array_equal(conv(x), got)
+    want = reference.conv2d(x.astype(np.float64), w.astype(np.float64),
+                            None if b is None else b.astype(np.float64), **case.kwargs)
+    assert (np.abs(got - want) <= winograd_bound(case, x, w, b)).all()
+
+
+def test_winograd_plan_hands_inf_and_nan_to_an_exact_kernel(rng):
+    case = Case((1, 32, 12, 12), (32, 32, 3, 3), padding=1)
+    x, w, b = case.arrays(rng)
+    x[0, 3, 5, 7], x[0, 9, 0, 0] = np.inf, np.nan
+    conv = _plan(case, w, b, algorithm="winograd")
+    want = numbaconv.conv2d(x, w, b, **case.kwargs, exact=True)
+    for _ in range(2):
+        np.testing.assert_array_equal(conv(x), want)  # NaN where want has NaN
+    assert np.isnan(want).any() and np.isinf(want).any()
+
+
+@pytest.mark.parametrize("name", ["gemm", "direct", "winograd", "dot"])
+def test_the_plan_holds_copies(name, rng):
+    case = Case((1, 8, 9, 9), (16, 8, 3, 3), padding=1)
+    x, w, b = case.arrays(rng)
+    conv = _plan(case, w, b, algorithm=name)
+    want = conv(x)
+    w += 1
+    b += 1
+    assert np.array_equal(conv(x), want)
+    assert not conv.weight.flags.writeable and not conv.bias.flags.writeable
+    with pytest.raises(ValueError):
+        conv.weight[0, 0, 0, 0] = 5
+    assert np.array_equal(conv(x), want)
+
+
+def test_computation_dtype_follows_conv2d(rng):
+    """A float32 plan given float64 input computes in float64, as conv2d does; its float32
+    preparations are not reused for it."""
+    case = Case((2, 12, 10, 10), (24, 12, 1, 1))
+    x, w, b = case.arrays(rng, kind="normal")
+    conv = _plan(case, w, b, algorithm="gemm")
+    y32 = conv(x)
+    y64 = conv(x.astype(np.float64))
+    assert y64.dtype == np.float64 and y32.dtype == np.float32
+    assert np.array_equal(y64, numbaconv.conv2d(x.astype(np.float64), w, b, algorithm="gemm"))
+    assert np.array_equal(conv(x.astype(np.float16)), numbaconv.conv2d(x.astype(np.float16), w, b))
+
+
+def test_out_and_non_contiguous_input(rng):
+    case = Case((2, 4, 10, 12), (6, 4, 3, 3), padding=1)
+    x, w, b = case.arrays(rng)
+    conv = _plan(case, w, b)
+    want = reference.conv2d(x, w, b, padding=1)
+    out = np.full(want.shape, np.nan, np.float32)
+    assert conv(x, out=out) is out and np.array_equal(out, want)
+    xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    assert np.array_equal(conv(xt), want)
+    assert np.array_equal(conv(x.tolist()), want.astype(np.float64))
+    with pytest.raises(ValueError, match="out must have the output shape"):
+        conv(x, out=np.empty((2, 6, 10, 11), np.float32))
+    with pytest.raises(TypeError, match="out must have the computation dtype"):
+        conv(x, out=np.empty(want.shape, np.float64))
+
+
+def test_padding_modes(rng):
+    case = Case((1, 3, 9, 8), (4, 3, 3, 3), padding=2)
+    x, w, b = case.arrays(rng)
+    for mode in ("reflect", "replicate", "circular"):
+        conv = _plan(case, w, b, padding_mode=mode)
+        want = numbaconv.conv2d(x, w, b, padding=2, padding_mode=mode)
+        assert np.array_equal(conv(x), want) and np.array_equal(conv(x), want)
+
+
+def test_one_and_two_threads_give_the_same_bits(rng):
+    case = Case((3, 32, 20, 20), (48, 32, 3, 3), padding=1)
+    x, w, b = case.arrays(rng, kind="normal")
+    for name in ("gemm", "winograd", "direct"):
+        conv = _plan(case, w, b, algorithm=name)
+        two = conv(x)
+        with numbaconv.num_threads(1):
+            one = conv(x)
+        assert np.array_equal(one, two)
+
+
+def test_empty_batch_and_no_output_channels():
+    conv = numbaconv.plan_conv2d(np.ones((4, 3, 3, 3), np.float32), padding=1)
+    assert conv(np.zeros((0, 3, 5, 5), np.float32)).shape == (0, 4, 5, 5)
+    for make in (lambda w: numbaconv.plan_conv2d(w),
+                 lambda w: numbaconv.conv2d(np.zeros((1, 3, 5, 5), np.float32), w)):
+        with pytest.raises(ValueError, match="out_channels must be >= 1"):
+            make(np.ones((0, 3, 3, 3), np.float32))
+
+
+def test_prepared_weights_widen_winograd(rng):
+    """With weights transformed in advance, Winograd also takes 14x14 maps and DeepLab's 17-wide
+    dilated phases; not calls with few tiles, and never with exact=True."""
+    def choice(x_shape, w_shape, prepared, exact=False, **kw):
+        return dispatch.auto_choice(Case(x_shape, w_shape, **kw).problem, exact, prepared)
+
+    c256 = ((1, 256, 14, 14), (256, 256, 3, 3))
+    deeplab = ((1, 256, 33, 33), (256, 256, 3, 3))
+    c512 = ((1, 512, 7, 7), (512, 512, 3, 3))
+    assert choice(*c256, True, padding=1) == "winograd"
+    assert choice(*c256, False, padding=1) != "winograd"
+    assert choice(*c256, True, True, padding=1) != "winograd"
+    assert choice(*deeplab, True, padding=2, dilation=2) == "winograd"
+    assert choice(*deeplab, False, padding=2, dilation=2) != "winograd"
+    assert choice(*c512, True, padding=1) != "winograd"                   # 6 tiles
+    assert choice((8, 512, 7, 7), c512[1], True, padding=1) == "winograd"  # 48 tiles
+    assert choice((1, 256, 7, 7), (256, 256, 3, 3), True, padding=0) != "winograd"  # 5x5: 42%
+    assert choice((2, 16, 56, 56), (16, 16, 3, 3), True, padding=1) != "winograd"  # narrow
+    conv = numbaconv.plan_conv2d(np.zeros(c256[1], np.float32), padding=1)
+    assert conv.algorithm_for(c256[0]) == "winograd"
+    assert numbaconv.plan_conv2d(np.zeros(c256[1], np.float32), padding=1,
+                                 exact=True).algorithm_for(c256[0]) != "winograd"
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(weight=np.ones((4, 3, 3), np.float32)), ValueError, "weight must have 4 dimensions"),
+    (dict(bias=np.ones(5, np.float32)), ValueError, r"bias must have shape \(4,\)"),
+    (dict(groups=3), ValueError, "groups"),
+    (dict(groups=1.0), TypeError, "groups must be an int"),
+    (dict(stride=0), ValueError, "stride"),
+    (dict(stride=2, padding="same"), ValueError, "same"),
+    (dict(algorithm="tune"), ValueError, "algorithm must be 'auto' or one of"),
+    (dict(algorithm="nope"), ValueError, "algorithm must be 'auto' or one of"),
+    (dict(algorithm="winograd", exact=True), UnsupportedAlgorithm, "not exact"),
+    (dict(algorithm="winograd", stride=2), UnsupportedAlgorithm, "stride 1"),
+    (dict(algorithm="depthwise"), UnsupportedAlgorithm, "depthwise"),
+    (dict(exact=1), TypeError, "exact must be a bool"),
+    (dict(padding_mode="mirror"), ValueError, "padding_mode"),
+    (dict(weight=np.ones((4, 3, 3, 3), np.complex64)), TypeError, "complex"),
+])
+def test_bad_arguments_raise_when_planning(kwargs, error, match):
+    args = dict(weight=np.ones((4, 3, 3, 3), np.float32), bias=None)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        numbaconv.plan_conv2d(**args)
+
+
+def test_bad_inputs_raise_when_called():
+    conv = numbaconv.plan_conv2d(np.ones((4, 3, 3, 3), np.float32), padding=1,
+                                 algorithm="winograd")
+    with pytest.raises(ValueError, match="channels"):
+        conv(np.ones((1, 5, 8, 8), np.float32))
+    with pytest.raises(ValueError, match="input must have shape"):
+        conv(np.ones((8, 8), np.float32))
+    unpadded = numbaconv.plan_conv2d(np.ones((4, 3, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="kernel"):
+        unpadded(np.ones((1, 3, 2, 8), np.float32))      # smaller than the kernel
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "circular"])
+def test_layer_plans_give_the_layer_result(mode, rng):
+    layer = numbaconv.Conv2d(6, 8, 3, padding=1, groups=2, padding_mode=mode, rng=1)
+    x = rng.standard_normal((2, 6, 9, 10)).astype(np.float32)
+    conv = layer.plan()
+    want = layer(x)
+    assert np.array_equal(conv(x), want)
+    layer.weight[...] = 0                       # a later change reaches the layer, not the plan
+    assert np.array_equal(conv(x), want) and not np.array_equal(layer(x), want)
+    assert np.array_equal(layer.plan()(x), layer(x))
