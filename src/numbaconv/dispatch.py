@@ -230,10 +230,12 @@ _WINOGRAD_MIN_TILE_USE = 0.75
 # With the weights transformed in advance (a plan, see numbaconv.plan), what is left per call is
 # reading U (36 x C_out x C_in) once: it pays once the call has enough tiles to spread that
 # over, even on maps that waste many tile outputs. Measured with plans on 2 cores against the
-# best exact kernel (float32, 5 interleaved rounds): C256 14x14 (61% of the tile outputs used, 20
-# tiles) 197 vs 172 GFLOP/s, DeepLab's C256 33x33 dilation 2 (60%, 120 tiles) 243 vs 191, C512
-# 7x7 batch 8 (51%, 48 tiles) 234 vs 175, C256 14x14 batch 8 267 vs 183; C512 7x7 batch 1 (6
-# tiles) 62 vs 180.
+# best exact kernel (float32, 5 interleaved rounds): C256, C384, C512 14x14 (61% of the tile
+# outputs used, 20 tiles) 197-211 vs 172-174, 228 vs 180, 218 vs 181 GFLOP/s; DeepLab's C256 33x33
+# dilation 2 (60%, 120 tiles) 243 vs 191; C512 7x7 (51%, 6 tiles per image) at batch 3, 4, 8 177
+# vs 168, 205 vs 149, 223-234 vs 149-175, C256 7x7 at batch 3 and 4 196 vs 161 and 258 vs 153; but
+# at batch 1 and 2 (6 and 12 tiles) C512 7x7 62 vs 180 and 112 vs 146, C256 131 vs 145. C1024 7x7
+# at batch 4 (24 tiles, U of 151 MB) 130 vs 135: even.
 _WINOGRAD_PREPARED_MIN_TILE_USE = 0.5
 _WINOGRAD_PREPARED_MIN_TILES = 16
 
