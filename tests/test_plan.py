@@ -1,11 +1,13 @@
 """Plans (numbaconv.plan_conv2d): conv2d's result from weights prepared once, checked arguments,
 copies that later changes to the caller's arrays do not reach."""
 
+import pickle
+
 import numpy as np
 import pytest
 
 import numbaconv
-from numbaconv import dispatch, plan, reference
+from numbaconv import dispatch, plan, reference, tuning
 from numbaconv.dispatch import UnsupportedAlgorithm
 
 from cases import Case, all_cases
@@ -182,8 +184,8 @@ def test_prepared_weights_widen_winograd(rng):
     (dict(groups=1.0), TypeError, "groups must be an int"),
     (dict(stride=0), ValueError, "stride"),
     (dict(stride=2, padding="same"), ValueError, "same"),
-    (dict(algorithm="tune"), ValueError, "algorithm must be 'auto' or one of"),
-    (dict(algorithm="nope"), ValueError, "algorithm must be 'auto' or one of"),
+    (dict(algorithm="nope"), ValueError, "algorithm must be 'auto', 'tune' or one of"),
+    (dict(algorithm=None), ValueError, "algorithm must be 'auto', 'tune' or one of"),
     (dict(algorithm="winograd", exact=True), UnsupportedAlgorithm, "not exact"),
     (dict(algorithm="winograd", stride=2), UnsupportedAlgorithm, "stride 1"),
     (dict(algorithm="depthwise"), UnsupportedAlgorithm, "depthwise"),
@@ -220,3 +222,42 @@ def test_layer_plans_give_the_layer_result(mode, rng):
     layer.weight[...] = 0                       # a later change reaches the layer, not the plan
     assert np.array_equal(conv(x), want) and not np.array_equal(layer(x), want)
     assert np.array_equal(layer.plan()(x), layer(x))
+
+
+def test_plans_pickle_with_their_weights_only(rng):
+    case = Case((2, 32, 16, 16), (32, 32, 3, 3), padding=2, dilation=2)
+    x, w, b = case.arrays(rng)
+    conv = _plan(case, w, b, padding_mode="circular", algorithm="winograd")
+    want = conv(x)
+    data = pickle.dumps(conv)
+    assert len(data) < 2 * w.nbytes  # no transformed weights (36/9 times w) or remembered runs
+    copy = pickle.loads(data)
+    assert np.array_equal(copy(x), want) and np.array_equal(copy(x), want)
+    assert repr(copy) == repr(conv) and not copy.weight.flags.writeable
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_tune_times_the_candidates_once_per_input_form(exact, monkeypatch, rng):
+    case = Case((1, 16, 12, 12), (16, 16, 3, 3), padding=1)
+    x, w, b = case.arrays(rng)
+    timed, real = [], tuning.fastest
+
+    def spy(run, names):
+        timed.append(list(names))
+        return real(run, names)
+
+    monkeypatch.setattr(tuning, "fastest", spy)
+    table = tuning.choices()
+    conv = _plan(case, w, b, algorithm="tune", exact=exact)
+    assert conv.algorithm_for(x.shape) == "tune"
+    first = conv(x)
+    name = conv.algorithm_for(x.shape)
+    assert name in timed[0] and "reference" not in timed[0]
+    assert ("winograd" in timed[0]) is not exact and {"gemm", "direct", "dot"} <= set(timed[0])
+    assert np.array_equal(first, numbaconv.conv2d(x, w, b, padding=1, algorithm=name))
+    assert np.array_equal(conv(x), first) and np.array_equal(conv(x[0]), first[0])
+    assert len(timed) == 1 and tuning.choices() == table  # kept in the plan, not the table
+    both = np.concatenate([x, x])                           # a new input form: timed again
+    assert np.array_equal(conv(both), numbaconv.conv2d(both, w, b, padding=1,
+                                                       algorithm=conv.algorithm_for(both.shape)))
+    assert len(timed) == 2

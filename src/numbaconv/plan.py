@@ -21,7 +21,7 @@ one pass over the weights more than later ones.
 
 import numpy as np
 
-from . import _args, _threads, dispatch, output_pool, padding_modes
+from . import _args, _threads, dispatch, output_pool, padding_modes, tuning
 from ._front import as_array, compute_dtype, output_array, prepare
 from .dispatch import _geometry
 from .functional import _padded
@@ -96,8 +96,8 @@ class Conv2dPlan:
         if w.ndim != 4:
             raise ValueError(f"plan_conv2d: weight must have 4 dimensions (C_out, C_in / groups, "
                              f"kH, kW), got shape {w.shape}")
-        if not isinstance(algorithm, str) or algorithm not in ("auto",) + _forward_names():
-            raise ValueError(f"plan_conv2d: algorithm must be 'auto' or one of "
+        if not isinstance(algorithm, str) or algorithm not in ("auto", "tune") + _forward_names():
+            raise ValueError(f"plan_conv2d: algorithm must be 'auto', 'tune' or one of "
                              f"{_forward_names()}, got {algorithm!r}")
         if not isinstance(exact, bool):
             raise TypeError(f"plan_conv2d: exact must be a bool, got {exact!r}")
@@ -113,7 +113,8 @@ class Conv2dPlan:
                                      stride=stride, padding=padding, dilation=dilation,
                                      groups=int(groups), dtype=dtype)
         # a forced algorithm's limits depend on the kernel, stride, groups and exactness only
-        dispatch.get(algorithm, trial, exact, prepared=True)
+        if algorithm != "tune":
+            dispatch.get(algorithm, trial, exact, prepared=True)
         if b is not None and b.shape != (w.shape[0],):
             raise ValueError(f"plan_conv2d: bias must have shape ({w.shape[0]},) (one value per "
                              f"output channel), got {b.shape}")
@@ -127,7 +128,19 @@ class Conv2dPlan:
         self.groups, self.padding_mode = int(groups), padding_mode
         self.algorithm, self.exact = algorithm, exact
         self._prepared = {}  # (algorithm name, dtype) -> prepared weights
+        self._tuned = {}  # problem -> fastest algorithm name, with algorithm='tune'
         self._seen = {}  # (input shape, dtype) -> (run, result shape and dtype, batched shape)
+
+    def __getstate__(self):
+        # weights and arguments only: prepared forms and remembered runs are rebuilt on first
+        # use, so a pickled plan (sent to dask workers, say) is about the size of its weights
+        return dict(weight=self.weight, bias=self.bias, stride=self.stride,
+                    padding=self.padding, dilation=self.dilation, groups=self.groups,
+                    padding_mode=self.padding_mode, algorithm=self.algorithm, exact=self.exact)
+
+    def __setstate__(self, state):
+        state = dict(state)
+        self.__init__(state.pop("weight"), state.pop("bias"), **state)
 
     def __repr__(self):
         return (f"Conv2dPlan(weight {self.weight.shape} {self.weight.dtype}, "
@@ -152,7 +165,8 @@ class Conv2dPlan:
 
     def algorithm_for(self, input_shape, dtype=np.float32):
         """The name of the algorithm a call with an input of ``input_shape`` (N, C_in, H, W)
-        and ``dtype`` runs."""
+        and ``dtype`` runs; with ``algorithm='tune'``, ``'tune'`` until a call has timed the
+        candidates for that input."""
         shape = tuple(input_shape)
         if len(shape) != 4:
             raise ValueError(f"input_shape must be (N, C_in, H, W), got {input_shape!r}")
@@ -169,6 +183,8 @@ class Conv2dPlan:
         problem = ConvProblem.for_conv(shape, self.weight.shape, bias=self.bias is not None,
                                        stride=self.stride, padding=padding,
                                        dilation=self.dilation, groups=self.groups, dtype=dt)
+        if self.algorithm == "tune":
+            return self._tuned.get(problem, "tune")
         return dispatch.get(self.algorithm, problem, self.exact, prepared=True).name
 
     def __call__(self, input, *, out=None):
@@ -190,6 +206,9 @@ class Conv2dPlan:
         result, batched = output_array(prepared, out)
         if not problem.batch:
             return result
+        if self.algorithm == "tune" and problem not in self._tuned:
+            self._tuned[problem] = self._tune(problem, prepared.x, prepared.w, prepared.b,
+                                              batched)
         run = self._runner(problem, prepared.w, prepared.b)
         _threads.call(run, prepared.x, batched)
         if (out is None and type(input) is np.ndarray and self.padding_mode == "zeros"
@@ -200,10 +219,24 @@ class Conv2dPlan:
                                                     batched.shape)
         return result
 
-    def _runner(self, problem, w, b):
+    def _tune(self, problem, x, w, b, out):
+        """The fastest algorithm for ``problem`` on its prepared weights, timed on ``x``."""
+        names = [name for name, reason in dispatch.candidates(problem, self.exact).items()
+                 if reason is None and name != "reference"]
+        runners = {name: self._runner(problem, w, b, name) for name in names}
+
+        def run(name):
+            _threads.call(runners[name], x, out)
+
+        return tuning.fastest(run, names)
+
+    def _runner(self, problem, w, b, name=None):
         """``run(x, out)`` computing ``problem`` with the weights ``w`` and bias ``b`` (the
-        plan's, in the computation dtype): the chosen algorithm on its prepared weights."""
-        chosen = dispatch.get(self.algorithm, problem, self.exact, prepared=True)
+        plan's, in the computation dtype): the algorithm ``name`` (default: the plan's choice)
+        on its prepared weights."""
+        if name is None:
+            name = self._tuned[problem] if self.algorithm == "tune" else self.algorithm
+        chosen = dispatch.get(name, problem, self.exact, prepared=True)
         entry = _PREPARED.get(chosen.name)
         if entry is None:
             return lambda x, out: chosen.run(problem, x, w, b, out)
@@ -227,8 +260,11 @@ def plan_conv2d(weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
     prepared once for repeated calls.
 
     Parameters are :func:`numbaconv.conv2d`'s (without ``input``, the layouts and ``out``);
-    ``algorithm`` is ``'auto'`` or a forward algorithm's name (not ``'tune'``). The plan copies
-    ``weight`` and ``bias``; invalid arguments raise here, not at the first call.
+    ``algorithm`` is ``'auto'``, a forward algorithm's name or ``'tune'``: the first call of
+    each input shape and dtype then times every algorithm that can run it (on its prepared
+    weights; Winograd too unless ``exact``) and the plan keeps the fastest for later calls (in
+    the plan only, not in :mod:`numbaconv.tuning`'s table). The plan copies ``weight`` and
+    ``bias``; invalid arguments raise here, not at the first call.
 
     Examples
     --------
