@@ -4,6 +4,8 @@ The table-driven tests (test_algorithms.py) already hold it to its bound on ever
 case of the grid, NaN-prefilled outputs, 1 vs 2 threads and concurrent calls.
 """
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ import numbaconv
 from numbaconv import dispatch, reference
 from numbaconv.dispatch import UnsupportedAlgorithm
 from numbaconv.kernels import winograd
+from numbaconv.kernels.scratch import buffer
 
 from cases import Case
 from error_bounds import summation_bound, winograd_bound
@@ -120,9 +123,17 @@ def test_auto_uses_it_only_where_it_pays():
         != "winograd"
     assert dispatch.auto_choice(Case((1, 64, 28, 28), (64, 64, 3, 3), padding=1).problem) \
         != "winograd"
-    # dilated: judged by one stride-1 phase (DeepLab's 17-wide phases, C64 28x28 phases: no)
+    # dilated: judged by one stride-1 phase (DeepLab's 17-wide phases use 60% of their tiles'
+    # outputs, with 120 tiles in all: yes; C64 28x28 phases: too little work; dilation 4: 42%)
     dilated = Case((1, 256, 33, 33), (256, 256, 3, 3), padding=2, dilation=2).problem
-    assert dispatch.auto_choice(dilated) != "winograd"
+    assert dispatch.auto_choice(dilated) == "winograd"
+    assert dispatch.auto_choice(Case((1, 256, 33, 33), (256, 256, 3, 3), padding=4,
+                                     dilation=4).problem) != "winograd"
+    # 14x14 maps (61%): from 100 tiles (batch 5), 16 with prepared weights
+    c256 = Case((5, 256, 14, 14), (256, 256, 3, 3), padding=1).problem
+    assert dispatch.auto_choice(c256) == "winograd"
+    assert dispatch.auto_choice(replace(c256, batch=4)) != "winograd"
+    assert dispatch.auto_choice(replace(c256, batch=1), prepared=True) == "winograd"
     assert dispatch.auto_choice(Case((1, 64, 56, 56), (64, 64, 3, 3), padding=2,
                                      dilation=2).problem) != "winograd"
     assert dispatch.auto_choice(Case((1, 128, 56, 56), (128, 128, 3, 3), padding=2,
@@ -197,3 +208,18 @@ def test_values_near_overflow_go_to_an_exact_kernel(dtype, rng):
     got = numbaconv.conv2d(x, w, padding=1, algorithm="winograd")
     want = reference.conv2d(x, w, padding=1)
     assert np.isfinite(want).all() and np.array_equal(got, want)
+
+
+def test_dilated_temporaries_kept_between_calls_start_clean(rng):
+    """The dilated path keeps its padded copy, phases and phase results between calls (scratch
+    buffers): whatever an earlier call left in them must not reach a result (finite values: a
+    NaN would send the call to an exact kernel)."""
+    for slot in ("winograd.padded", "winograd.phases", "winograd.phase_result"):
+        buffer(slot, 1 << 16, np.float32)[:] = 1e6
+    for case in (Case((1, 8, 13, 11), (8, 8, 3, 3), padding=2, dilation=2),
+                 Case((2, 8, 30, 27), (8, 8, 3, 3), padding=(3, 1), dilation=3)):
+        x, w, b = case.arrays(rng, kind="normal")
+        got = numbaconv.conv2d(x, w, b, **case.kwargs, algorithm="winograd")
+        want = reference.conv2d(x.astype(np.float64), w.astype(np.float64),
+                                b.astype(np.float64), **case.kwargs)
+        assert (np.abs(got - want) <= winograd_bound(case, x, w, b)).all()

@@ -238,6 +238,13 @@ _WINOGRAD_MIN_TILE_USE = 0.75
 # at batch 4 (24 tiles, U of 151 MB) 130 vs 135: even.
 _WINOGRAD_PREPARED_MIN_TILE_USE = 0.5
 _WINOGRAD_PREPARED_MIN_TILES = 16
+# Without a plan the same maps pay once the call has enough tiles to also amortise the weight
+# transform. Plain calls, 11 interleaved rounds against the direct kernel, after the dilated
+# path kept its temporaries between calls: DeepLab's C256 33x33 dilation 2 (120 tiles) 252 vs
+# 193 GFLOP/s (11/11), C128 229 vs 189, C512 197 vs 193, batch 2 217 vs 196; C256 14x14 at batch
+# 8 (160 tiles) 188 vs 174, at batch 1 (20 tiles) even; dilation 4 (phases 9 wide, 42% of the
+# tile outputs) 145 vs 171.
+_WINOGRAD_PLAIN_MIN_TILES = 100
 
 
 def _winograd_pays(problem, prepared=False):
@@ -249,10 +256,9 @@ def _winograd_pays(problem, prepared=False):
     if not (problem.macs / (dh * dw) >= _WINOGRAD_MIN_MACS
             and min(problem.in_channels, problem.out_channels) >= _WINOGRAD_MIN_CHANNELS):
         return False
-    if prepared:
-        return (used >= _WINOGRAD_PREPARED_MIN_TILE_USE
-                and problem.batch * dh * dw * tiles >= _WINOGRAD_PREPARED_MIN_TILES)
-    return used >= _WINOGRAD_MIN_TILE_USE
+    enough = _WINOGRAD_PREPARED_MIN_TILES if prepared else _WINOGRAD_PLAIN_MIN_TILES
+    return used >= _WINOGRAD_MIN_TILE_USE or (used >= _WINOGRAD_PREPARED_MIN_TILE_USE and
+                                             problem.batch * dh * dw * tiles >= enough)
 
 
 # The dot-product kernel covers output pixels in steps of 7, the GEMM's tiles in steps of 32: it
@@ -307,9 +313,10 @@ def rule(problem, exact=False, prepared=False):
     0. ``winograd`` for 3x3 stride-1 ungrouped layers of at least 50M multiply-adds, 32 input
        and output channels, and outputs that use 75% of the 4x4 tiles covering them (maps of
        about 28 pixels and wider), unless ``exact``; for dilated layers the multiply-adds and the
-       map of one stride-1 phase count. With ``prepared`` (weights transformed in advance, as a
-       :class:`~numbaconv.plan.Conv2dPlan` does) 50% of the tiles' outputs suffice (14x14 and
-       dilated 33x33 maps) when the call has at least 16 tiles in all.
+       map of one stride-1 phase count. 50% of the tiles' outputs suffice (14x14 maps,
+       DeepLab's dilated 33x33) when the call has at least 100 tiles in all, or 16 with
+       ``prepared`` (weights transformed in advance, as a :class:`~numbaconv.plan.Conv2dPlan`
+       does).
     1. ``depthwise`` when ``groups == C_in > 1`` (one channel per group).
     2. ``direct`` for other grouped convolutions with narrow groups (``C_out / groups < 32``):
        a GEMM per group would be too small to run fast.
