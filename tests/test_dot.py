@@ -57,9 +57,11 @@ def test_unaligned_weights_and_one_or_two_threads_give_the_same_bits():
     ((1, 512, 7, 7), (512, 512, 3, 3), 1, "dot"),      # ResNet-50 stage 4, batch 1
     ((2, 512, 7, 7), (512, 512, 3, 3), 1, "dot"),
     ((4, 512, 7, 7), (512, 512, 3, 3), 1, "dot"),      # 196 pixels, each image 77% covered
-    ((1, 2048, 4, 4), (512, 2048, 1, 1), 0, "dot"),
+    ((8, 512, 7, 7), (512, 512, 3, 3), 1, "dot"),      # 392 pixels, several chunks
+    ((1, 2048, 4, 4), (512, 2048, 1, 1), 0, "dot"),    # 1x1: the GEMM's tiles half used
+    ((16, 2048, 4, 4), (512, 2048, 1, 1), 0, "dot"),
+    ((1, 2048, 7, 7), (512, 2048, 1, 1), 0, "gemm"),   # 1x1 with the GEMM's tiles 77% used
     ((1, 512, 8, 8), (512, 512, 3, 3), 1, "gemm"),     # 64 pixels fill the GEMM's tiles
-    ((8, 512, 7, 7), (512, 512, 3, 3), 1, "gemm"),     # 392 pixels
     ((1, 128, 7, 7), (128, 128, 3, 3), 1, "gemm"),     # K = 1152: too short
 ])
 def test_auto_picks_dot_for_few_pixels_and_long_reductions(x_shape, w_shape, padding, expected):

@@ -264,24 +264,29 @@ def _winograd_pays(problem, prepared=False):
 # The dot-product kernel covers output pixels in steps of 7, the GEMM's tiles in steps of 32: it
 # pays where that leaves many of the GEMM's lanes idle and the reduction is long. Measured on 2
 # cores (AVX-512, float32), dot / gemm speed: 3x3 C512 at 4x4, 6x6, 7x7 outputs 1.41, 1.37,
-# 1.12 (two images of 7x7: 1.14, four: 1.12, eight: 1.01), C256 7x7 1.12; 1x1 C2048->512 4x4
-# 1.29; but 0.84 on 8x8 (the GEMM's tiles full), 1.00 on C128 7x7 and 0.88 on C64 7x7 (short K).
-# Past 256 pixels the im2col rows no longer fit one chunk and the weights are read once per chunk.
+# 1.12 (two images of 7x7: 1.14, four: 1.12), C256 7x7 1.12; 0.84 on 8x8 (the GEMM's tiles full),
+# 1.00 on C128 7x7 and 0.88 on C64 7x7 (short K). Past one chunk of im2col rows (about 56 pixels
+# of C512 3x3) the weights are read once per chunk, and still: 3x3 C512 7x7 at batch 6, 8, 10 1.09,
+# 1.11, 1.12, C256 7x7 at batch 8 1.05 (11 interleaved rounds, 10-11 of them faster each). 1x1
+# kernels need more idle GEMM lanes to pay (their im2col rows gather across channel planes): 1x1
+# C2048->512 on 4x4 maps (GEMM tiles half used) at batch 1, 4, 8, 16 1.34, 1.11, 1.09, 1.24, but
+# on 7x7 maps (77% used) 0.84 and at batch 2 0.82, C1024->512 7x7 0.75.
 _DOT_MIN_K = 2048
-_DOT_MAX_PIXELS = 256
 _DOT_MIN_GAIN = 1.15
+_DOT_MIN_GAIN_1X1 = 1.5
 
 
 def _dot_pays(problem):
     oh, ow = problem.out_size[-2:]
     npix = problem.batch * oh * ow
     k = problem.in_channels * math.prod(problem.kernel_size)
-    if problem.groups != 1 or k < _DOT_MIN_K or not 0 < npix <= _DOT_MAX_PIXELS:
+    if problem.groups != 1 or k < _DOT_MIN_K or npix == 0:
         return False
     # the GEMM's pixel tiles stay within one image; the dot kernel's run across images
     gemm_cover = oh * ow / (32 * -(-(oh * ow) // 32))
     dot_cover = npix / (dot.NR * -(-npix // dot.NR))
-    return dot_cover >= _DOT_MIN_GAIN * gemm_cover
+    pointwise = all(k == 1 for k in problem.kernel_size)
+    return dot_cover >= (_DOT_MIN_GAIN_1X1 if pointwise else _DOT_MIN_GAIN) * gemm_cover
 
 
 # A 1x1 stride-1 layer that widens the channels (C_out >= 2 C_in) writes a result larger than
@@ -324,9 +329,10 @@ def rule(problem, exact=False, prepared=False):
        double the channels with input and result of 10 MiB or more (``direct``: see
        ``_WIDE_1X1_BYTES``), and for small images
        (``H_out * W_out < 256``, where direct tiles waste lanes on row padding); among those,
-       ``dot`` for ungrouped layers with a long reduction (``C_in * kH * kW >= 2048``) and at most
-       256 output pixels in all, when its 7-pixel tiles cover them at least 1.15 times better than
-       the GEMM's 32-pixel ones within each image (ResNet-50's last stage at batch 1 to 5).
+       ``dot`` for ungrouped layers with a long reduction (``C_in * kH * kW >= 2048``) when its
+       7-pixel tiles cover the output pixels at least 1.15 times better than the GEMM's 32-pixel
+       ones within each image (1.5 times for 1x1 kernels): ResNet-50's last 3x3 layer at any
+       batch, 1x1 layers on 4x4 maps.
     4. ``direct`` otherwise: dense 3x3 and larger kernels, strided or dilated, and images with few
        input or output channels.
 
