@@ -261,3 +261,36 @@ def test_tune_times_the_candidates_once_per_input_form(exact, monkeypatch, rng):
     assert np.array_equal(conv(both), numbaconv.conv2d(both, w, b, padding=1,
                                                        algorithm=conv.algorithm_for(both.shape)))
     assert len(timed) == 2
+
+
+@pytest.mark.parametrize("name", ["auto", "gemm", "winograd"])
+def test_one_plan_shared_by_python_threads(name):
+    """A plan called from several Python threads at once (dask's threaded scheduler does that):
+    every result as from one thread, prepared forms made while others run included."""
+    import threading
+
+    rng = np.random.default_rng(7)
+    case = Case((2, 24, 20, 18), (40, 24, 3, 3), padding=1)
+    x1, w, b = case.arrays(rng, kind="normal")
+    x2 = rng.standard_normal((1, 24, 9, 31)).astype(np.float32)
+    conv, fresh = _plan(case, w, b, algorithm=name), _plan(case, w, b, algorithm=name)
+    expected = [fresh(x1), fresh(x2)]
+    results, errors = {}, []
+
+    def worker(t):
+        try:
+            for rep in range(3):
+                for i, x in enumerate((x1, x2)):
+                    results[t, rep, i] = conv(x)
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(results) == 4 * 3 * 2
+    for (t, rep, i), r in results.items():
+        assert np.array_equal(r, expected[i]), f"thread {t} rep {rep} input {i}"
