@@ -269,17 +269,12 @@ def summarize(report):
         return values
 
     summary = {}
-    for peer in ("torch", "best", "numpy-im2col"):
-        values = ratios(peer)
+    for key, values in [(peer, ratios(peer)) for peer in ("torch", "best", "numpy-im2col")] + [
+            ("plan", ratios("best", PLAN))]:
         if values:
             worst = min(values, key=values.get)
-            summary[peer] = dict(geomean=float(np.exp(np.mean(np.log(list(values.values()))))),
-                                 worst=values[worst], worst_layer=worst, layers=len(values))
-    values = ratios("best", PLAN)
-    if values:
-        worst = min(values, key=values.get)
-        summary["plan"] = dict(geomean=float(np.exp(np.mean(np.log(list(values.values()))))),
-                               worst=values[worst], worst_layer=worst, layers=len(values))
+            summary[key] = dict(geomean=float(np.exp(np.mean(np.log(list(values.values()))))),
+                                worst=values[worst], worst_layer=worst, layers=len(values))
     return summary
 
 

@@ -217,11 +217,12 @@ def candidates(problem, exact=False):
 # Winograd pays for its transforms on large, dense layers whose output fills its 4x4 tiles (each
 # tile row also carries one unused tile). Measured with ``numbaconv bench`` on 2 cores against the
 # best exact kernel: 1.5-2x on ResNet-50 3x3 C64 56 and C128 28 and VGG-16 conv1_2; slower on C32
-# 56x56 and C64 28x28 (too little work per transformed value) and on 14x14 and 7x7 maps (61% and
-# 51% of the tiles' outputs used). A dilated layer runs as dilation_h * dilation_w stride-1
-# phases, and the same limits hold per phase: dilation 2 on C128 56x56, C256 56x56, C256 65x65
-# and C512 65x65 (phases 28 to 33 wide) 1.17-1.45x the direct kernel (7 of 7 interleaved rounds
-# each); slower on C64 56x56 (phases like C64 28x28) and DeepLab's C256 33x33 (17-wide phases).
+# 56x56 and C64 28x28 (too little work per transformed value) and on 14x14 and 7x7 maps at batch
+# 1 (61% and 51% of the tiles' outputs used; but see the tile counts below). A dilated layer runs
+# as dilation_h * dilation_w stride-1 phases, and the same limits hold per phase: dilation 2 on
+# C128 56x56, C256 56x56, C256 65x65 and C512 65x65 (phases 28 to 33 wide) 1.17-1.45x the direct
+# kernel (7 of 7 interleaved rounds each); C64 56x56 (phases like C64 28x28) was slower then, and
+# DeepLab's C256 33x33 (17-wide phases) went both ways before its temporaries were kept.
 _WINOGRAD_MIN_MACS = 50_000_000
 _WINOGRAD_MIN_CHANNELS = 32
 _WINOGRAD_MIN_TILE_USE = 0.75

@@ -471,8 +471,10 @@ class Conv2d(_ConvLayer):
 
     def plan(self, *, algorithm="auto", exact=False):
         """A :class:`~numbaconv.plan.Conv2dPlan` of the layer's current weight and bias, for
-        inference: the layer's results with the weights prepared once. It holds copies, so
-        changes to the layer's weights after this call do not reach it (plan again)."""
+        inference: the layer's results with the weights prepared once (with ``'auto'`` a plan
+        may take Winograd where a call of the layer would not; ``exact=True`` keeps it to exact
+        algorithms). It holds copies, so changes to the layer's weights after this call do not
+        reach it (plan again)."""
         return plan_conv2d(self._weight, self._bias, self.stride, self.padding, self.dilation,
                            self.groups, padding_mode=self.padding_mode, algorithm=algorithm,
                            exact=exact)

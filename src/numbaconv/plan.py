@@ -2,8 +2,8 @@
 
 A layer in a network convolves many inputs with the same weights. :func:`plan_conv2d` takes the
 weights, bias and hyperparameters once and returns a :class:`Conv2dPlan`, a callable that gives
-exactly what :func:`numbaconv.conv2d` gives for the same arguments (same algorithm choice, same
-bits) while doing the weight work of an algorithm only once:
+what :func:`numbaconv.conv2d` gives with the same arguments and algorithm, bit for bit, while
+doing the weight work of an algorithm only once:
 
 * ``gemm``: the weights packed into the micro-kernel's ``[8-row panel][k][8]`` layout (a plain
   call reads them unpacked, since one pass over the weights per call would cost more than the
@@ -13,8 +13,11 @@ bits) while doing the weight work of an algorithm only once:
 * the other algorithms read the weights as they are; the plan only skips the validation of
   weight and bias.
 
-The plan holds copies: changing the arrays it was made from does not change it (make a new plan
-after updating weights). Prepared forms are built on the first call that needs them, one per
+With that work done once, ``'auto'`` in a plan takes Winograd on more layers than in a plain
+call (``prepared`` in :func:`numbaconv.dispatch.rule`: 14x14 maps at batch 1, 7x7 maps from
+batch 3); :meth:`Conv2dPlan.algorithm_for` tells which algorithm runs. The plan holds copies:
+changing the arrays it was made from does not change it (make a new plan after updating
+weights). Prepared forms are built on the first call that needs them, one per
 algorithm and computation dtype, so the first call with a new input shape or dtype may cost
 one pass over the weights more than later ones.
 """
@@ -74,9 +77,9 @@ class Conv2dPlan:
     ``weight`` and ``bias``; made by :func:`plan_conv2d`.
 
     Call it as ``plan(input, out=None)`` with ``input`` of shape (N, C_in, H, W) or
-    (C_in, H, W): the result is :func:`numbaconv.conv2d`'s, bit for bit. Any input size, batch
-    and dtype; the computation dtype follows :func:`numbaconv.conv2d`'s rule over input, weight
-    and bias.
+    (C_in, H, W): the result is that of :func:`numbaconv.conv2d` run with the algorithm
+    :meth:`algorithm_for` names, bit for bit. Any input size, batch and dtype; the computation
+    dtype follows :func:`numbaconv.conv2d`'s rule over input, weight and bias.
 
     Attributes
     ----------

@@ -605,9 +605,9 @@ def conv2d_winograd_dilated(x, w, bias, out, pads, dil):
     (pt, pb), (pl, pr) = pads
     sh, sw = -(-oh // dh), -(-ow // dw)             # largest phase output
     # The padded copy, the phases and their result are kept between calls (scratch): fresh
-    # arrays of this size come back as fresh pages, whose first touch cost DeepLab's C256 33x33
-    # layer 181 -> 139 GFLOP/s against the direct kernel's 181 in one process, 263 against 192
-    # in another (where earlier frees had left the allocator holding such blocks).
+    # arrays of this size come back as fresh pages, and their first touch made DeepLab's C256
+    # 33x33 layer run at 139 GFLOP/s (direct kernel: 181) in one process and at 263 (direct: 192)
+    # in another, where earlier frees had left the allocator holding such blocks; kept: 252.
     shape = (n, cin, max(h + pt + pb, dh * (sh + 2)), max(wd + pl + pr, dw * (sw + 2)))
     padded = buffer("winograd.padded", math.prod(shape), x.dtype).reshape(shape)
     padded.fill(0)
