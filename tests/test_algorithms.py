@@ -5,7 +5,6 @@ representable, so any summation order gives the reference's result to the bit (n
 Tolerance tier: standard normal data, |result - reference| bounded by forward error analysis.
 """
 
-import threading
 import zlib
 
 import numpy as np
@@ -17,6 +16,7 @@ from numbaconv.dispatch import UnsupportedAlgorithm
 
 from cases import all_cases
 from error_bounds import INEXACT_BOUNDS, summation_bound
+from threads import run_in_threads
 
 CASES = all_cases()
 KERNELS = [a for a in dispatch.ALGORITHMS if a.name != "reference"]
@@ -126,21 +126,14 @@ def test_concurrent_calls_from_python_threads(algo):
     cases = _big_cases(algo)[-2:]
     inputs = [case.arrays(rng, kind="normal") for case in cases]
     expected = [_call(algo.name, c, *arrs) for c, arrs in zip(cases, inputs)]
-    results, errors = {}, []
+    results = {}
 
     def worker(t):
-        try:
-            for rep in range(3):
-                for i, (c, arrs) in enumerate(zip(cases, inputs)):
-                    results[t, rep, i] = _call(algo.name, c, *arrs)
-        except Exception as err:  # reported below, with the thread's exception
-            errors.append(err)
+        for rep in range(3):
+            for i, (c, arrs) in enumerate(zip(cases, inputs)):
+                results[t, rep, i] = _call(algo.name, c, *arrs)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(worker, 4)
     assert not errors, errors
     assert len(results) == 4 * 3 * len(cases)
     for (t, rep, i), r in results.items():

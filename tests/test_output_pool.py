@@ -1,12 +1,12 @@
 """Large results come from kept blocks: never one that a live result (or a view of it) uses."""
 
-import threading
-
 import numpy as np
 import pytest
 
 import numbaconv
 from numbaconv import output_pool, reference
+
+from threads import run_in_threads
 
 
 @pytest.fixture(autouse=True)
@@ -85,28 +85,21 @@ def test_set_limit_rejects_bad_values(bad):
 
 
 def test_threads_never_share_a_live_result():
-    results, errors = {}, []
+    results = {}
 
     def work(seed):
-        try:
-            x, w = _problem(seed)
-            expected = reference.conv2d(x, w, padding=1)
-            mine = []
-            for _ in range(20):
-                y = numbaconv.conv2d(x, w, padding=1)
-                mine.append(y)
-                if len(mine) > 2:
-                    mine.pop(0)
-                np.testing.assert_array_equal(y, expected)
-            results[seed] = mine
-        except Exception as err:  # reported below
-            errors.append(err)
+        x, w = _problem(seed)
+        expected = reference.conv2d(x, w, padding=1)
+        mine = []
+        for _ in range(20):
+            y = numbaconv.conv2d(x, w, padding=1)
+            mine.append(y)
+            if len(mine) > 2:
+                mine.pop(0)
+            np.testing.assert_array_equal(y, expected)
+        results[seed] = mine
 
-    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(work, 4)
     assert not errors
     live = [y for ys in results.values() for y in ys]
     for i, a in enumerate(live):

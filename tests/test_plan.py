@@ -12,6 +12,7 @@ from numbaconv.dispatch import UnsupportedAlgorithm
 
 from cases import Case, all_cases
 from error_bounds import winograd_bound
+from threads import run_in_threads
 
 FORWARD = [c for c in all_cases(60) if not c.transposed]
 
@@ -267,29 +268,20 @@ def test_tune_times_the_candidates_once_per_input_form(exact, monkeypatch, rng):
 def test_one_plan_shared_by_python_threads(name):
     """A plan called from several Python threads at once (dask's threaded scheduler does that):
     every result as from one thread, prepared forms made while others run included."""
-    import threading
-
     rng = np.random.default_rng(7)
     case = Case((2, 24, 20, 18), (40, 24, 3, 3), padding=1)
     x1, w, b = case.arrays(rng, kind="normal")
     x2 = rng.standard_normal((1, 24, 9, 31)).astype(np.float32)
     conv, fresh = _plan(case, w, b, algorithm=name), _plan(case, w, b, algorithm=name)
     expected = [fresh(x1), fresh(x2)]
-    results, errors = {}, []
+    results = {}
 
     def worker(t):
-        try:
-            for rep in range(3):
-                for i, x in enumerate((x1, x2)):
-                    results[t, rep, i] = conv(x)
-        except Exception as err:  # reported below
-            errors.append(err)
+        for rep in range(3):
+            for i, x in enumerate((x1, x2)):
+                results[t, rep, i] = conv(x)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_in_threads(worker, 4)
     assert not errors, errors
     assert len(results) == 4 * 3 * 2
     for (t, rep, i), r in results.items():

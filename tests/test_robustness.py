@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 
 import numpy as np
 import pytest
@@ -15,6 +14,8 @@ import numbaconv
 from numbaconv import reference
 from numbaconv.bench import extra_memory
 from numbaconv.kernels import im2col
+
+from threads import run_in_threads
 
 
 def _usable(x, w, **kw):
@@ -83,12 +84,8 @@ def test_eight_python_threads_on_every_algorithm_at_once():
             if not np.array_equal(fn(x, w, **kw, algorithm=name), expected):
                 failures.append(name)
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(jobs) >= 6 and not failures
+    errors = run_in_threads(worker, 8)
+    assert len(jobs) >= 6 and not failures and not errors, errors
 
 
 def _pool_job(seed):
