@@ -195,8 +195,8 @@ def bench_layer(layer, threads, repeats, min_seconds, rounds, algorithms, peer_n
                 conv = plan_conv2d(w, b, problem.stride, problem.padding, problem.dilation,
                                    problem.groups)
                 run, to_numpy = (lambda: conv(x)), np.asarray
-                exact = dispatch.get(conv.algorithm_for(x.shape), problem).exact
                 result.detail = conv.algorithm_for(x.shape)
+                exact = dispatch.get(result.detail, problem).exact
             else:
                 run, to_numpy = obj.prepare(problem, x, w, b, threads)
                 exact = True

@@ -226,6 +226,8 @@ def candidates(problem, exact=False):
 _WINOGRAD_MIN_MACS = 50_000_000
 _WINOGRAD_MIN_CHANNELS = 32
 _WINOGRAD_MIN_TILE_USE = 0.75
+# maps using less of their tiles need many tiles per call (below)
+_WINOGRAD_MANY_TILES_MIN_TILE_USE = 0.5
 
 
 # With the weights transformed in advance (a plan, see numbaconv.plan), what is left per call is
@@ -237,7 +239,6 @@ _WINOGRAD_MIN_TILE_USE = 0.75
 # vs 168, 205 vs 149, 223-234 vs 149-175, C256 7x7 at batch 3 and 4 196 vs 161 and 258 vs 153; but
 # at batch 1 and 2 (6 and 12 tiles) C512 7x7 62 vs 180 and 112 vs 146, C256 131 vs 145. C1024 7x7
 # at batch 4 (24 tiles, U of 151 MB) 130 vs 135: even.
-_WINOGRAD_PREPARED_MIN_TILE_USE = 0.5
 _WINOGRAD_PREPARED_MIN_TILES = 16
 # Without a plan the same maps pay once the call has enough tiles to also amortise the weight
 # transform. Plain calls, 11 interleaved rounds against the direct kernel, after the dilated
@@ -258,7 +259,7 @@ def _winograd_pays(problem, prepared=False):
             and min(problem.in_channels, problem.out_channels) >= _WINOGRAD_MIN_CHANNELS):
         return False
     enough = _WINOGRAD_PREPARED_MIN_TILES if prepared else _WINOGRAD_PLAIN_MIN_TILES
-    return used >= _WINOGRAD_MIN_TILE_USE or (used >= _WINOGRAD_PREPARED_MIN_TILE_USE and
+    return used >= _WINOGRAD_MIN_TILE_USE or (used >= _WINOGRAD_MANY_TILES_MIN_TILE_USE and
                                              problem.batch * dh * dw * tiles >= enough)
 
 

@@ -417,10 +417,10 @@ def transform_weights(w, u=None):
     return u, float(largest.max(initial=0))
 
 
-WinogradWeights = collections.namedtuple("WinogradWeights", "u plane largest cout cin")
+WinogradWeights = collections.namedtuple("WinogradWeights", "u plane largest")
 WinogradWeights.__doc__ = """Weights transformed once for :func:`conv2d_winograd`: ``u`` (36,
 ``plane``) as :func:`transform_weights` writes it, ``largest`` = ``max |w|`` (Inf/NaN if ``w``
-holds one), for ``cout x cin`` 3x3 kernels."""
+holds one)."""
 
 
 def prepare_weights(w):
@@ -430,7 +430,7 @@ def prepare_weights(w):
     up = plane_stride(cout * cin, w.itemsize)
     u, largest = transform_weights(np.ascontiguousarray(w),
                                    np.empty((ALPHA * ALPHA, up), dtype=w.dtype))
-    return WinogradWeights(u, up, largest, cout, cin)
+    return WinogradWeights(u, up, largest)
 
 
 def tile_rows_per_chunk(batch, out_h, out_w, cin, cout, itemsize):
