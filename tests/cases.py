@@ -1,7 +1,8 @@
 """Convolution cases for the algorithm tests: a hand-picked list of corner cases plus a seeded
 random sample of the grid (kernel 1/2/3/4/5/7/11 and non-square, stride 1-4, padding int/pair/
 'same'/asymmetric, dilation 1-3, groups 1/2/4/depthwise with multiplier 1 and 2, bias or not,
-batch 1-3, odd and non-square inputs, float32 and float64) and 3x3 stride-1 tiling cases."""
+batch 1-3, odd and non-square inputs, float32 and float64), 3x3 stride-1 tiling cases and
+stride-1 transposed cases (which run as forward convolutions)."""
 
 from dataclasses import dataclass
 
@@ -188,7 +189,38 @@ def tile_cases():
     ]
 
 
+def stride1_transposed_cases(count=48, seed=20261205):
+    """Stride-1 transposed cases, which the transposed algorithms may run as forward
+    convolutions of the flipped weights: half 3x3 ungrouped (Winograd's), half depthwise (any
+    kernel, multiplier 1 or 2), with paddings mostly within the kernel's reach (some beyond, which
+    stay on the transposed kernels), dilation with output padding, odd sizes and batches."""
+    rng = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        if len(cases) % 2 == 0:
+            groups, cin_g, cout_g = 1, int(rng.integers(1, 12)), int(rng.integers(1, 20))
+            kernel = (3, 3)
+        else:
+            groups, cin_g, cout_g = int(rng.integers(1, 9)), 1, int(rng.choice([1, 2]))
+            kernel = tuple(int(rng.choice([1, 2, 3, 5])) for _ in range(2))
+        dilation = tuple(int(rng.choice([1, 1, 2])) for _ in range(2))
+        output_padding = tuple(int(rng.integers(0, d)) for d in dilation)
+        reach = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        padding = tuple((int(rng.integers(0, r + 1 + (rng.random() < 0.1))),
+                         int(rng.integers(0, r + a + 1))) for r, a in zip(reach, output_padding))
+        case = Case((int(rng.integers(1, 4)), groups * cin_g) + tuple(
+                        int(v) for v in rng.integers(1, 20, 2)),
+                    (groups * cin_g, cout_g) + kernel, bias=bool(rng.random() < 0.7),
+                    padding=padding, dilation=dilation, groups=groups, transposed=True,
+                    output_padding=output_padding,
+                    dtype=str(rng.choice(["float32", "float64"])))
+        if _valid(case):
+            cases.append(case)
+    return cases
+
+
 def all_cases(count=150):
     return (forward_corner_cases() + tile_cases() + transposed_corner_cases()
+            + stride1_transposed_cases()
             + random_cases(count, False, seed=20261122)
             + random_cases(count, True, seed=20261123))

@@ -16,7 +16,7 @@ bias (1). The test doubles it, as for the summation bound, for second-order term
 
 import numpy as np
 
-from numbaconv import reference
+from numbaconv import reference, stride1_lowering
 from numbaconv.kernels import winograd
 
 
@@ -71,6 +71,10 @@ def winograd_magnitude(x, w, padding, out_hw, dilation=(1, 1)):
 
 def winograd_bound(case, x, w, b):
     problem = case.problem
+    if problem.transposed:
+        # a stride-1 transposed convolution runs as the forward one of the flipped weights
+        problem = stride1_lowering.forward_problem(problem)
+        w = np.ascontiguousarray(np.swapaxes(w, 0, 1)[:, :, ::-1, ::-1])
     u = np.finfo(np.dtype(case.dtype)).eps / 2
     n = problem.in_channels + (2 + 6) + (6 + 6) + 1 + (6 + 6) + 1
     bound = n * u * winograd_magnitude(x, w, problem.padding, problem.out_size, problem.dilation)

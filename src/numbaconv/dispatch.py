@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import reference
+from . import stride1_lowering
 from .kernels import depthwise, direct, dot, gemm, im2col, transposed, winograd
 from .problem import ConvProblem
 
@@ -150,8 +151,28 @@ def _winograd_limits(problem):
 
 
 def _transposed_direct_run(problem, x, w, b, out):
+    if stride1_lowering.forward_problem(problem) is not None:
+        # the forward direct kernel on the flipped weights: as fast or faster on every stride-1
+        # layer measured (float32, 2 threads, GFLOP/s, transposed kernel -> forward kernel):
+        # 3x3 C128 28x28 170 -> 185, 1x1 C64->256 56x56 136 -> 185, 3x3 g32 C128 56x56 54 ->
+        # 131, 3x3 C64->3 224x224 57 -> 102, C3->64 124 -> 174, 5x5 C32 64x64 204 -> 201
+        _lowered_direct(problem, x, w, b, out)
+        return
     transposed.conv_transpose2d_direct(x, w, _bias(problem, b), out, *_geometry(problem),
                                        problem.groups)
+
+
+_lowered_direct = stride1_lowering.lowered(_direct_run)
+
+
+def _lowered_limits(forward_limits):
+    """``limits`` of a transposed algorithm that runs a forward one on stride-1 problems."""
+    def limits(problem):
+        reason = stride1_lowering.why_not(problem)
+        if reason is None and forward_limits is not None:
+            reason = forward_limits(stride1_lowering.forward_problem(problem))
+        return reason
+    return limits
 
 
 def _transposed_gemm_run(problem, x, w, b, out):
@@ -161,7 +182,8 @@ def _transposed_gemm_run(problem, x, w, b, out):
 
 ALGORITHMS = (
     Algorithm(
-        name="depthwise", transposed=False, run=_depthwise_run, limits=_depthwise_limits, size_invariant=True,
+        name="depthwise", transposed=False, run=_depthwise_run, limits=_depthwise_limits,
+        size_invariant=True,
         summary="one stencil pass per channel plane, vectorised along rows; any channel "
                 "multiplier, stride, dilation"),
     Algorithm(
@@ -188,13 +210,23 @@ ALGORITHMS = (
                 "3x3 stride 1 ungrouped (dilated as stride-1 phases); not bit-exact (see the "
                 "README's error figures)"),
     Algorithm(
-        name="direct", transposed=True, run=_transposed_direct_run, size_invariant=True,
+        name="direct", transposed=True, run=_transposed_direct_run,
         summary="gather by stride phase (no multiplies on stuffed zeros), 16 output-channel x "
-                "pixel accumulators in registers"),
+                "pixel accumulators in registers; stride 1: the forward direct kernel on the "
+                "flipped weights"),
     Algorithm(
         name="gemm", transposed=True, run=_transposed_gemm_run, size_invariant=True,
         summary="register-tiled GEMM of input pixels by (C_out, kH, kW) weight columns, then "
                 "col2im; for small images with many channels"),
+    Algorithm(
+        name="depthwise", transposed=True, run=stride1_lowering.lowered(_depthwise_run),
+        limits=_lowered_limits(_depthwise_limits), size_invariant=True,
+        summary="stride 1: the forward depthwise kernel on the flipped weights"),
+    Algorithm(
+        name="winograd", transposed=True, run=stride1_lowering.lowered(_winograd_run),
+        limits=_lowered_limits(_winograd_limits), exact=False,
+        summary="stride 1, 3x3, ungrouped: forward Winograd F(4x4, 3x3) on the flipped "
+                "weights; not bit-exact"),
     _reference(False),
     _reference(True),
 )
@@ -338,12 +370,20 @@ def rule(problem, exact=False, prepared=False):
     4. ``direct`` otherwise: dense 3x3 and larger kernels, strided or dilated, and images with few
        input or output channels.
 
-    Transposed convolution: ``gemm`` for narrow inputs (``W < 16``, or ``W < 32`` with at least
-    256 input channels per group: the weights dominate and a GEMM reads them once), else
-    ``direct``. These thresholds come from ``numbaconv bench`` sweeps on a 2-core AVX-512 machine.
+    Transposed convolution: stride-1 layers that run as forward convolutions of the flipped
+    weights (see :mod:`numbaconv.stride1_lowering`) take ``winograd`` or ``depthwise`` where the
+    forward rule would; otherwise ``gemm`` for narrow inputs (``W < 16``, or ``W < 32`` with at
+    least 256 input channels per group: the weights dominate and a GEMM reads them once), else
+    ``direct`` (on stride-1 layers itself the forward direct kernel). These thresholds come from
+    ``numbaconv bench`` sweeps on a 2-core AVX-512 machine.
     """
     oh, ow = problem.out_size[-2:]
     if problem.transposed:
+        forward = stride1_lowering.forward_problem(problem)
+        if forward is not None:
+            choice = rule(forward, exact, prepared)
+            if choice in ("winograd", "depthwise"):
+                return choice
         w_in = problem.in_size[-1]
         cin_g = problem.in_channels // problem.groups
         return "gemm" if w_in < 16 or (w_in < 32 and cin_g >= 256) else "direct"

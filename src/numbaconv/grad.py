@@ -15,8 +15,13 @@ with respect to ``y``:
 ``y = conv_transpose2d(x, w, ...)`` (its input gradient is an ordinary convolution of ``dy``),
 the ``1d`` functions run through the 2-d ones, the ``3d`` ones as 2-d gradients per kernel
 depth offset, and the ``*_vjp`` functions return all three gradients at once. Every padding
-form the forward functions accept works here too, asymmetric and ``'same'`` included. Arguments are validated like the forward ones; inputs are never
-modified.
+form the forward functions accept works here too, asymmetric and ``'same'`` included. Arguments
+are validated like the forward ones; inputs are never modified.
+
+The input gradient of a stride-1 convolution is a stride-1 transposed convolution, which runs as
+the forward convolution of the flipped weights (:mod:`numbaconv.stride1_lowering`): ``'auto'``
+may then take Winograd for large 3x3 layers, as the forward call does; ``exact=True`` keeps it to
+the exact kernels.
 
 >>> import numpy as np, numbaconv
 >>> x = np.ones((1, 1, 4, 4), np.float32); w = np.ones((1, 1, 3, 3), np.float32)
@@ -90,7 +95,7 @@ def _problem(func, nd, input_shape, weight_shape, transposed, dtype, stride, pad
 
 
 def _input_grad(func, nd, input_size, weight, grad_output, transposed, stride, padding,
-                dilation, groups, output_padding, algorithm):
+                dilation, groups, output_padding, algorithm, exact):
     input_size = _shape_arg(input_size, "input_size", nd)
     w = as_array(weight, "weight")
     g = as_array(grad_output, "grad_output")
@@ -114,12 +119,12 @@ def _input_grad(func, nd, input_size, weight, grad_output, transposed, stride, p
             reach = (o - 1) * s + d * (k - 1) + 1 - lo
             pads.append((lo, max(0, reach - i)))
             extra.append(max(0, i - reach))
-        result = _TRANSPOSED[nd](gb, w, None, problem.stride, tuple(pads), tuple(extra), problem.groups,
-                     problem.dilation, algorithm=algorithm)
+        result = _TRANSPOSED[nd](gb, w, None, problem.stride, tuple(pads), tuple(extra),
+                                 problem.groups, problem.dilation, algorithm=algorithm, exact=exact)
     else:
         # the adjoint of a transposed convolution is a convolution; it reaches at least as far
         result = _CONV[nd](gb, w, None, problem.stride, problem.padding, problem.dilation,
-                     problem.groups, algorithm=algorithm)
+                           problem.groups, algorithm=algorithm, exact=exact)
         crop = (slice(None), slice(None)) + tuple(slice(0, i) for i in problem.in_size)
         if result.shape[2:] != problem.in_size:
             result = np.ascontiguousarray(result[crop])
@@ -207,7 +212,7 @@ def bias_grad(grad_output):
 
 
 def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-                 algorithm="auto"):
+                 algorithm="auto", exact=False):
     """Gradient of :func:`numbaconv.conv2d` with respect to its input.
 
     Parameters
@@ -220,7 +225,12 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
         As in the forward call.
     algorithm : str
         A transposed-convolution algorithm (``'auto'``, ``'direct'``, ``'gemm'``,
-        ``'reference'``).
+        ``'reference'``; for stride 1 also ``'depthwise'`` and ``'winograd'``, see
+        :mod:`numbaconv.stride1_lowering`).
+    exact : bool
+        As in :func:`numbaconv.conv2d`: True keeps ``'auto'`` off Winograd (which it may take for
+        large 3x3 stride-1 layers), so the gradient equals the reference bit for bit on integer
+        data.
 
     Returns
     -------
@@ -230,7 +240,7 @@ def conv2d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=
         columns).
     """
     return _input_grad("conv2d_input", 2, input_size, weight, grad_output, False, stride,
-                       padding, dilation, groups, 0, algorithm)
+                       padding, dilation, groups, 0, algorithm, exact)
 
 
 def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
@@ -259,10 +269,10 @@ def conv2d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
 
 
 def conv1d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-                 algorithm="auto"):
+                 algorithm="auto", exact=False):
     """Gradient of :func:`numbaconv.conv1d` with respect to its input; see :func:`conv2d_input`."""
     return _input_grad("conv1d_input", 1, input_size, weight, grad_output, False, stride,
-                       padding, dilation, groups, 0, algorithm)
+                       padding, dilation, groups, 0, algorithm, exact)
 
 
 def conv1d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
@@ -274,11 +284,12 @@ def conv1d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
 
 
 def conv_transpose2d_input(input_size, weight, grad_output, stride=1, padding=0,
-                           output_padding=0, groups=1, dilation=1, *, algorithm="auto"):
+                           output_padding=0, groups=1, dilation=1, *, algorithm="auto",
+                           exact=False):
     """Gradient of :func:`numbaconv.conv_transpose2d` with respect to its input: the forward
     convolution of ``grad_output`` with the same weight (algorithm: a forward one)."""
     return _input_grad("conv_transpose2d_input", 2, input_size, weight, grad_output, True,
-                       stride, padding, dilation, groups, output_padding, algorithm)
+                       stride, padding, dilation, groups, output_padding, algorithm, exact)
 
 
 def conv_transpose2d_weight(input, weight_size, grad_output, stride=1, padding=0,
@@ -291,10 +302,11 @@ def conv_transpose2d_weight(input, weight_size, grad_output, stride=1, padding=0
 
 
 def conv_transpose1d_input(input_size, weight, grad_output, stride=1, padding=0,
-                           output_padding=0, groups=1, dilation=1, *, algorithm="auto"):
+                           output_padding=0, groups=1, dilation=1, *, algorithm="auto",
+                           exact=False):
     """Gradient of :func:`numbaconv.conv_transpose1d` with respect to its input."""
     return _input_grad("conv_transpose1d_input", 1, input_size, weight, grad_output, True,
-                       stride, padding, dilation, groups, output_padding, algorithm)
+                       stride, padding, dilation, groups, output_padding, algorithm, exact)
 
 
 def conv_transpose1d_weight(input, weight_size, grad_output, stride=1, padding=0,
@@ -305,10 +317,10 @@ def conv_transpose1d_weight(input, weight_size, grad_output, stride=1, padding=0
 
 
 def conv3d_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-                 algorithm="auto"):
+                 algorithm="auto", exact=False):
     """Gradient of :func:`numbaconv.conv3d` with respect to its input; see :func:`conv2d_input`."""
     return _input_grad("conv3d_input", 3, input_size, weight, grad_output, False, stride,
-                       padding, dilation, groups, 0, algorithm)
+                       padding, dilation, groups, 0, algorithm, exact)
 
 
 def conv3d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
@@ -320,10 +332,11 @@ def conv3d_weight(input, weight_size, grad_output, stride=1, padding=0, dilation
 
 
 def conv_transpose3d_input(input_size, weight, grad_output, stride=1, padding=0,
-                           output_padding=0, groups=1, dilation=1, *, algorithm="auto"):
+                           output_padding=0, groups=1, dilation=1, *, algorithm="auto",
+                           exact=False):
     """Gradient of :func:`numbaconv.conv_transpose3d` with respect to its input."""
     return _input_grad("conv_transpose3d_input", 3, input_size, weight, grad_output, True,
-                       stride, padding, dilation, groups, output_padding, algorithm)
+                       stride, padding, dilation, groups, output_padding, algorithm, exact)
 
 
 def conv_transpose3d_weight(input, weight_size, grad_output, stride=1, padding=0,
@@ -339,16 +352,17 @@ def _bias_of(grad_output, unbatched_ndim):
     return bias_grad(g[None] if g.ndim == unbatched_ndim else g)
 
 
-def _vjp(input_fn, weight_fn, nd, input, weight, grad_output, hyper, bias):
+def _vjp(input_fn, weight_fn, nd, input, weight, grad_output, hyper, bias, exact):
     x, w = as_array(input, "input"), as_array(weight, "weight")
-    return (input_fn(x.shape, w, grad_output, *hyper), weight_fn(x, w.shape, grad_output, *hyper),
+    return (input_fn(x.shape, w, grad_output, *hyper, exact=exact),
+            weight_fn(x, w.shape, grad_output, *hyper),
             _bias_of(grad_output, nd + 1) if bias else None)
 
 
 def conv2d_vjp(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-               bias=True):
+               bias=True, exact=False):
     """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv2d` (``dL/dbias`` is None
-    when ``bias`` is false).
+    when ``bias`` is false); ``exact`` as in :func:`conv2d_input`.
 
     >>> import numpy as np, numbaconv
     >>> x, w = np.ones((2, 3, 8, 8), np.float32), np.ones((4, 3, 3, 3), np.float32)
@@ -357,42 +371,42 @@ def conv2d_vjp(input, weight, grad_output, stride=1, padding=0, dilation=1, grou
     ((2, 3, 8, 8), (4, 3, 3, 3), [72.0, 72.0, 72.0, 72.0])
     """
     return _vjp(conv2d_input, conv2d_weight, 2, input, weight, grad_output,
-                (stride, padding, dilation, groups), bias)
+                (stride, padding, dilation, groups), bias, exact)
 
 
 def conv1d_vjp(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-               bias=True):
+               bias=True, exact=False):
     """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv1d`."""
     return _vjp(conv1d_input, conv1d_weight, 1, input, weight, grad_output,
-                (stride, padding, dilation, groups), bias)
+                (stride, padding, dilation, groups), bias, exact)
 
 
 def conv_transpose2d_vjp(input, weight, grad_output, stride=1, padding=0, output_padding=0,
-                         groups=1, dilation=1, *, bias=True):
+                         groups=1, dilation=1, *, bias=True, exact=False):
     """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv_transpose2d`."""
     return _vjp(conv_transpose2d_input, conv_transpose2d_weight, 2, input, weight, grad_output,
-                (stride, padding, output_padding, groups, dilation), bias)
+                (stride, padding, output_padding, groups, dilation), bias, exact)
 
 
 def conv_transpose1d_vjp(input, weight, grad_output, stride=1, padding=0, output_padding=0,
-                         groups=1, dilation=1, *, bias=True):
+                         groups=1, dilation=1, *, bias=True, exact=False):
     """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv_transpose1d`."""
     return _vjp(conv_transpose1d_input, conv_transpose1d_weight, 1, input, weight, grad_output,
-                (stride, padding, output_padding, groups, dilation), bias)
+                (stride, padding, output_padding, groups, dilation), bias, exact)
 
 
 def conv3d_vjp(input, weight, grad_output, stride=1, padding=0, dilation=1, groups=1, *,
-               bias=True):
+               bias=True, exact=False):
     """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv3d`."""
     return _vjp(conv3d_input, conv3d_weight, 3, input, weight, grad_output,
-                (stride, padding, dilation, groups), bias)
+                (stride, padding, dilation, groups), bias, exact)
 
 
 def conv_transpose3d_vjp(input, weight, grad_output, stride=1, padding=0, output_padding=0,
-                         groups=1, dilation=1, *, bias=True):
+                         groups=1, dilation=1, *, bias=True, exact=False):
     """``(dL/dinput, dL/dweight, dL/dbias)`` of :func:`numbaconv.conv_transpose3d`."""
     return _vjp(conv_transpose3d_input, conv_transpose3d_weight, 3, input, weight, grad_output,
-                (stride, padding, output_padding, groups, dilation), bias)
+                (stride, padding, output_padding, groups, dilation), bias, exact)
 
 
 _CONV = {1: functional.conv1d, 2: functional.conv2d, 3: functional.conv3d}

@@ -1,7 +1,9 @@
 """Real network layers, shared by the tests, the benchmarks and ``numbaconv bench``.
 
 Each :class:`Layer` names one convolution of a published network (batch 1, float32), as the
-network's reference implementation (torchvision where it has one) defines it.
+network's reference implementation (torchvision where it has one) defines it; ``_dgrad`` layers
+are the input gradient of the layer of that name, the transposed convolution of ``dL/dy`` that
+training computes (``torch.nn.grad.conv2d_input``).
 """
 
 from dataclasses import dataclass, replace
@@ -28,10 +30,11 @@ def _conv(name, x, w, stride=1, padding=0, dilation=1, groups=1):
                                             dilation=dilation, groups=groups))
 
 
-def _tconv(name, x, w, stride=1, padding=0, output_padding=0):
-    return Layer(name, ConvProblem.for_conv_transpose(x, w, bias=True, stride=stride,
+def _tconv(name, x, w, stride=1, padding=0, output_padding=0, groups=1, bias=True):
+    return Layer(name, ConvProblem.for_conv_transpose(x, w, bias=bias, stride=stride,
                                                       padding=padding,
-                                                      output_padding=output_padding))
+                                                      output_padding=output_padding,
+                                                      groups=groups))
 
 
 LAYERS = (
@@ -55,6 +58,10 @@ LAYERS = (
     _tconv("dcgan_t4x4s2_c128to64_16", (1, 128, 16, 16), (128, 64, 4, 4), 2, 1),
     _tconv("unet_t2x2s2_c256to128_64", (1, 256, 64, 64), (256, 128, 2, 2), 2, 0),
     _tconv("t3x3s2_c32to16_128", (1, 32, 128, 128), (32, 16, 3, 3), 2, 1, 1),
+    # input gradients (dL/dx) of two layers above: what a training step computes besides them
+    _tconv("resnet50_3x3_c64_56_dgrad", (1, 64, 56, 56), (64, 64, 3, 3), 1, 1, bias=False),
+    _tconv("mobilenetv2_dw3x3_c144_56_dgrad", (1, 144, 56, 56), (144, 1, 3, 3), 1, 1,
+           groups=144, bias=False),
 )
 
 

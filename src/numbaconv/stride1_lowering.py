@@ -1,0 +1,122 @@
+"""Stride-1 transposed convolutions as forward convolutions of the flipped weights.
+
+With stride 1 a transposed convolution is an ordinary one: input pixel ``i`` reaches output
+``o = i - p_lo + d*k`` through tap ``k``, so output ``o`` gathers the inputs
+``i = o - (d(K-1) - p_lo) + d*k'`` through tap ``K-1-k'`` of the kernel flipped in every spatial
+dimension. Per dimension (kernel ``K``, dilation ``d``, transposed padding ``(lo, hi)``, output
+padding ``a``):
+
+    conv_transpose(x, w, padding=(lo, hi), output_padding=a)
+        == conv(x, flip(w), padding=(d(K-1) - lo, d(K-1) - hi + a))
+
+with ``flip(w)[g*C_out/g + o, i, k] = w[g*C_in/g + i, o, K-1-k]`` (weights re-laid out from
+(C_in, C_out/groups, kH, kW) to (C_out, C_in/groups, kH, kW) group by group). Both paddings must
+be non-negative: ``lo <= d(K-1)`` and ``hi <= d(K-1) + a``, which every padding up to the kernel's
+reach satisfies (larger ones crop the full result more than the kernel reaches, rare and left to
+the transposed kernels).
+
+That lets stride-1 transposed layers (decoders, and every input gradient of a stride-1
+convolution, see :mod:`numbaconv.grad`) run on the forward kernels: Winograd for 3x3 layers, the
+depthwise kernel, the direct kernel. Each call flips the weights into a kept scratch buffer, one
+pass over them, which the forward kernels' per-call weight packing matches in cost.
+"""
+
+import functools
+
+from numba import prange
+
+from ._jit import parallel_kernel
+from .kernels.scratch import buffer
+from .problem import ConvProblem
+
+
+def why_not(problem):
+    """``None`` if ``problem`` (transposed) runs as a forward convolution, else the reason."""
+    if problem.stride != (1,) * problem.nd:
+        return f"computes stride 1 only (as a forward convolution), got stride {problem.stride}"
+    for (lo, hi), k, d, a in zip(problem.padding, problem.kernel_size, problem.dilation,
+                                 problem.output_padding):
+        reach = d * (k - 1)
+        if lo > reach or hi > reach + a:
+            return (f"computes paddings up to the kernel's reach dilation*(kernel-1) only (as a "
+                    f"forward convolution), got padding {problem.padding}")
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def forward_problem(problem):
+    """The forward :class:`ConvProblem` computing the transposed ``problem``, or None when
+    :func:`why_not` gives a reason."""
+    if why_not(problem) is not None:
+        return None
+    pads = tuple((d * (k - 1) - lo, d * (k - 1) - hi + a)
+                 for (lo, hi), k, d, a in zip(problem.padding, problem.kernel_size,
+                                              problem.dilation, problem.output_padding))
+    return ConvProblem(problem.batch, problem.in_channels, problem.out_channels, problem.in_size,
+                       problem.kernel_size, problem.stride, pads, problem.dilation,
+                       problem.groups, False, None, problem.dtype, problem.bias)
+
+
+_FLIP_BLOCK = 16   # kernels per side of the square blocks the flip copies at once
+
+
+@parallel_kernel
+def _flip(wf, cin, cog, taps, groups, of):
+    """``out[g*cog + o, i, t] = w[g*cig + i, o, taps - 1 - t]`` for ``w`` (C_in, cog, taps) flat
+    in ``wf``, ``out`` (groups*cog, cig, taps) flat in ``of``.
+
+    A transpose of the channel axes, by square blocks of kernels whose rows stay in cache on
+    both sides; 3x3 and 1x1 kernels have their own loops, written out (a tap loop of run-time
+    length costs 2.4x on 3x3 weights: 142 vs 60 us for C128)."""
+    cig = cin // groups
+    blk = _FLIP_BLOCK
+    nob = (cog + blk - 1) // blk
+    step = cog * taps
+    for item in prange(groups * nob):
+        g = item // nob
+        o0 = (item - g * nob) * blk
+        for i0 in range(0, cig, blk):
+            n = min(cig, i0 + blk) - i0
+            for o in range(o0, min(cog, o0 + blk)):
+                src = ((g * cig + i0) * cog + o) * taps + taps - 1   # last tap of kernel (i0, o)
+                dst = ((g * cog + o) * cig + i0) * taps
+                if taps == 9:
+                    for i in range(n):
+                        s = src + i * step
+                        d = dst + i * 9
+                        of[d] = wf[s]
+                        of[d + 1] = wf[s - 1]
+                        of[d + 2] = wf[s - 2]
+                        of[d + 3] = wf[s - 3]
+                        of[d + 4] = wf[s - 4]
+                        of[d + 5] = wf[s - 5]
+                        of[d + 6] = wf[s - 6]
+                        of[d + 7] = wf[s - 7]
+                        of[d + 8] = wf[s - 8]
+                elif taps == 1:
+                    for i in range(n):
+                        of[dst + i] = wf[src + i * step]
+                else:
+                    for i in range(n):
+                        for t in range(taps):
+                            of[dst + i * taps + t] = wf[src + i * step - t]
+
+
+def flipped_weights(w, groups):
+    """The forward weights of transposed weights ``w`` (C_in, C_out/groups, kH, kW): (C_out,
+    C_in/groups, kH, kW), every kernel turned by 180 degrees, in this thread's scratch buffer
+    (valid until its next call)."""
+    cin, cog = w.shape[:2]
+    out = buffer("stride1.flipped", w.size, w.dtype)
+    if w.size:
+        _flip(w.reshape(-1), cin, cog, w.size // (cin * cog), groups, out)
+    return out.reshape((groups * cog, cin // groups) + w.shape[2:])
+
+
+def lowered(forward_run):
+    """A transposed algorithm's ``run`` that computes a stride-1 problem with ``forward_run`` (a
+    forward algorithm's ``run``) on the flipped weights."""
+    def run(problem, x, w, b, out):
+        forward_run(forward_problem(problem), x, flipped_weights(w, problem.groups), b, out)
+    run.__name__ = run.__qualname__ = f"lowered_{forward_run.__name__.lstrip('_')}"
+    return run
