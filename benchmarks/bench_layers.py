@@ -10,6 +10,7 @@ import numpy as np
 from numbaconv import dispatch, layout_bench, suite
 from numbaconv.functional import convolve
 from numbaconv.plan import plan_conv2d
+from numbaconv.plan_transposed import plan_conv_transpose2d
 
 _LAYERS = [layer.name for layer in suite.LAYERS]
 _ALGORITHMS = ["auto"] + [name for name in dispatch.names() if name != "reference"]
@@ -53,10 +54,9 @@ class Layers:
 
 
 class Plans:
-    """Forward suite layers through a plan (weights prepared once), auto's choice for plans."""
+    """2-D suite layers through a plan (weights prepared once), auto's choice for plans."""
 
-    params = ([layer.name for layer in suite.LAYERS
-               if not layer.problem.transposed and layer.problem.nd == 2],)
+    params = ([layer.name for layer in suite.LAYERS if layer.problem.nd == 2],)
     param_names = ["layer"]
     timeout = 120
 
@@ -66,7 +66,12 @@ class Plans:
         self.x = rng.standard_normal(p.input_shape, dtype=np.float32)
         w = rng.standard_normal(p.weight_shape, dtype=np.float32)
         b = rng.standard_normal(p.out_channels, dtype=np.float32)
-        self.conv = plan_conv2d(w, b, p.stride, p.padding, p.dilation, p.groups)
+        b = b if p.bias else None
+        if p.transposed:
+            self.conv = plan_conv_transpose2d(w, b, p.stride, p.padding, p.output_padding,
+                                              p.groups, p.dilation)
+        else:
+            self.conv = plan_conv2d(w, b, p.stride, p.padding, p.dilation, p.groups)
         self.flops = p.flops
         self.conv(self.x)  # compile, prepare the weights, touch memory
 

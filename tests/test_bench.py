@@ -63,13 +63,13 @@ def test_bench_command_end_to_end(tmp_path, capsys):
         assert auto["status"] == "ok" and len(auto["samples"]) >= 2 and auto["extra_bytes"] >= 0
         assert layer["results"]["numpy-im2col"]["status"] == "ok"
     assert report["summary"]["numpy-im2col"]["layers"] == 4
-    # plans run on the forward layers only (the transposed ones have none), under auto's choice
+    # plans run on every 2-d layer, under auto's choice for plans
     plans = {layer["name"]: layer["results"].get(bench.PLAN) for layer in report["layers"]}
-    assert sorted(n for n, p in plans.items() if p is not None) == [
-        "mb1ic8ih12oc8kh3ph1", "mb1ic8ih12oc8kh3ph1_b2"]
-    assert all(p["status"] == "ok" and len(p["samples"]) >= 2 and p["detail"] == "gemm"
-               for p in plans.values() if p is not None)
-    assert report["summary"]["plan"]["layers"] == 2
+    assert all(p["status"] == "ok" and len(p["samples"]) >= 2 for p in plans.values())
+    assert {n: p["detail"] for n, p in plans.items()} == {
+        "mb1ic8ih12oc8kh3ph1": "gemm", "mb1ic8ih12oc8kh3ph1_b2": "gemm",
+        "deconv_mb1ic4ih6oc4kh3sh2ph1b": "gemm", "deconv_mb1ic4ih6oc4kh3sh2ph1b_b2": "gemm"}
+    assert report["summary"]["plan"]["layers"] == 4
     assert "numbaconv plans (weights prepared once)" in text
 
 
@@ -139,10 +139,11 @@ def test_asv_benchmarks_set_up_and_run():
     layers.time_conv("mobilenetv2_1x1_c192to32_28", "auto")
     assert layers.track_gflops("mobilenetv2_1x1_c192to32_28", "auto") > 0
     plans = module.Plans()
-    assert "dcgan_t4x4s2_c128to64_16" not in plans.params[0]
-    plans.setup("mobilenetv2_1x1_c192to32_28")
-    plans.time_plan("mobilenetv2_1x1_c192to32_28")
-    assert plans.track_gflops("mobilenetv2_1x1_c192to32_28") > 0
+    assert "dcgan_t4x4s2_c128to64_16" in plans.params[0]
+    for name in ("mobilenetv2_1x1_c192to32_28", "mobilenetv2_dw3x3_c144_56_dgrad"):
+        plans.setup(name)
+        plans.time_plan(name)
+        assert plans.track_gflops(name) > 0
     layouts = module.Layouts()
     assert "c3d_3x3x3_c64_16x56" in layouts.params[0]
     for layout in layouts.params[1]:

@@ -14,6 +14,7 @@ from .functional import (algorithms, conv1d, conv2d, conv3d, conv_transpose1d,
                          conv_transpose2d, conv_transpose3d, explain)
 from .layers import Conv1d, Conv2d, ConvTranspose1d, ConvTranspose2d
 from .plan import Conv2dPlan, plan_conv2d
+from .plan_transposed import ConvTranspose2dPlan, plan_conv_transpose2d
 from .problem import ConvProblem
 from .summary import Summary, summary
 
@@ -21,7 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
-    "explain", "algorithms", "plan_conv2d", "Conv2dPlan",
+    "explain", "algorithms", "plan_conv2d", "Conv2dPlan", "plan_conv_transpose2d",
+    "ConvTranspose2dPlan",
     "ConvProblem", "UnsupportedAlgorithm", "reference", "shapes", "tuning", "grad",
     "set_num_threads", "get_num_threads", "num_threads", "precompile",
     "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "summary", "Summary",

@@ -21,13 +21,15 @@ from . import dispatch, peers, reference
 from ._threads import set_num_threads
 from .functional import convolve
 from .plan import plan_conv2d
+from .plan_transposed import plan_conv_transpose2d
 from .problem import ConvProblem
 from .suite import LAYERS, Layer, get
 
 QUICK_LAYERS = ("resnet50_3x3_c128_28", "resnet50_1x1_c64to256_56", "mobilenetv2_dw3x3_c144_56",
                 "resnext50_3x3g32_c128_56", "t3x3s2_c32to16_128")
 PEER_NAMES = tuple(p.name for p in peers.PEERS)
-# numbaconv with the weights prepared once (numbaconv.plan_conv2d), as a network layer would run
+# numbaconv with the weights prepared once (numbaconv.plan_conv2d / plan_conv_transpose2d), as a
+# network layer would run
 PLAN = "numbaconv plan"
 _PAUSE_AFTER_PEER = 0.4   # seconds: lets a peer's spinning thread pool go to sleep
 _WARM_SECONDS = 0.03      # untimed calls before each candidate's timed calls
@@ -156,7 +158,7 @@ def _reference_and_bound(problem, x, w, b):
 def candidates_for(problem, algorithms, peer_names):
     """[(name, kind, object)] for the layer: numbaconv auto, its algorithms, then peers."""
     out = [("numbaconv", "numbaconv", "auto")]
-    if problem.nd == 2 and not problem.transposed and (algorithms is None or "plan" in algorithms):
+    if problem.nd == 2 and (algorithms is None or "plan" in algorithms):
         out.append((PLAN, "plan", None))
     for name, reason in dispatch.candidates(problem).items():
         if name != "reference" and (algorithms is None or name in algorithms):
@@ -192,8 +194,13 @@ def bench_layer(layer, threads, repeats, min_seconds, rounds, algorithms, peer_n
                 to_numpy = np.asarray
                 exact = dispatch.get(obj, problem).exact   # 'auto' as what it picks
             elif kind == "plan":
-                conv = plan_conv2d(w, b, problem.stride, problem.padding, problem.dilation,
-                                   problem.groups)
+                if problem.transposed:
+                    conv = plan_conv_transpose2d(w, b, problem.stride, problem.padding,
+                                                 problem.output_padding, problem.groups,
+                                                 problem.dilation)
+                else:
+                    conv = plan_conv2d(w, b, problem.stride, problem.padding, problem.dilation,
+                                       problem.groups)
                 run, to_numpy = (lambda: conv(x)), np.asarray
                 result.detail = conv.algorithm_for(x.shape)
                 exact = dispatch.get(result.detail, problem).exact
@@ -375,7 +382,7 @@ def _format_summary(summary):
     lines = ["", "numbaconv (auto) speed-up, time(peer) / time(numbaconv), over the layers:"]
     for key, s in summary.items():
         if key == "plan":
-            lines.append(f"numbaconv plans (weights prepared once), forward layers:\n"
+            lines.append(f"numbaconv plans (weights prepared once):\n"
                          f"  vs {names['best']:<14} geometric mean {s['geomean']:.2f}x, worst "
                          f"{s['worst']:.2f}x ({s['worst_layer']}), {s['layers']} layers")
             continue

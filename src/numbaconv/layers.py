@@ -43,6 +43,7 @@ import numpy as np
 from . import _args, functional, padding_modes
 from ._front import as_array
 from .plan import plan_conv2d
+from .plan_transposed import plan_conv_transpose2d
 from .problem import ConvProblem
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"]
@@ -561,6 +562,17 @@ class ConvTranspose2d(_ConvLayer):
                                            self.padding, self.output_padding, self.groups,
                                            self.dilation, output_size=output_size,
                                            padding_mode=self.padding_mode)
+
+    def plan(self, *, algorithm="auto", exact=False):
+        """A :class:`~numbaconv.plan_transposed.ConvTranspose2dPlan` of the layer's current
+        weight and bias (see :meth:`Conv2d.plan`), for ``padding_mode='zeros'`` layers; its
+        calls take no ``output_size`` (the layer's ``output_padding`` holds)."""
+        if self.padding_mode != "zeros":
+            raise ValueError(f"ConvTranspose2d.plan: plans of transposed layers take zero "
+                             f"padding only, the layer has padding_mode={self.padding_mode!r}")
+        return plan_conv_transpose2d(self._weight, self._bias, self.stride, self.padding,
+                                     self.output_padding, self.groups, self.dilation,
+                                     algorithm=algorithm, exact=exact)
 
 
 class ConvTranspose1d(_ConvLayer):
