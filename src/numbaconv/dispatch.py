@@ -13,8 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import reference
-from . import stride1_lowering
+from . import reference, stride1_lowering
 from .kernels import depthwise, direct, dot, gemm, im2col, transposed, winograd
 from .problem import ConvProblem
 
@@ -152,10 +151,11 @@ def _winograd_limits(problem):
 
 def _transposed_direct_run(problem, x, w, b, out):
     if stride1_lowering.forward_problem(problem) is not None:
-        # the forward direct kernel on the flipped weights: as fast or faster on every stride-1
-        # layer measured (float32, 2 threads, GFLOP/s, transposed kernel -> forward kernel):
-        # 3x3 C128 28x28 170 -> 185, 1x1 C64->256 56x56 136 -> 185, 3x3 g32 C128 56x56 54 ->
-        # 131, 3x3 C64->3 224x224 57 -> 102, C3->64 124 -> 174, 5x5 C32 64x64 204 -> 201
+        # the forward direct kernel on the flipped weights, flip included within 4% of the
+        # transposed kernel or faster on every stride-1 layer measured (float32, 2 threads, 9
+        # interleaved rounds, GFLOP/s): 3x3 C64 56x56 174 -> 193, C128 28x28 160 -> 157, 1x1
+        # C256->64 56x56 124 -> 156, C64->256 124 -> 126, 3x3 g32 C128 56x56 42 -> 113, 3x3
+        # C64->3 224x224 52 -> 83, 5x5 C32 64x64 197 -> 190
         _lowered_direct(problem, x, w, b, out)
         return
     transposed.conv_transpose2d_direct(x, w, _bias(problem, b), out, *_geometry(problem),
