@@ -135,3 +135,20 @@ def test_transposed_direct_stays_size_invariant_with_strides(rng):
             lazy = ncd.conv_transpose2d(da.from_array(x, chunks=(1, 6) + tile), w, **kw,
                                         algorithm="direct")
             assert np.array_equal(lazy.compute(scheduler="sync"), whole), (kw, tile)
+
+
+@pytest.mark.parametrize("nd", [1, 3])
+def test_every_input_gradient_takes_exact(nd, rng):
+    x = rng.integers(-4, 5, (1, 2) + (5,) * nd).astype(np.float32)
+    w = rng.integers(-4, 5, (3, 2) + (3,) * nd).astype(np.float32)
+    dy = rng.integers(-4, 5, (1, 3) + (5,) * nd).astype(np.float32)
+    conv_input = getattr(grad, f"conv{nd}d_input")
+    transposed_input = getattr(grad, f"conv_transpose{nd}d_input")
+    vjp = getattr(grad, f"conv{nd}d_vjp")
+    want = conv_input(x.shape, w, dy, padding=1)
+    assert np.array_equal(conv_input(x.shape, w, dy, padding=1, exact=True), want)
+    assert np.array_equal(vjp(x, w, dy, padding=1, exact=True)[0], want)
+    # the transposed layer's input gradient is a forward convolution
+    wt = np.ascontiguousarray(np.swapaxes(w, 0, 1))
+    assert np.array_equal(transposed_input(x.shape, wt, dy, padding=1, exact=True),
+                          transposed_input(x.shape, wt, dy, padding=1))
