@@ -72,7 +72,30 @@ _PREPARED = {
 }
 
 
-class Conv2dPlan:
+class _Plan:
+    """What the plans share: pickling of weights and arguments only (prepared forms and
+    remembered runs are rebuilt on first use, so a pickled plan, sent to dask workers say, is
+    about the size of its weights) and a repr; ``_ARGS`` names the constructor's arguments after
+    weight and bias."""
+
+    _ARGS = ()
+
+    def __getstate__(self):
+        return dict(weight=self.weight, bias=self.bias,
+                    **{name: getattr(self, name) for name in self._ARGS})
+
+    def __setstate__(self, state):
+        state = dict(state)
+        self.__init__(state.pop("weight"), state.pop("bias"), **state)
+
+    def __repr__(self):
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._ARGS)
+        bias = "None" if self.bias is None else self.bias.shape
+        return (f"{type(self).__name__}(weight {self.weight.shape} {self.weight.dtype}, "
+                f"bias={bias}, {args})")
+
+
+class Conv2dPlan(_Plan):
     """``conv2d(input, weight, bias, stride, padding, dilation, groups, ...)`` for fixed
     ``weight`` and ``bias``; made by :func:`plan_conv2d`.
 
@@ -90,6 +113,8 @@ class Conv2dPlan:
     stride, padding, dilation, groups, padding_mode, algorithm, exact
         As given to :func:`plan_conv2d`.
     """
+
+    _ARGS = ("stride", "padding", "dilation", "groups", "padding_mode", "algorithm", "exact")
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                  padding_mode="zeros", algorithm="auto", exact=False):
@@ -133,23 +158,6 @@ class Conv2dPlan:
         self._prepared = {}  # (algorithm name, dtype) -> prepared weights
         self._tuned = {}  # problem -> fastest algorithm name, with algorithm='tune'
         self._seen = {}  # (input shape, dtype) -> (run, result shape and dtype, batched shape)
-
-    def __getstate__(self):
-        # weights and arguments only: prepared forms and remembered runs are rebuilt on first
-        # use, so a pickled plan (sent to dask workers, say) is about the size of its weights
-        return dict(weight=self.weight, bias=self.bias, stride=self.stride,
-                    padding=self.padding, dilation=self.dilation, groups=self.groups,
-                    padding_mode=self.padding_mode, algorithm=self.algorithm, exact=self.exact)
-
-    def __setstate__(self, state):
-        state = dict(state)
-        self.__init__(state.pop("weight"), state.pop("bias"), **state)
-
-    def __repr__(self):
-        return (f"Conv2dPlan(weight {self.weight.shape} {self.weight.dtype}, "
-                f"bias={'None' if self.bias is None else self.bias.shape}, stride={self.stride}, "
-                f"padding={self.padding!r}, dilation={self.dilation}, groups={self.groups}, "
-                f"algorithm={self.algorithm!r})")
 
     def _operands(self, x):
         """The weight and bias in the computation dtype of a call with input ``x``."""

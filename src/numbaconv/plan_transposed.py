@@ -20,7 +20,7 @@ import numpy as np
 from . import _args, dispatch, stride1_lowering
 from ._front import as_array, compute_dtype
 from .functional import conv_transpose2d
-from .plan import Conv2dPlan, _read_only
+from .plan import Conv2dPlan, _Plan, _read_only
 from .problem import ConvProblem
 
 __all__ = ["ConvTranspose2dPlan", "plan_conv_transpose2d"]
@@ -29,7 +29,7 @@ __all__ = ["ConvTranspose2dPlan", "plan_conv_transpose2d"]
 _LOWERED = ("direct", "winograd", "depthwise")
 
 
-class ConvTranspose2dPlan:
+class ConvTranspose2dPlan(_Plan):
     """``conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups,
     dilation)`` for fixed ``weight`` and ``bias``; made by :func:`plan_conv_transpose2d`.
 
@@ -46,6 +46,8 @@ class ConvTranspose2dPlan:
     stride, padding, output_padding, groups, dilation, algorithm, exact
         As given to :func:`plan_conv_transpose2d`.
     """
+
+    _ARGS = ("stride", "padding", "output_padding", "groups", "dilation", "algorithm", "exact")
 
     def __init__(self, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                  dilation=1, *, algorithm="auto", exact=False):
@@ -89,23 +91,6 @@ class ConvTranspose2dPlan:
         self._forward_padding = None if forward is None else forward.padding
         self._forward = {}  # algorithm name -> Conv2dPlan of the flipped weights
         self._seen = {}     # (input shape, dtype) -> callable(input)
-
-    def __getstate__(self):
-        # weights and arguments only, as Conv2dPlan
-        return dict(weight=self.weight, bias=self.bias, stride=self.stride,
-                    padding=self.padding, output_padding=self.output_padding,
-                    groups=self.groups, dilation=self.dilation, algorithm=self.algorithm,
-                    exact=self.exact)
-
-    def __setstate__(self, state):
-        state = dict(state)
-        self.__init__(state.pop("weight"), state.pop("bias"), **state)
-
-    def __repr__(self):
-        return (f"ConvTranspose2dPlan(weight {self.weight.shape} {self.weight.dtype}, "
-                f"bias={'None' if self.bias is None else self.bias.shape}, stride={self.stride}, "
-                f"padding={self.padding!r}, output_padding={self.output_padding}, "
-                f"groups={self.groups}, dilation={self.dilation}, algorithm={self.algorithm!r})")
 
     def _problem(self, input_shape, dtype):
         dt = compute_dtype((("input", np.empty(0, dtype)), ("weight", self.weight),
