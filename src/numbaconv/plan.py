@@ -3,7 +3,8 @@
 A layer in a network convolves many inputs with the same weights. :func:`plan_conv2d` takes the
 weights, bias and hyperparameters once and returns a :class:`Conv2dPlan`, a callable that gives
 what :func:`numbaconv.conv2d` gives with the same arguments and algorithm, bit for bit, while
-doing the weight work of an algorithm only once:
+doing the weight work of an algorithm only once (transposed convolutions:
+:mod:`numbaconv.plan_transposed`):
 
 * ``gemm``: the weights packed into the micro-kernel's ``[8-row panel][k][8]`` layout (a plain
   call reads them unpacked, since one pass over the weights per call would cost more than the
