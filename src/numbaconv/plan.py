@@ -81,6 +81,34 @@ class _Plan:
 
     _ARGS = ()
 
+    @staticmethod
+    def _checked(func, weight, bias, layout, algorithm, special, names, exact):
+        """``(w, b, dtype)``: weight and bias as arrays and their computation dtype, after the
+        checks every plan makes (4-d weight of ``layout``, ``algorithm`` one of ``special`` or
+        ``names``, ``exact`` a bool)."""
+        w = as_array(weight, "weight")
+        b = None if bias is None else as_array(bias, "bias")
+        dtype = compute_dtype((("weight", w), ("bias", b)))
+        if w.ndim != 4:
+            raise ValueError(f"{func}: weight must have 4 dimensions ({layout}), got shape "
+                             f"{w.shape}")
+        if not isinstance(algorithm, str) or algorithm not in special + names:
+            raise ValueError(f"{func}: algorithm must be {', '.join(map(repr, special))} or one "
+                             f"of {names}, got {algorithm!r}")
+        if not isinstance(exact, bool):
+            raise TypeError(f"{func}: exact must be a bool, got {exact!r}")
+        return w, b, dtype
+
+    def _keep(self, w, b, dtype):
+        """The plan's own C-contiguous copies of ``w`` and ``b`` in ``dtype``; users see them as
+        the read-only ``weight`` and ``bias`` (the kernels take writeable arrays: a read-only
+        one is a separate Numba type, and the front end would copy it per call)."""
+        w = np.array(w, dtype=dtype, order="C", copy=True)
+        b = None if b is None else np.array(b, dtype=dtype, copy=True)
+        self.weight = _read_only(w)
+        self.bias = None if b is None else _read_only(b)
+        return w, b
+
     def __getstate__(self):
         return dict(weight=self.weight, bias=self.bias,
                     **{name: getattr(self, name) for name in self._ARGS})
@@ -119,17 +147,8 @@ class Conv2dPlan(_Plan):
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
                  padding_mode="zeros", algorithm="auto", exact=False):
-        w = as_array(weight, "weight")
-        b = None if bias is None else as_array(bias, "bias")
-        dtype = compute_dtype((("weight", w), ("bias", b)))
-        if w.ndim != 4:
-            raise ValueError(f"plan_conv2d: weight must have 4 dimensions (C_out, C_in / groups, "
-                             f"kH, kW), got shape {w.shape}")
-        if not isinstance(algorithm, str) or algorithm not in ("auto", "tune") + _forward_names():
-            raise ValueError(f"plan_conv2d: algorithm must be 'auto', 'tune' or one of "
-                             f"{_forward_names()}, got {algorithm!r}")
-        if not isinstance(exact, bool):
-            raise TypeError(f"plan_conv2d: exact must be a bool, got {exact!r}")
+        w, b, dtype = self._checked("plan_conv2d", weight, bias, "C_out, C_in / groups, kH, kW",
+                                    algorithm, ("auto", "tune"), _forward_names(), exact)
         padding_modes.check_mode(padding_mode, "plan_conv2d")
         if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
             raise TypeError(f"plan_conv2d: groups must be an int, got {groups!r}")
@@ -147,12 +166,8 @@ class Conv2dPlan(_Plan):
         if b is not None and b.shape != (w.shape[0],):
             raise ValueError(f"plan_conv2d: bias must have shape ({w.shape[0]},) (one value per "
                              f"output channel), got {b.shape}")
-        # the kernels take writeable arrays (a read-only one is a separate Numba type, and the
-        # front end would copy it per call); users see read-only views
-        self._weights = {dtype: np.array(w, dtype=dtype, order="C", copy=True)}
-        self._biases = {dtype: None if b is None else np.array(b, dtype=dtype, copy=True)}
-        self.weight = _read_only(self._weights[dtype])
-        self.bias = None if b is None else _read_only(self._biases[dtype])
+        w, b = self._keep(w, b, dtype)
+        self._weights, self._biases = {dtype: w}, {dtype: b}
         self.stride, self.padding, self.dilation = stride, padding, dilation
         self.groups, self.padding_mode = int(groups), padding_mode
         self.algorithm, self.exact = algorithm, exact

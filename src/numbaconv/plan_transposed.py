@@ -20,7 +20,7 @@ import numpy as np
 from . import _args, dispatch, stride1_lowering
 from ._front import as_array, compute_dtype
 from .functional import conv_transpose2d
-from .plan import Conv2dPlan, _Plan, _read_only
+from .plan import Conv2dPlan, _Plan
 from .problem import ConvProblem
 
 __all__ = ["ConvTranspose2dPlan", "plan_conv_transpose2d"]
@@ -52,18 +52,8 @@ class ConvTranspose2dPlan(_Plan):
     def __init__(self, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                  dilation=1, *, algorithm="auto", exact=False):
         func = "plan_conv_transpose2d"
-        w = as_array(weight, "weight")
-        b = None if bias is None else as_array(bias, "bias")
-        dtype = compute_dtype((("weight", w), ("bias", b)))
-        if w.ndim != 4:
-            raise ValueError(f"{func}: weight must have 4 dimensions (C_in, C_out / groups, kH, "
-                             f"kW), got shape {w.shape}")
-        names = _transposed_names()
-        if not isinstance(algorithm, str) or algorithm not in ("auto",) + names:
-            raise ValueError(f"{func}: algorithm must be 'auto' or one of {names}, got "
-                             f"{algorithm!r}")
-        if not isinstance(exact, bool):
-            raise TypeError(f"{func}: exact must be a bool, got {exact!r}")
+        w, b, dtype = self._checked(func, weight, bias, "C_in, C_out / groups, kH, kW",
+                                    algorithm, ("auto",), _transposed_names(), exact)
         groups = _args.groups_arg(groups)
         # the hyperparameters checked now, on the smallest input whose output is not empty, so
         # that a bad one fails here rather than on the first call
@@ -79,10 +69,7 @@ class ConvTranspose2dPlan(_Plan):
         if b is not None and b.shape != (trial.out_channels,):
             raise ValueError(f"{func}: bias must have shape ({trial.out_channels},) (one value "
                              f"per output channel), got {b.shape}")
-        self._weight = np.array(w, dtype=dtype, order="C", copy=True)
-        self._bias = None if b is None else np.array(b, dtype=dtype, copy=True)
-        self.weight = _read_only(self._weight)
-        self.bias = None if b is None else _read_only(self._bias)
+        self._weight, self._bias = self._keep(w, b, dtype)
         self.stride, self.padding, self.output_padding = stride, padding, output_padding
         self.groups, self.dilation = groups, dilation
         self.algorithm, self.exact = algorithm, exact
