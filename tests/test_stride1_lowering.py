@@ -56,6 +56,21 @@ def test_flipped_weights_of_empty_and_grouped_kernels(dtype):
     assert stride1_lowering.flipped_weights(np.zeros((2, 0, 3, 3), dtype), 1).shape == (0, 2, 3, 3)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("spatial", [(5,), (2, 5), (3, 2, 4)])
+def test_flipped_depthwise_weights_are_a_reversed_copy(dtype, spatial):
+    """Depthwise weights take a NumPy path (only their taps turn): a new C-contiguous array."""
+    w = np.arange(6 * int(np.prod(spatial)), dtype=dtype).reshape((6, 1) + spatial)
+    kept = w.copy()
+    got = stride1_lowering.flipped_weights(w, 6)
+    assert got.shape == w.shape and got.dtype == w.dtype and got.flags.c_contiguous
+    assert not np.shares_memory(got, w) and np.array_equal(w, kept)
+    assert np.array_equal(got, w[(slice(None),) * 2 + (slice(None, None, -1),) * len(spatial)])
+    # the same through the general kernel (one input channel per group, two groups of three)
+    general = stride1_lowering.flipped_weights(w.reshape((2, 3) + spatial), 2)
+    assert np.array_equal(general.reshape(got.shape), got)
+
+
 def test_why_not_names_stride_and_padding():
     assert stride1_lowering.why_not(_problem((1, 2, 5, 5), (2, 3, 3, 3), padding=2)) is None
     assert "stride 1" in stride1_lowering.why_not(_problem((1, 2, 5, 5), (2, 3, 3, 3), stride=2))
