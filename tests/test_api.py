@@ -324,6 +324,27 @@ def test_auto_moves_wide_1x1_layers_past_the_cache_to_direct(x_shape, w_shape, s
     assert dispatch.auto_choice(problem) == expected
 
 
+@pytest.mark.parametrize("x_shape,w_shape,stride,expected", [
+    ((1, 256, 14, 14), (256, 256, 3, 3), 1, "direct"),  # ResNet-50 stage 3: 240 lanes vs 224
+    ((8, 256, 14, 14), (256, 256, 3, 3), 1, "direct"),
+    ((1, 256, 28, 28), (256, 256, 3, 3), 2, "direct"),  # onto 14x14 (pitch 15)
+    ((1, 256, 13, 13), (256, 256, 3, 3), 1, "gemm"),    # 240 lanes vs 192
+    ((1, 128, 12, 12), (128, 128, 3, 3), 1, "gemm"),
+    ((1, 128, 8, 8), (128, 128, 3, 3), 1, "gemm"),      # the GEMM's panels full
+    ((1, 128, 12, 12), (128, 128, 5, 5), 1, "gemm"),
+    ((1, 1024, 14, 14), (256, 1024, 1, 1), 1, "gemm"),  # 1x1: a plain product
+    ((1, 512, 7, 7), (512, 512, 3, 3), 1, "dot"),       # dot first where it pays
+])
+def test_auto_takes_direct_on_small_maps_where_its_tiles_waste_few_lanes(x_shape, w_shape, stride,
+                                                                         expected):
+    """Small maps (fewer than 256 output pixels) go to the GEMM unless the direct kernel covers
+    their rows, padding included, in at most 1.1 times the GEMM's lanes (float32: the same
+    answers with 8 or 16 lanes per vector)."""
+    problem = numbaconv.explain(np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32),
+                                stride=stride, padding=w_shape[-1] // 2).problem
+    assert dispatch.auto_choice(problem, exact=True) == expected
+
+
 def test_unknown_algorithm_and_unsupported_forcing(rng):
     x, w = _ints(rng, (1, 2, 5, 5)), _ints(rng, (2, 2, 3, 3))
     with pytest.raises(ValueError, match="algorithm must be 'auto', 'tune' or one of"):
