@@ -597,12 +597,6 @@ def _flat_rows(arr):
     return np.lib.stride_tricks.as_strided(arr, shape=(length,), strides=(isz,)), ld
 
 
-def _split(total, parts, unit):
-    """Block size (a multiple of ``unit``) that cuts ``total`` into at most ``parts`` blocks."""
-    units = -(-total // unit)
-    return -(-units // max(1, min(parts, units))) * unit
-
-
 def _k_block(k, itemsize):
     """KC: K cut into equal blocks of at most ``_KC_BYTES / (NR*itemsize)`` rows, so that the
     B panel a micro-kernel call streams (KC x NR) stays in L1."""
@@ -645,13 +639,20 @@ def _gemm_blocks(m, n, k, itemsize, groups=1):
             mts = _block_lengths(n_mt, per_m)
             if groups * mts.size * pans.size < fewest:
                 continue
-            tile = (mts[:, None] * pans[None, :] * (k * _C_FMA) + _C_TILE).ravel()
-            seq = np.tile(tile, groups)
-            half = -(-seq.size // 2)
-            score = max(seq[:half].sum(), seq[half:].sum()) + 0.05 * seq.sum()
+            score = _two_thread_score(
+                (mts[:, None] * pans[None, :] * (k * _C_FMA) + _C_TILE).ravel(), groups)
             if best is None or score < best[0] - 1e-9:
                 best = (score, per_m * MR, per_n * nr)
     return best[1], best[2], kc
+
+
+def _two_thread_score(tile, repeats):
+    """Modelled time of a parallel loop over ``tile`` (cycles per item, in prange order)
+    repeated ``repeats`` times: the longer of the two contiguous halves prange hands two
+    threads, plus a little of the total work."""
+    seq = np.tile(tile, repeats)
+    half = -(-seq.size // 2)
+    return max(seq[:half].sum(), seq[half:].sum()) + 0.05 * seq.sum()
 
 
 def _block_sizes(units, most):
@@ -1109,10 +1110,7 @@ def _plan(n_img, cin, h, wd, cout, oh, ow, kh, kw, groups, sh, sw, pt, pl, dh, d
             mts = _split_sizes(n_mt, n_mb)
             tile = (pans[:, None] * k * (mts[None, :] * _C_FMA + chunks_per_panel * _C_CHUNK)
                     + (rows * row_cost)[:, None] + _C_TILE).ravel()
-            seq = np.tile(tile, n_outer)
-            half = -(-seq.size // 2)
-            span = max(seq[:half].sum(), seq[half:].sum())
-            score = span + 0.05 * seq.sum()
+            score = _two_thread_score(tile, n_outer)
             if best is None or score < best[0] - 1e-9:
                 best = (score, n_pb, n_mb)
     _, n_pb, n_mb = best
