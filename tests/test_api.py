@@ -325,11 +325,12 @@ def test_auto_moves_wide_1x1_layers_past_the_cache_to_direct(x_shape, w_shape, s
 
 
 @pytest.mark.parametrize("x_shape,w_shape,stride,expected", [
-    ((1, 256, 14, 14), (256, 256, 3, 3), 1, "direct"),  # ResNet-50 stage 3: 240 lanes vs 224
+    ((1, 256, 14, 14), (256, 256, 3, 3), 1, "direct"),  # ResNet-50 stage 3: 224 lanes each
     ((8, 256, 14, 14), (256, 256, 3, 3), 1, "direct"),
     ((1, 256, 28, 28), (256, 256, 3, 3), 2, "direct"),  # onto 14x14 (pitch 15)
-    ((1, 256, 13, 13), (256, 256, 3, 3), 1, "gemm"),    # 240 lanes vs 192
-    ((1, 128, 12, 12), (128, 128, 3, 3), 1, "gemm"),
+    ((1, 256, 13, 13), (256, 256, 3, 3), 1, "gemm"),    # 224 lanes vs 192
+    ((1, 128, 10, 10), (128, 128, 3, 3), 1, "direct"),  # 96 + a 32-wide last tile vs 128
+    ((1, 128, 11, 11), (128, 128, 3, 3), 1, "gemm"),    # 144 lanes vs 128
     ((1, 128, 8, 8), (128, 128, 3, 3), 1, "gemm"),      # the GEMM's panels full
     ((1, 128, 12, 12), (128, 128, 5, 5), 1, "gemm"),
     ((1, 1024, 14, 14), (256, 1024, 1, 1), 1, "gemm"),  # 1x1: a plain product

@@ -67,7 +67,7 @@ def test_bench_command_end_to_end(tmp_path, capsys):
     plans = {layer["name"]: layer["results"].get(bench.PLAN) for layer in report["layers"]}
     assert all(p["status"] == "ok" and len(p["samples"]) >= 2 for p in plans.values())
     assert {n: p["detail"] for n, p in plans.items()} == {
-        "mb1ic8ih12oc8kh3ph1": "gemm", "mb1ic8ih12oc8kh3ph1_b2": "gemm",
+        "mb1ic8ih12oc8kh3ph1": "direct", "mb1ic8ih12oc8kh3ph1_b2": "direct",
         "deconv_mb1ic4ih6oc4kh3sh2ph1b": "gemm", "deconv_mb1ic4ih6oc4kh3sh2ph1b_b2": "gemm"}
     assert report["summary"]["plan"]["layers"] == 4
     assert "numbaconv plans (weights prepared once)" in text

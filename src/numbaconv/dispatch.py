@@ -346,15 +346,16 @@ def _wide_1x1_outgrows_cache(problem):
 
 # On small maps the two exact kernels waste lanes differently: the GEMM covers each image's
 # output pixels in panels of 32 (float32, AVX-512), the direct kernel covers its rows laid at
-# pitch W_out + (kW-1)*dil/stride in tiles of 48 positions. Per lane it used the direct kernel
-# ran about 10% faster, so it pays where it spends at most 1.1x the GEMM's lanes. Measured on 2
-# cores, float32, C128 and C256, 5 interleaved rounds, direct / GEMM GFLOP/s against what the
-# lane counts predict: 3x3 stride 1 on outputs 8 to 15 wide 0.72-0.75 (8), 0.71-0.80 (9),
-# 0.98-0.99 (10), 0.97 (11), 0.93-0.97 (12), 0.89 (13), 1.04-1.19 (14), 0.95 (15), all on the
-# predicted side (14: 1.03); stride 2 outputs 8 to 15 wide 0.76-0.79, 1.13-1.18, 0.96-0.97, 0.96-
-# 0.98, 1.01-1.13 (predicted below 1), 1.03-1.08, 1.09-1.24, 1.04-1.14; 5x5 11, 12, 13 wide
-# 0.78, 0.97-1.01, 0.89 (predicted 0.77, 0.96, 0.92); batch 8 3x3 C256 14x14 1.11, 13x13 0.89,
-# stride 2 onto 14x14 1.11. float64 follows the same lane counts (8 lanes: not measured).
+# pitch W_out + (kW-1)*dil/stride in tiles of 48 positions, the last one 32 when that covers the
+# rest. Per lane it used the direct kernel ran about 10% faster, so it pays where it spends at
+# most 1.1x the GEMM's lanes. Measured on 2 cores, float32, C128 and C256, 5 interleaved rounds,
+# direct / GEMM GFLOP/s; the lane counts predicted the faster kernel on 36 of 38 shapes (within
+# 3% counted as even): 3x3 stride 1 on outputs 8 to 15 wide 0.71-0.85, 0.86-0.87, 1.09-1.10,
+# 0.96-1.01, 0.97 (C128, predicted direct) and 1.04, 0.92-0.93, 1.13-1.14, 0.97 (C128,
+# predicted direct) and 1.01; stride 2 onto 8 to 15 wide 0.72-0.73, 1.12-1.13, 1.09-1.10,
+# 0.95-0.98, 1.17-1.31, 1.03-1.08, 1.18-1.28, 1.08-1.16; 5x5 11, 12, 13 wide 0.85, 1.00, 0.95;
+# batch 8 C256 13, 14, 15 wide 0.96, 1.10, 1.04. float64 follows the same lane counts (8 lanes:
+# not measured).
 _DIRECT_LANE_ADVANTAGE = 1.10
 
 
@@ -366,10 +367,12 @@ def _direct_lanes_pay(problem):
     (oh, ow), (_, kw), (_, sw), (_, dw) = (problem.out_size, problem.kernel_size,
                                           problem.stride, problem.dilation)
     lanes = direct._VBYTES // np.dtype(problem.dtype).itemsize
-    tile = (direct._NACC // 8) * lanes      # output positions of a tile of 8 channels
+    tile = direct._V8 * lanes               # output positions of a tile of 8 channels
     panel = gemm.NV * lanes                 # output pixels of a GEMM panel
     pitch = ow + ((kw - 1) * dw) // sw
-    direct_lanes = -(-(oh * pitch) // tile) * tile
+    full, rest = divmod(oh * pitch, tile)
+    tail = direct._V8_TAIL * lanes if 0 < rest <= direct._V8_TAIL * lanes else -(-rest // tile) * tile
+    direct_lanes = full * tile + tail
     gemm_lanes = -(-(oh * ow) // panel) * panel
     return direct_lanes <= _DIRECT_LANE_ADVANTAGE * gemm_lanes
 
@@ -394,7 +397,8 @@ def rule(problem, exact=False, prepared=False):
        ``_WIDE_1X1_BYTES``), and for small images
        (``H_out * W_out < 256``, where direct tiles waste lanes on row padding), unless the
        direct kernel's tiles cover the pixels in at most 1.1 times the GEMM's lanes (3x3 on
-       14x14 outputs, stride 2 onto 13x13 to 15x15; see ``_direct_lanes_pay``); among those,
+       10x10, 12x12, 14x14 and 15x15 outputs, stride 2 onto 9x9 to 15x15 except 11x11; see
+       ``_direct_lanes_pay``); among those,
        ``dot`` for ungrouped layers with a long reduction (``C_in * kH * kW >= 2048``) when its
        7-pixel tiles cover the output pixels at least 1.15 times better than the GEMM's 32-pixel
        ones within each image (1.5 times for 1x1 kernels): ResNet-50's last 3x3 layer at any
