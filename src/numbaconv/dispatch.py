@@ -361,8 +361,11 @@ _DIRECT_LANE_ADVANTAGE = 1.10
 
 def _direct_lanes_pay(problem):
     """Whether the direct kernel covers a small map's output pixels in at most
-    ``_DIRECT_LANE_ADVANTAGE`` times the GEMM's lanes (see above); kernels larger than 1x1."""
-    if problem.nd != 2 or all(k == 1 for k in problem.kernel_size):
+    ``_DIRECT_LANE_ADVANTAGE`` times the GEMM's lanes (see above); kernels larger than 1x1.
+    Measured with 512-bit vectors only: builds with narrower ones (other tile shapes) keep the
+    GEMM."""
+    if (problem.nd != 2 or all(k == 1 for k in problem.kernel_size)
+            or direct._VBYTES < 64):
         return False
     (oh, ow), (_, kw), (_, sw), (_, dw) = (problem.out_size, problem.kernel_size,
                                           problem.stride, problem.dilation)
