@@ -374,8 +374,8 @@ def _direct_lanes_pay(problem):
     panel = gemm.NV * lanes                 # output pixels of a GEMM panel
     pitch = ow + ((kw - 1) * dw) // sw
     full, rest = divmod(oh * pitch, tile)
-    tail = direct._V8_TAIL * lanes if 0 < rest <= direct._V8_TAIL * lanes else -(-rest // tile) * tile
-    direct_lanes = full * tile + tail
+    narrow = direct._V8_TAIL * lanes        # a band's last tile when it covers the rest
+    direct_lanes = full * tile + (0 if rest == 0 else narrow if rest <= narrow else tile)
     gemm_lanes = -(-(oh * ow) // panel) * panel
     return direct_lanes <= _DIRECT_LANE_ADVANTAGE * gemm_lanes
 
@@ -433,11 +433,13 @@ def rule(problem, exact=False, prepared=False):
     if problem.groups > 1 and problem.out_channels // problem.groups < 32:
         return "direct"
     if all(k == 1 for k in problem.kernel_size) or oh * ow < 256:
-        if _wide_1x1_outgrows_cache(problem) or (
-                problem.out_channels // problem.groups >= 8 and not _dot_pays(problem)
-                and _direct_lanes_pay(problem)):
+        if _wide_1x1_outgrows_cache(problem):
             return "direct"
-        return "dot" if _dot_pays(problem) else "gemm"
+        if _dot_pays(problem):
+            return "dot"
+        if problem.out_channels // problem.groups >= 8 and _direct_lanes_pay(problem):
+            return "direct"
+        return "gemm"
     return "direct"
 
 
