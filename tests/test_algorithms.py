@@ -14,7 +14,7 @@ import numbaconv
 from numbaconv import dispatch, reference
 from numbaconv.dispatch import UnsupportedAlgorithm
 
-from cases import all_cases
+from cases import Case, all_cases
 from error_bounds import INEXACT_BOUNDS, summation_bound
 from threads import run_in_threads
 
@@ -180,6 +180,39 @@ def test_gemm_1x1_prefetching_path_equals_the_reference(dtype, monkeypatch):
     monkeypatch.setattr(gemm, "_AHEAD_FROM", 0)
     assert np.array_equal(numbaconv.conv2d(x, w, b, algorithm="gemm"), expected)
     assert plain == [1, 2]
+
+
+def test_transposed_direct_both_loop_orders_equal_the_reference(monkeypatch):
+    """The strided transposed direct kernel runs its channel blocks innermost when a run's input
+    rows outgrow L2 (reached here on a real size, and forced on every corner case): integer
+    data, bits of the reference, for one and two threads."""
+    from numbaconv.kernels import transposed
+    algo = next(a for a in KERNELS if a.name == "direct" and a.transposed)
+    orders = []
+    real = transposed._rows_outer
+    monkeypatch.setattr(transposed, "_rows_outer", lambda *a: orders.append(real(*a)) or
+                        orders[-1])
+    rng = np.random.default_rng(11)
+    # 2 images x 48 rows x 96 channels of 64-wide padded rows: 1.2 MB per run, 5 channel blocks
+    big = Case((2, 96, 48, 48), (96, 40, 2, 2), stride=2, transposed=True)
+    corner = [Case((1, 64, 9, 11), (64, 24, 3, 3), stride=2, padding=1, groups=2,
+                   transposed=True)] + [c for c in CASES if c.transposed]
+    checked = 0
+    for forced, cases in [(False, [big]), (True, corner)]:
+        if forced:
+            monkeypatch.setattr(transposed, "_rows_outer",
+                                lambda ncb, *a: orders.append(ncb > 1) or orders[-1])
+        for case in cases:
+            if algo.why_not(case.problem) or max(case.problem.stride) == 1:
+                continue
+            x, w, b = case.arrays(rng)
+            expected = _reference(case, x, w, b)
+            orders.clear()
+            for threads in (1, 2):
+                with numbaconv.num_threads(threads):
+                    assert np.array_equal(_call("direct", case, x, w, b), expected), case
+            checked += orders == [True, True]
+    assert checked >= 4
 
 
 @pytest.mark.parametrize("m, n, k", [(128, 784, 1152), (1024, 196, 512), (32, 784, 192),

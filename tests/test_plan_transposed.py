@@ -63,6 +63,39 @@ def test_stride1_plan_flips_once_and_takes_winograd_where_a_forward_plan_does(rn
     assert exact.algorithm_for(x.shape) == "gemm"
 
 
+def test_strided_direct_plan_packs_its_weight_blocks_once(rng, monkeypatch):
+    from numbaconv.kernels import transposed
+    made = []
+
+    class Counted(transposed.PackedWeights):
+        def __init__(self, *args):
+            made.append(self)
+            super().__init__(*args)
+
+    monkeypatch.setattr(transposed, "PackedWeights", Counted)
+    # 24 output channels per group: 8-channel tiles; 16: 16-channel tiles (both packings)
+    for cg_out, groups in [(24, 1), (16, 2)]:
+        made.clear()
+        w = rng.integers(-4, 5, (4 * groups, cg_out, 4, 4)).astype(np.float32)
+        b = rng.integers(-4, 5, cg_out * groups).astype(np.float32)
+        kw = dict(stride=2, padding=1, groups=groups)
+        plan = numbaconv.plan_conv_transpose2d(w, b, **kw, algorithm="direct")
+        for x in [rng.integers(-4, 5, (2, 4 * groups, 20, 24)).astype(np.float32),
+                  rng.integers(-4, 5, (1, 4 * groups, 9, 33)).astype(np.float64)]:
+            want = numbaconv.conv_transpose2d(x, w, b, **kw, algorithm="direct")
+            for _ in range(2):
+                assert np.array_equal(plan(x), want)
+        assert len(made) == 2    # one per computation dtype, each packed for its tile width
+        assert [len(p._blocks) for p in made] == [1, 1]
+        # Inf in the weights: the columns beside the padding are recomputed as in a plain call
+        w[0, 0, 1, 2] = np.inf
+        plan = numbaconv.plan_conv_transpose2d(w, b, **kw, algorithm="direct")
+        x = rng.integers(-4, 5, (1, 4 * groups, 18, 18)).astype(np.float32)
+        want = numbaconv.conv_transpose2d(x, w, b, **kw, algorithm="direct")
+        assert np.isnan(want).any() and np.isinf(want).any()
+        assert np.array_equal(plan(x), want, equal_nan=True)
+
+
 def test_plan_keeps_its_own_copies(rng):
     w = rng.integers(-4, 5, (4, 3, 3, 3)).astype(np.float32)
     b = rng.integers(-4, 5, 3).astype(np.float32)

@@ -10,16 +10,19 @@ Stride-1 layers that run as forward convolutions of the flipped weights (transpo
 a :class:`~numbaconv.plan.Conv2dPlan`, which prepares them further (Winograd's transformed
 weights, the direct kernel's tile choice): a call neither flips nor transforms them again, and
 ``'auto'`` takes Winograd on the layers a forward plan would (``prepared`` in
-:func:`numbaconv.dispatch.rule`). Other layers (strides above 1, transposed ``gemm``) run
-``conv_transpose2d`` on the plan's copy of the weights. The plan holds copies: changing the arrays
+:func:`numbaconv.dispatch.rule`). With strides above 1 the transposed ``direct`` kernel reads its
+weight blocks packed once (:class:`numbaconv.kernels.transposed.PackedWeights`) instead of
+copying them per call; transposed ``gemm`` runs ``conv_transpose2d`` on the plan's copy of the
+weights. The plan holds copies: changing the arrays
 it was made from does not change it.
 """
 
 import numpy as np
 
-from . import _args, dispatch, stride1_lowering
-from ._front import as_array, compute_dtype
+from . import _args, _threads, dispatch, stride1_lowering
+from ._front import as_array, compute_dtype, output_array, prepare
 from .functional import conv_transpose2d
+from .kernels import transposed
 from .plan import Conv2dPlan, _Plan
 from .problem import ConvProblem
 
@@ -77,6 +80,7 @@ class ConvTranspose2dPlan(_Plan):
         # the forward padding depends on kernel, dilation, padding and output padding only
         self._forward_padding = None if forward is None else forward.padding
         self._forward = {}  # algorithm name -> Conv2dPlan of the flipped weights
+        self._packed = {}   # dtype -> the direct kernel's packed weights
         self._seen = {}     # (input shape, dtype) -> callable(input)
 
     def _problem(self, input_shape, dtype):
@@ -128,11 +132,32 @@ class ConvTranspose2dPlan(_Plan):
                     flipped, self._bias, 1, self._forward_padding, self.dilation, self.groups,
                     algorithm=name, exact=self.exact)
             return lambda x, out=None: forward(x, out=out)
+        if name == "direct":
+            return self._packed_direct
         kwargs = dict(stride=self.stride, padding=self.padding,
                       output_padding=self.output_padding, groups=self.groups,
                       dilation=self.dilation, algorithm=name, exact=self.exact)
         return lambda x, out=None: conv_transpose2d(x, self._weight, self._bias, **kwargs,
                                                     out=out)
+
+
+    def _packed_direct(self, x, out=None):
+        """``conv_transpose2d(x, ..., algorithm='direct', out=out)`` (strides above 1) on
+        weight blocks packed once per computation dtype."""
+        prepared = prepare("ConvTranspose2dPlan", 2, x, self._weight, self._bias,
+                           transposed=True, stride=self.stride, padding=self.padding,
+                           dilation=self.dilation, groups=self.groups,
+                           output_padding=self.output_padding)
+        result, batched = output_array(prepared, out)
+        problem = prepared.problem
+        if problem.batch:
+            dt = prepared.w.dtype
+            packed = self._packed.get(dt)
+            if packed is None:
+                packed = self._packed[dt] = transposed.PackedWeights(prepared.w, self.groups)
+            _threads.call(dispatch.get("direct", problem, self.exact, prepared=True).run,
+                          problem, prepared.x, packed, prepared.b, batched)
+        return result
 
 
 def plan_conv_transpose2d(weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
