@@ -77,7 +77,7 @@ def test_dot_refuses_groups():
 
 def test_workspace_stays_one_chunk_on_a_large_image():
     # im2col rows of all 16384 pixels would take 37 MB; chunks of about 1 MiB per thread are built
-    # in turn
+    # in turn (plus the vector accumulators of a chunk's pixel tiles, MR vectors per pixel)
     rng = np.random.default_rng(7)
     x = _ints(rng, (1, 64, 128, 128), np.float32)
     w = _ints(rng, (64, 64, 3, 3), np.float32)
@@ -85,6 +85,7 @@ def test_workspace_stays_one_chunk_on_a_large_image():
     numbaconv.conv2d(x[:, :, :8, :8], w, padding=1, algorithm="dot")  # compile outside the trace
     peak = extra_memory(lambda: numbaconv.conv2d(x, w, padding=1, algorithm="dot", out=out), 0)
     budget = dot.workspace_bytes(64 * 9, 128 * 128, 4)
-    assert budget <= numba.get_num_threads() * ((1 << 20) + 64 * 9 * 4)
+    rows = (1 << 20) // (64 * 9 * 4)   # pixels of one chunk
+    assert budget <= numba.get_num_threads() * (rows + dot.NR) * (64 * 9 + dot.MR * 16) * 4
     assert peak <= budget + (256 << 10), peak
     np.testing.assert_array_equal(out, reference.conv2d(x, w, padding=1))

@@ -193,7 +193,7 @@ ALGORITHMS = (
     Algorithm(
         name="dot", transposed=False, run=_dot_run, limits=_dot_limits, size_invariant=True,
         summary="dot products along K (vector lanes over C_in x kH x kW) of weight rows with "
-                "im2col rows, 3x7 register tiles; for few output pixels and many channels"),
+                "im2col rows, 5x5 register tiles; for few output pixels and many channels"),
     Algorithm(
         name="direct", transposed=False, run=_direct_run,
         summary="output pixels in the vector lanes over a zero-padded, stride-phase-split "
@@ -295,9 +295,9 @@ def _winograd_pays(problem, prepared=False):
                                              problem.batch * dh * dw * tiles >= enough)
 
 
-# The dot-product kernel covers output pixels in steps of 7, the GEMM's tiles in steps of 32: it
-# pays where that leaves many of the GEMM's lanes idle and the reduction is long. Measured on 2
-# cores (AVX-512, float32), dot / gemm speed: 3x3 C512 at 4x4, 6x6, 7x7 outputs 1.41, 1.37,
+# The dot-product kernel covers output pixels in steps of 5 (7 when these were measured), the
+# GEMM's tiles in steps of 32: it pays where that leaves many of the GEMM's lanes idle and the
+# reduction is long. Measured on 2 cores (AVX-512, float32), dot / gemm speed: 3x3 C512 at 4x4, 6x6, 7x7 outputs 1.41, 1.37,
 # 1.12 (two images of 7x7: 1.14, four: 1.12), C256 7x7 1.12; 0.84 on 8x8 (the GEMM's tiles full),
 # 1.00 on C128 7x7 and 0.88 on C64 7x7 (short K). Past one chunk of im2col rows (about 56 pixels
 # of C512 3x3) the weights are read once per chunk, and still: 3x3 C512 7x7 at batch 6, 8, 10 1.09,
