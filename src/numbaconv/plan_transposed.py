@@ -10,11 +10,10 @@ Stride-1 layers that run as forward convolutions of the flipped weights (transpo
 a :class:`~numbaconv.plan.Conv2dPlan`, which prepares them further (Winograd's transformed
 weights, the direct kernel's tile choice): a call neither flips nor transforms them again, and
 ``'auto'`` takes Winograd on the layers a forward plan would (``prepared`` in
-:func:`numbaconv.dispatch.rule`). With strides above 1 the transposed ``direct`` kernel reads its
-weight blocks packed once (:class:`numbaconv.kernels.transposed.PackedWeights`) instead of
-copying them per call; transposed ``gemm`` runs ``conv_transpose2d`` on the plan's copy of the
-weights. The plan holds copies: changing the arrays
-it was made from does not change it.
+:func:`numbaconv.dispatch.rule`). Other layers on the transposed ``direct`` kernel (strides
+above 1) read its weight blocks packed once (:class:`numbaconv.kernels.transposed.PackedWeights`)
+instead of copying them per call; transposed ``gemm`` runs ``conv_transpose2d`` on the plan's copy
+of the weights. The plan holds copies: changing the arrays it was made from does not change it.
 """
 
 import numpy as np
@@ -140,10 +139,9 @@ class ConvTranspose2dPlan(_Plan):
         return lambda x, out=None: conv_transpose2d(x, self._weight, self._bias, **kwargs,
                                                     out=out)
 
-
     def _packed_direct(self, x, out=None):
-        """``conv_transpose2d(x, ..., algorithm='direct', out=out)`` (strides above 1) on
-        weight blocks packed once per computation dtype."""
+        """``conv_transpose2d(x, ..., algorithm='direct', out=out)`` for layers that do not run
+        as forward convolutions, on weight blocks packed once per computation dtype."""
         prepared = prepare("ConvTranspose2dPlan", 2, x, self._weight, self._bias,
                            transposed=True, stride=self.stride, padding=self.padding,
                            dilation=self.dilation, groups=self.groups,
