@@ -297,14 +297,15 @@ def _winograd_pays(problem, prepared=False):
 
 # The dot-product kernel covers output pixels in steps of 5 (7 when these were measured), the
 # GEMM's tiles in steps of 32: it pays where that leaves many of the GEMM's lanes idle and the
-# reduction is long. Measured on 2 cores (AVX-512, float32), dot / gemm speed: 3x3 C512 at 4x4, 6x6, 7x7 outputs 1.41, 1.37,
-# 1.12 (two images of 7x7: 1.14, four: 1.12), C256 7x7 1.12; 0.84 on 8x8 (the GEMM's tiles full),
-# 1.00 on C128 7x7 and 0.88 on C64 7x7 (short K). Past one chunk of im2col rows (about 56 pixels
-# of C512 3x3) the weights are read once per chunk, and still: 3x3 C512 7x7 at batch 6, 8, 10 1.09,
-# 1.11, 1.12, C256 7x7 at batch 8 1.05 (11 interleaved rounds, 10-11 of them faster each). 1x1
-# kernels need more idle GEMM lanes to pay (their im2col rows gather across channel planes): 1x1
-# C2048->512 on 4x4 maps (GEMM tiles half used) at batch 1, 4, 8, 16 1.34, 1.11, 1.09, 1.24, but
-# on 7x7 maps (77% used) 0.84 and at batch 2 0.82, C1024->512 7x7 0.75.
+# reduction is long. Measured on 2 cores (AVX-512, float32), dot / gemm speed: 3x3 C512 at 4x4,
+# 6x6, 7x7 outputs 1.41, 1.37, 1.12 (two images of 7x7: 1.14, four: 1.12), C256 7x7 1.12; 0.84 on
+# 8x8 (the GEMM's tiles full), 1.00 on C128 7x7 and 0.88 on C64 7x7 (short K). Past one chunk of
+# im2col rows (about 56 pixels of C512 3x3) the weights are read once per chunk, and still: 3x3
+# C512 7x7 at batch 6, 8, 10 1.09, 1.11, 1.12, C256 7x7 at batch 8 1.05 (11 interleaved rounds,
+# 10-11 of them faster each). 1x1 kernels need more idle GEMM lanes to pay (their im2col rows
+# gather across channel planes): 1x1 C2048->512 on 4x4 maps (GEMM tiles half used) at batch 1, 4,
+# 8, 16 1.34, 1.11, 1.09, 1.24, but on 7x7 maps (77% used) 0.84 and at batch 2 0.82, C1024->512 7x7
+# 0.75.
 _DOT_MIN_K = 2048
 _DOT_MIN_GAIN = 1.15
 _DOT_MIN_GAIN_1X1 = 1.5

@@ -9,8 +9,8 @@ pixels (one contiguous, zero-padded row of ``K`` values per pixel). A register t
 weight rows by ``NR`` pixels (5 x 5 with 512-bit vectors: 25 accumulators, each a vector of partial
 sums) loads ``MR + NR`` vectors per ``MR * NR`` fused multiply-adds, then each accumulator is
 summed across its lanes. The tiles cover any pixel count in steps of ``NR`` (49 pixels: 10 tiles,
-one pixel of 50 computed twice). Against 3 x 7 tiles (10 loads per 21 FMAs instead of 25, the
-loads being what holds this loop below the FMA peak here), alternating processes, 6 rounds,
+one pixel of 50 computed twice). Against 3 x 7 tiles, whose 10 loads feed 21 FMAs instead of 25
+(the loads are what holds this loop below the FMA peak here), alternating processes, 6 rounds,
 float32, 2 threads: ResNet-50's 3x3 C512 7x7 164 -> 172 GFLOP/s at batch 1 (5 of 6 rounds faster),
 159 -> 171 at batch 8 (6 of 6); 3x3 C512 6x6 and 1x1 C2048->512 4x4 gained too (4 rounds).
 
@@ -45,7 +45,9 @@ _u = np.uint64  # index cast: unsigned indices skip Numba's negative-index wrapa
 # register tile: MR weight rows x NR pixels of vector accumulators, plus MR + 1 loaded vectors
 MR, NR = (5, 5) if _VBYTES == 64 else (2, 5)
 _CHUNK_BYTES = 1 << 20  # P rows of one pixel chunk (L2)
-_KC_BYTES = 8192  # K block: the tile's weight rows of it (24 KiB) stay in L1
+# K block per weight row. The tile's rows of it (40 KiB) outgrow L1, yet 4 and 6 KiB blocks ran
+# 1-5% slower on 3x3 C512 7x7 at batch 1 and 8 (interleaved, 15-25 rounds)
+_KC_BYTES = 8192
 
 _NIMG, _CIN, _H, _W, _COUT, _OH, _OW, _KH, _KW, _SH, _SW, _PT, _PL, _DH, _DW, _K, _KP, \
     _NPC, _KC = range(19)
