@@ -21,6 +21,8 @@ product (:func:`_vdot`, a fixed lane order) of the ``dY`` plane with the tap's i
 """
 
 
+import functools
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -209,19 +211,38 @@ def _driver(x, gf, dw, cout, groups, kh, kw, sh, sw, pt, pl, dh, dwl, oh, ow, ct
                                  dw, 0, init)
 
 
-def _blocks(groups, k, cog, nr):
+@functools.lru_cache(maxsize=256)
+def _blocks(groups, k, cog, nr, npix):
     """``(ct, n_cb, kt, n_kb)``: output channels and gradient columns (im2col rows) per task,
-    and their counts; from the shapes alone. A task transposes ``kt`` im2col rows per pixel
-    for ``ct * kt`` multiply-adds, so output channels are kept whole (``ct = C_out/groups``)
-    unless cutting ``K`` leaves too few tasks."""
+    and their counts; from the shapes alone (``npix`` = images x output pixels).
+
+    A task transposes its ``kt`` im2col rows and streams its ``ct`` rows of ``dY`` once per
+    pixel for ``ct * kt`` multiply-adds, so output channels are cut only where ``K`` alone
+    leaves too few tasks, and tasks stay wide. Among the cuts into at least ``_MIN_TASKS / 2``
+    tasks (when the shape has that many) the one with the least modelled time on two threads
+    wins (prange hands each a contiguous half; the GEMM's scoring). Cut by a fixed width, 3x3
+    C128's ``K = 1152`` took 8 tasks whose halves held 640 and 544 columns, C256's ``K = 2304``
+    9 (5 against 4)."""
     mr = _gemm.MR
     want = -(-_MIN_TASKS // groups)
-    kt = max(nr, -(-(-(-k // want)) // nr) * nr)
-    kt = min(kt, max(nr, _K_COLS))
-    n_kb = -(-k // kt)
-    n_cb = max(1, min(-(-want // n_kb), cog // 64))
-    ct = -(-(-(-cog // n_cb)) // mr) * mr
-    return ct, -(-cog // ct), kt, n_kb
+    most_cb = max(1, min(want, cog // 64))
+    finest = -(-cog // -(-(-(-cog // most_cb)) // mr) // mr) * -(-k // nr)
+    fewest = min(-(-_MIN_TASKS // 2 // groups), finest)
+    best = None
+    for n_cb in range(1, most_cb + 1):
+        ct = -(-(-(-cog // n_cb)) // mr) * mr
+        cts = np.minimum(ct, cog - ct * np.arange(-(-cog // ct)))
+        for kt in range(min(max(nr, _K_COLS) // nr, -(-k // nr)) * nr, 0, -nr):   # wide first
+            kts = np.minimum(kt, k - kt * np.arange(-(-k // kt)))
+            if cts.size * kts.size < fewest:
+                continue
+            # cycles: 16 multiply-adds a cycle, transposes, dY streamed per task, set-up
+            cost = (cts[:, None] * kts[None, :] * (npix / 16.0) + kts[None, :] * (npix * 0.5)
+                    + cts[:, None] * (npix * 0.5) + 3000.0).ravel()
+            score = _gemm._two_thread_score(cost, groups)
+            if best is None or score < best[0] * (1 - 1e-3):
+                best = (score, ct, cts.size, kt, kts.size)
+    return best[1:]
 
 
 def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, pad_left, dil_h,
@@ -263,7 +284,7 @@ def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, p
         _depthwise_driver(x, grad_out.reshape(-1), dw.reshape(-1), cog, kh, kw, stride_h,
                           stride_w, pad_top, pad_left, dil_h, dil_w, oh, ow, pc, pc, ws_col)
         return dw
-    ct, n_cb, kt, n_kb = _blocks(groups, k, cog, nr)
+    ct, n_cb, kt, n_kb = _blocks(groups, k, cog, nr, nb * oh * ow)
     pc = min(_PIXEL_CHUNK, oh * ow)
     ldcol = pc + (nr // _gemm.NV if _gemm._l1_hostile(pc, itemsize) else 0)
     threads = numba.config.NUMBA_NUM_THREADS
