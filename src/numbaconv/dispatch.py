@@ -404,7 +404,7 @@ def rule(problem, exact=False, prepared=False):
        10x10, 12x12, 14x14 and 15x15 outputs, stride 2 onto 9x9 to 15x15 except 11x11; see
        ``_direct_lanes_pay``); among those,
        ``dot`` for ungrouped layers with a long reduction (``C_in * kH * kW >= 2048``) when its
-       7-pixel tiles cover the output pixels at least 1.15 times better than the GEMM's 32-pixel
+       5-pixel tiles cover the output pixels at least 1.15 times better than the GEMM's 32-pixel
        ones within each image (1.5 times for 1x1 kernels): ResNet-50's last 3x3 layer at any
        batch, 1x1 layers on 4x4 maps.
     4. ``direct`` otherwise: dense 3x3 and larger kernels, strided or dilated, and images with few

@@ -224,24 +224,24 @@ def _blocks(groups, k, cog, nr, npix):
     C128's ``K = 1152`` took 8 tasks whose halves held 640 and 544 columns, C256's ``K = 2304``
     9 (5 against 4)."""
     mr = _gemm.MR
-    want = -(-_MIN_TASKS // groups)
-    most_cb = max(1, min(want, cog // 64))
-    finest = -(-cog // -(-(-(-cog // most_cb)) // mr) // mr) * -(-k // nr)
-    fewest = min(-(-_MIN_TASKS // 2 // groups), finest)
-    best = None
+    most_cb = max(1, min(-(-_MIN_TASKS // groups), cog // 64))
+    cuts = []   # (ct, task widths in channels, kt, task widths in columns), wide tasks first
     for n_cb in range(1, most_cb + 1):
         ct = -(-(-(-cog // n_cb)) // mr) * mr
-        cts = np.minimum(ct, cog - ct * np.arange(-(-cog // ct)))
-        for kt in range(min(max(nr, _K_COLS) // nr, -(-k // nr)) * nr, 0, -nr):   # wide first
-            kts = np.minimum(kt, k - kt * np.arange(-(-k // kt)))
-            if cts.size * kts.size < fewest:
-                continue
-            # cycles: 16 multiply-adds a cycle, transposes, dY streamed per task, set-up
-            cost = (cts[:, None] * kts[None, :] * (npix / 16.0) + kts[None, :] * (npix * 0.5)
-                    + cts[:, None] * (npix * 0.5) + 3000.0).ravel()
-            score = _gemm._two_thread_score(cost, groups)
-            if best is None or score < best[0] * (1 - 1e-3):
-                best = (score, ct, cts.size, kt, kts.size)
+        for kt in range(min(max(nr, _K_COLS) // nr, -(-k // nr)) * nr, 0, -nr):
+            cuts.append((ct, np.minimum(ct, cog - ct * np.arange(-(-cog // ct))), kt,
+                         np.minimum(kt, k - kt * np.arange(-(-k // kt)))))
+    fewest = min(-(-_MIN_TASKS // 2 // groups), max(c.size * w.size for _, c, _, w in cuts))
+    best = None
+    for ct, cts, kt, kts in cuts:
+        if cts.size * kts.size < fewest:
+            continue
+        # cycles: 16 multiply-adds a cycle, transposes, dY streamed per task, set-up
+        cost = (cts[:, None] * kts[None, :] * (npix / 16.0) + kts[None, :] * (npix * 0.5)
+                + cts[:, None] * (npix * 0.5) + 3000.0).ravel()
+        score = _gemm._two_thread_score(cost, groups)
+        if best is None or score < best[0] * (1 - 1e-3):   # ties keep the wider tasks
+            best = (score, ct, cts.size, kt, kts.size)
     return best[1:]
 
 
