@@ -164,6 +164,79 @@ def test_weight_gradient_tasks_share_the_work_evenly_and_keep_the_bits(cin, cout
     assert max(sum(work[:half]), sum(work[half:])) <= 1.05 * sum(work) / 2, work
 
 
+_ROWS_CASES = [  # (batch, C_in, C_out, kernel, size, (pad_top, pad_left), dilation, groups)
+    (3, 32, 40, 3, 11, (1, 1), 1, 1),      # a partial panel of output channels
+    (2, 64, 32, 3, 9, (2, 2), 2, 1),       # dilated
+    (2, 40, 64, 5, 10, (2, 1), 1, 1),      # uneven padding; rows runs of 40 (not 8-aligned)
+    (2, 64, 64, 3, 12, (1, 1), 1, 2),      # groups
+    (1, 48, 96, 1, 13, (0, 0), 1, 1),      # 1x1
+    (2, 32, 32, 3, 16, (0, 0), 1, 1),      # no padding: output smaller than the input
+]
+
+
+@pytest.mark.parametrize("case", _ROWS_CASES, ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_gradient_reading_the_input_in_place_keeps_the_bits(case, dtype, monkeypatch,
+                                                                   rng):
+    """The stride-1 path that reads the padded input in place: on integer data the
+    reference's values, on random data the im2col path's bits (same sums in the same order),
+    also when the images are taken a few at a time, with 1 and 2 threads."""
+    from numbaconv.kernels import weight_grad, weight_grad_rows
+    nb, cin, cout, k, size, (pt, pl), d, groups = case
+    w_shape = (cout, cin // groups, k, k)
+    oh = size + 2 * pt - d * (k - 1)
+    ow = size + 2 * pl - d * (k - 1)
+
+    def rows(x, g):
+        return weight_grad_rows.conv2d_weight_grad_rows(x, g, w_shape, pt, pl, d, d, groups)
+
+    x = rng.integers(-4, 5, (nb, cin, size, size)).astype(dtype)
+    g = rng.integers(-4, 5, (nb, cout, oh, ow)).astype(dtype)
+    want = reference.conv2d_weight_grad(x, g, w_shape, (1, 1), (pt, pl), (d, d), groups)
+    assert np.array_equal(rows(x, g), want)
+
+    x = rng.standard_normal(x.shape).astype(dtype)
+    g = rng.standard_normal(g.shape).astype(dtype)
+    monkeypatch.setattr(weight_grad._rows, "pays", lambda *args: False)
+    im2col = weight_grad.conv2d_weight_grad(x, g, w_shape, 1, 1, pt, pl, d, d, groups)
+    assert np.array_equal(rows(x, g), im2col)
+    # the last rows and columns of the output gradient dropped (a cropped gradient)
+    im2col_crop = weight_grad.conv2d_weight_grad(x, g[:, :, :-1, :-2].copy(), w_shape, 1, 1, pt,
+                                                 pl, d, d, groups)
+    assert np.array_equal(weight_grad_rows.conv2d_weight_grad_rows(
+        x, g[:, :, :-1, :-2].copy(), w_shape, pt, pl, d, d, groups), im2col_crop)
+    monkeypatch.setattr(weight_grad_rows, "_GROUP_BYTES", 1)      # one image at a time
+    for threads in (1, 2):
+        with numbaconv.num_threads(threads):
+            assert np.array_equal(rows(x, g), im2col)
+
+
+def test_weight_gradient_in_place_hands_non_finite_inputs_to_im2col(rng):
+    """Its padding pixels multiply zeros by input values: an Inf input would turn them into
+    NaN, so such inputs take the im2col path, whose NaN/Inf pattern is the reference's."""
+    from numbaconv.kernels import weight_grad_rows
+    x = rng.integers(-4, 5, (2, 32, 12, 12)).astype(np.float32)
+    g = rng.integers(-4, 5, (2, 32, 12, 12)).astype(np.float32)
+    x[1, 3, 5, 11] = np.inf
+    w_shape = (32, 32, 3, 3)
+    assert weight_grad_rows.conv2d_weight_grad_rows(x, g, w_shape, 1, 1, 1, 1, 1) is None
+    got = grad.conv2d_weight(x, w_shape, g, padding=1)
+    want = reference.conv2d_weight_grad(x, g, w_shape, (1, 1), (1, 1), (1, 1), 1)
+    assert np.array_equal(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("shape, in_place", [
+    ((64, 64, 3, 56, 1), True), ((128, 128, 3, 28, 1), True), ((64, 256, 1, 56, 1), True),
+    ((256, 256, 3, 33, 2), False), ((256, 256, 3, 14, 1), False), ((512, 512, 3, 7, 1), False),
+    ((4, 4, 3, 56, 1), False), ((1, 32, 5, 512, 1), False)])
+def test_which_weight_gradients_read_the_input_in_place(shape, in_place):
+    """Measured (see weight_grad_rows._MAX_EXTRA): the in-place read pays where padding adds
+    under 8% pixels and the channels fill the register tiles (per group: ResNeXt's 4)."""
+    from numbaconv.kernels import weight_grad_rows
+    cg, cog, k, ow, d = shape
+    assert weight_grad_rows.pays(cg, cog, ow, k, d, 4) == in_place
+
+
 def test_inputs_are_not_modified(rng):
     x = rng.standard_normal((2, 4, 9, 9))
     w = rng.standard_normal((6, 4, 3, 3))

@@ -285,6 +285,31 @@ def test_blocked_transpose(shape, dtype, rng):
     assert transpose.swap_last_two(src, dst) is dst
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_register_tile_transpose_writes_only_its_tile(dtype, rng):
+    """``tile_transpose`` for every tile size up to a vector's width, at odd offsets and
+    strides: the transposed tile, and no element outside it read into it or written."""
+    import numba
+    from numbaconv.kernels.transpose import tile_transpose
+
+    @numba.njit
+    def run(src, soff, lds, dst, doff, ldd, rows, cols):
+        tile_transpose(src, soff, lds, dst, doff, ldd, rows, cols)
+
+    lanes = vector_bytes() // np.dtype(dtype).itemsize
+    src = rng.standard_normal(40 * 37).astype(dtype)
+    for rows in range(lanes + 1):
+        for cols in (0, 1, lanes // 2 + 1, lanes):
+            soff, lds, doff, ldd = 5, 37, 3, lanes + 3
+            dst = np.full(ldd * (lanes + 1), np.nan, dtype)
+            run(src, soff, lds, dst, doff, ldd, rows, cols)
+            want = np.full_like(dst, np.nan)
+            for j in range(cols):
+                for i in range(rows):
+                    want[doff + j * ldd + i] = src[soff + i * lds + j]
+            assert np.array_equal(dst, want, equal_nan=True), (rows, cols)
+
+
 def test_transposing_path_layouts(rng):
     """Problems without a native channels-last kernel (few channels per group, one channel,
     3-D) give the channels-first bits through the blocked transposes."""

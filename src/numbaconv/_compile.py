@@ -45,7 +45,7 @@ def precompile(dtypes=("float32", "float64")):
     >>> sorted(numbaconv.precompile(dtypes=("float32",)))
     ['depthwise', 'direct', 'direct (transposed)', 'dot', 'gemm', 'gemm (NHWC)', 'gemm (transposed)', 'grouped (NHWC)', 'im2col', 'weight gradient', 'winograd']
     """
-    from .kernels import conv_nhwc, grouped_nhwc, transpose, weight_grad
+    from .kernels import conv_nhwc, grouped_nhwc, transpose, weight_grad, weight_grad_rows
 
     spent = {}
     rng = np.random.default_rng(0)
@@ -70,6 +70,13 @@ def precompile(dtypes=("float32", "float64")):
                     problem.groups)
                 spent["weight gradient"] = spent.get("weight gradient", 0.0) + \
                     time.perf_counter() - start
+        # the stride-1 weight gradient that reads its input in place (the warm-up shapes are
+        # too small for its rule)
+        start = time.perf_counter()
+        weight_grad_rows.conv2d_weight_grad_rows(np.ones((1, 32, 4, 4), dtype),
+                                                 np.ones((1, 32, 4, 4), dtype), (32, 32, 3, 3),
+                                                 1, 1, 1, 1, 1)
+        spent["weight gradient"] += time.perf_counter() - start
         start = time.perf_counter()
         conv_nhwc.conv2d_nhwc(np.ones((1, 5, 5, 3), dtype), np.ones((3, 3, 3, 4), dtype),
                               np.ones(4, dtype), np.empty((1, 5, 5, 4), dtype), (1, 1),

@@ -15,6 +15,9 @@ gradient element is summed over ``n`` ascending, then the pixels ascending, one 
 multiply-add each, starting from zero: the result does not depend on the blocking or on the
 number of threads.
 
+Stride-1 layers whose padding adds few pixels per output row read the input in place instead
+of copying im2col rows (:mod:`.weight_grad_rows`; same sums in the same order, same bits).
+
 Depthwise layers (one input channel per group) have one weight row per channel, far too narrow
 for GEMM tiles: there each channel is a task, and each tap's gradient is a vectorised dot
 product (:func:`_vdot`, a fixed lane order) of the ``dY`` plane with the tap's im2col row.
@@ -32,8 +35,10 @@ from numba.extending import intrinsic
 
 from .._jit import kernel, parallel_kernel
 from . import gemm as _gemm
+from . import weight_grad_rows as _rows
 from .im2col import _im2col_rows
 from .scratch import buffer
+from .transpose import tile_transpose
 
 _PIXEL_CHUNK = 256     # reduction block (micro-kernel K loop): B panel 256 x 32 floats in L1
 _K_COLS = 256          # gradient columns (im2col rows) per task: its B panels stay in L2
@@ -159,17 +164,21 @@ def _depthwise_driver(x, gf, dw, m, kh, kw, sh, sw, pt, pl, dh, dwl, oh, ow, pc,
 def _pack_columns(col, ldcol, rows, kc, bp):
     """``bp[(j//NR)*kc*NR + p*NR + j%NR] = col[j*ldcol + p]`` for ``j < rows``, ``p < kc``
     (zeros in the last panel past ``rows``): the im2col rows become the columns of NR-wide B
-    panels, one pixel per panel row. A transpose within cache, ``1/C_out`` of the work."""
-    nr = _gemm.NV * _gemm._lanes(bp)
-    for j0 in range(0, rows, nr):
-        base = (j0 // nr) * kc * nr
-        width = min(nr, rows - j0)
+    panels, one pixel per panel row. A transpose within cache by register tiles, ``1/C_out``
+    of the work."""
+    lanes = _gemm._lanes(bp)
+    nr = _gemm.NV * lanes
+    for j0 in range(0, rows, lanes):
+        base = (j0 // nr) * kc * nr + j0 % nr
+        for p0 in range(0, kc, lanes):
+            tile_transpose(col, j0 * ldcol + p0, ldcol, bp, base + p0 * nr, nr,
+                           min(lanes, rows - j0), min(lanes, kc - p0))
+    tail = rows % nr
+    if tail:
+        base = (rows // nr) * kc * nr
         for p in range(kc):
-            d = base + p * nr
-            for jj in range(width):
-                bp[d + jj] = col[(j0 + jj) * ldcol + p]
-            for jj in range(width, nr):
-                bp[d + jj] = 0
+            for jj in range(tail, nr):
+                bp[base + p * nr + jj] = 0
 
 
 @parallel_kernel
@@ -284,6 +293,11 @@ def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, p
         _depthwise_driver(x, grad_out.reshape(-1), dw.reshape(-1), cog, kh, kw, stride_h,
                           stride_w, pad_top, pad_left, dil_h, dil_w, oh, ow, pc, pc, ws_col)
         return dw
+    if stride_h == stride_w == 1 and _rows.pays(cg, cog, ow, kw, dil_w, itemsize):
+        dw = _rows.conv2d_weight_grad_rows(x, grad_out, weight_shape, pad_top, pad_left, dil_h,
+                                           dil_w, groups)
+        if dw is not None:      # else the input is not finite: the im2col path handles it
+            return dw
     ct, n_cb, kt, n_kb = _blocks(groups, k, cog, nr, nb * oh * ow)
     pc = min(_PIXEL_CHUNK, oh * ow)
     ldcol = pc + (nr // _gemm.NV if _gemm._l1_hostile(pc, itemsize) else 0)
