@@ -43,6 +43,18 @@ def test_forward_problem_with_flipped_weights_is_the_transposed_convolution(case
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kernel", [(3, 3), (1, 1), (2, 2)])
+def test_flipped_weights_across_block_edges(kernel, dtype, rng):
+    """3x3 kernels move as reversed vectors, 1x1 weights by register-tile transposes: channel
+    counts that end mid-block and mid-tile, grouped and not."""
+    for cin, cog, groups in ((37, 21, 1), (34, 40, 2), (16, 16, 1), (3, 50, 3)):
+        w = rng.standard_normal((cin, cog) + kernel).astype(dtype)
+        got = stride1_lowering.flipped_weights(w, groups)
+        want = np.swapaxes(w.reshape((groups, -1) + w.shape[1:]), 1, 2)[..., ::-1, ::-1]
+        assert np.array_equal(got, want.reshape(got.shape))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_flipped_weights_of_empty_and_grouped_kernels(dtype):
     w = np.arange(4 * 3 * 2 * 5, dtype=dtype).reshape(4, 3, 2, 5)
     for groups in (1, 2, 4):

@@ -17,7 +17,7 @@ the transposed kernels).
 
 That lets stride-1 transposed layers (decoders, and every input gradient of a stride-1
 convolution, see :mod:`numbaconv.grad`) run on the forward kernels: Winograd for 3x3 layers, the
-depthwise kernel, the direct kernel. Each call flips the weights into a kept scratch buffer (48-60
+depthwise kernel, the direct kernel. Each call flips the weights into a kept scratch buffer (15-17
 us for C128 3x3 weights on 2 threads; a plain reversal for depthwise weights); a
 transposed plan (:mod:`numbaconv.plan_transposed`) flips them once.
 """
@@ -25,9 +25,14 @@ transposed plan (:mod:`numbaconv.plan_transposed`) flips them once.
 import functools
 
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.extending import intrinsic
 
 from ._jit import parallel_kernel
+from .kernels.gemm import _lanes
+from .kernels.ir_vectors import Vectors
+from .kernels.transpose import tile_transpose
 from .kernels.scratch import buffer
 from .problem import ConvProblem
 
@@ -62,15 +67,45 @@ def forward_problem(problem):
 _FLIP_BLOCK = 16   # kernels per side of the square blocks the flip copies at once
 
 
+@intrinsic
+def _reversed_kernel(typingctx, src, soff, dst, doff, taps_):
+    """``dst[doff + t] = src[soff + taps - 1 - t]`` for ``t < taps`` (a compile-time constant).
+    Up to one vector register's elements: one masked load, one permute, one masked store, where
+    a scalar copy spends a load and a store per tap; more (narrower vectors): scalar copies."""
+    if not isinstance(taps_, types.IntegerLiteral):
+        return None
+    taps = taps_.literal_value
+    sig = types.void(src, soff, dst, doff, taps_)
+
+    def codegen(context, builder, signature, args):
+        e = Vectors(context, builder, signature.args[0])
+        sp = e.ptr(signature.args[0], args[0], args[1])
+        dp = e.ptr(signature.args[2], args[2], args[3])
+        if taps > e.lanes:
+            for t in range(taps):
+                value = builder.load(builder.gep(sp, [ir.Constant(e.i64, taps - 1 - t)]))
+                builder.store(value, builder.gep(dp, [ir.Constant(e.i64, t)]))
+            return context.get_dummy_value()
+        mask = e.mask(taps, e.lanes)
+        v = e.load(sp, mask)
+        rev = e.shuffle(v, v, [taps - 1 - t if t < taps else t for t in range(e.lanes)])
+        e.store(rev, dp, mask)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @parallel_kernel
 def _flip(wf, cin, cog, taps, groups, of):
     """``out[g*cog + o, i, t] = w[g*cig + i, o, taps - 1 - t]`` for ``w`` (C_in, cog, taps) flat
     in ``wf``, ``out`` (groups*cog, cig, taps) flat in ``of``.
 
     A transpose of the channel axes, by square blocks of kernels whose rows stay in cache on
-    both sides; 3x3 and 1x1 kernels have their own loops, written out (with a tap loop of
-    run-time length C128 3x3 weights took 97-142 us instead of 48-60)."""
+    both sides. A 3x3 kernel moves as one reversed vector (2 threads: C128 weights 15-17 us,
+    C256 54-64, C512 238-271, where nine scalar copies took 52, 198, 811); 1x1 weights are a
+    plain transpose, by register tiles (C256 35 -> 12 us); other kernels go tap by tap."""
     cig = cin // groups
+    lanes = _lanes(of)
     blk = _FLIP_BLOCK
     nob = (cog + blk - 1) // blk
     step = cog * taps
@@ -79,25 +114,19 @@ def _flip(wf, cin, cog, taps, groups, of):
         o0 = (item - g * nob) * blk
         for i0 in range(0, cig, blk):
             n = min(cig, i0 + blk) - i0
+            if taps == 1:   # a plain transpose of the channel axes, by register tiles
+                for o1 in range(o0, min(cog, o0 + blk), lanes):
+                    for i1 in range(i0, i0 + n, lanes):
+                        tile_transpose(wf, (g * cig + i1) * cog + o1, cog, of,
+                                       (g * cog + o1) * cig + i1, cig, min(lanes, i0 + n - i1),
+                                       min(lanes, cog - o1))
+                continue
             for o in range(o0, min(cog, o0 + blk)):
                 src = ((g * cig + i0) * cog + o) * taps + taps - 1   # last tap of kernel (i0, o)
                 dst = ((g * cog + o) * cig + i0) * taps
                 if taps == 9:
                     for i in range(n):
-                        s = src + i * step
-                        d = dst + i * 9
-                        of[d] = wf[s]
-                        of[d + 1] = wf[s - 1]
-                        of[d + 2] = wf[s - 2]
-                        of[d + 3] = wf[s - 3]
-                        of[d + 4] = wf[s - 4]
-                        of[d + 5] = wf[s - 5]
-                        of[d + 6] = wf[s - 6]
-                        of[d + 7] = wf[s - 7]
-                        of[d + 8] = wf[s - 8]
-                elif taps == 1:
-                    for i in range(n):
-                        of[dst + i] = wf[src + i * step]
+                        _reversed_kernel(wf, src + i * step - 8, of, dst + i * 9, 9)
                 else:
                     for i in range(n):
                         for t in range(taps):
