@@ -169,7 +169,7 @@ _ROWS_CASES = [  # (batch, C_in, C_out, kernel, size, (pad_top, pad_left), dilat
     (2, 64, 32, 3, 9, (2, 2), 2, 1),       # dilated
     (2, 40, 64, 5, 10, (2, 1), 1, 1),      # uneven padding; rows runs of 40 (not 8-aligned)
     (2, 64, 64, 3, 12, (1, 1), 1, 2),      # groups
-    (1, 48, 96, 1, 13, (0, 0), 1, 1),      # 1x1
+    (2, 48, 96, 1, 13, (0, 0), 1, 1),      # 1x1: read from the input itself
     (2, 32, 32, 3, 16, (0, 0), 1, 1),      # no padding: output smaller than the input
 ]
 
@@ -222,6 +222,12 @@ def test_weight_gradient_in_place_hands_non_finite_inputs_to_im2col(rng):
     assert weight_grad_rows.conv2d_weight_grad_rows(x, g, w_shape, 1, 1, 1, 1, 1) is None
     got = grad.conv2d_weight(x, w_shape, g, padding=1)
     want = reference.conv2d_weight_grad(x, g, w_shape, (1, 1), (1, 1), (1, 1), 1)
+    assert np.array_equal(got, want, equal_nan=True)
+    # an unpadded 1x1 kernel has no such pixels: it reads the input in place, Inf and all
+    x[0, 7, 2, 2] = -np.inf
+    got = weight_grad_rows.conv2d_weight_grad_rows(x, g, (32, 32, 1, 1), 0, 0, 1, 1, 1)
+    want = reference.conv2d_weight_grad(x, g, (32, 32, 1, 1), (1, 1), (0, 0), (1, 1), 1)
+    assert np.isnan(want).any() and np.isinf(want).any()
     assert np.array_equal(got, want, equal_nan=True)
 
 
