@@ -169,7 +169,7 @@ _ROWS_CASES = [  # (batch, C_in, C_out, kernel, size, (pad_top, pad_left), dilat
     (2, 64, 32, 3, 9, (2, 2), 2, 1),       # dilated
     (2, 40, 64, 5, 10, (2, 1), 1, 1),      # uneven padding; rows runs of 40 (not 8-aligned)
     (2, 64, 64, 3, 12, (1, 1), 1, 2),      # groups
-    (2, 48, 96, 1, 13, (0, 0), 1, 1),      # 1x1: read from the input itself
+    (2, 48, 96, 1, 13, (0, 0), 1, 1),      # 1x1
     (2, 32, 32, 3, 16, (0, 0), 1, 1),      # no padding: output smaller than the input
 ]
 
@@ -223,12 +223,35 @@ def test_weight_gradient_in_place_hands_non_finite_inputs_to_im2col(rng):
     got = grad.conv2d_weight(x, w_shape, g, padding=1)
     want = reference.conv2d_weight_grad(x, g, w_shape, (1, 1), (1, 1), (1, 1), 1)
     assert np.array_equal(got, want, equal_nan=True)
-    # an unpadded 1x1 kernel has no such pixels: it reads the input in place, Inf and all
+    # an unpadded 1x1 kernel transposes the input's own rows (no pixels past the output)
     x[0, 7, 2, 2] = -np.inf
-    got = weight_grad_rows.conv2d_weight_grad_rows(x, g, (32, 32, 1, 1), 0, 0, 1, 1, 1)
+    got = grad.conv2d_weight(x, (32, 32, 1, 1), g)
     want = reference.conv2d_weight_grad(x, g, (32, 32, 1, 1), (1, 1), (0, 0), (1, 1), 1)
     assert np.isnan(want).any() and np.isinf(want).any()
     assert np.array_equal(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("cin, cout, groups, batch", [(64, 256, 1, 1), (48, 40, 1, 3),
+                                                      (64, 96, 2, 2), (33, 17, 1, 2)])
+def test_pointwise_weight_gradient_transposes_the_input_rows(cin, cout, groups, batch,
+                                                             monkeypatch, rng):
+    """Unpadded stride-1 1x1 layers transpose the input's own rows into the GEMM's panels (no
+    im2col copy): the reference's values on integer data, the copying path's bits on random
+    data (a last row of 1x1 shapes kept wider than the gradient takes the copying path)."""
+    from numbaconv.kernels import weight_grad
+    w_shape = (cout, cin // groups, 1, 1)
+    x = rng.integers(-4, 5, (batch, cin, 20, 17)).astype(np.float32)    # two pixel chunks
+    g = rng.integers(-4, 5, (batch, cout, 20, 17)).astype(np.float32)
+    want = reference.conv2d_weight_grad(x, g, w_shape, (1, 1), (0, 0), (1, 1), groups)
+    assert np.array_equal(weight_grad.conv2d_weight_grad(x, g, w_shape, 1, 1, 0, 0, 1, 1,
+                                                         groups), want)
+    x = rng.standard_normal((batch, cin, 20, 18)).astype(np.float32)
+    g = rng.standard_normal((batch, cout, 20, 17)).astype(np.float32)
+    monkeypatch.setattr(weight_grad._rows, "pays", lambda *args: False)
+    copied = weight_grad.conv2d_weight_grad(x, g, w_shape, 1, 1, 0, 0, 1, 1, groups)
+    same = weight_grad.conv2d_weight_grad(np.ascontiguousarray(x[..., :17]), g, w_shape, 1, 1,
+                                          0, 0, 1, 1, groups)
+    assert np.array_equal(same, copied)
 
 
 @pytest.mark.parametrize("shape, in_place", [

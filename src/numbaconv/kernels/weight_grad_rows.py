@@ -26,9 +26,7 @@ results.
 
 The extra pixels multiply those zeros by input values, which is NaN for an infinite input: the
 padded copy checks the input, and :func:`conv2d_weight_grad_rows` returns None when it is not
-finite (the im2col path then computes the gradient). An unpadded 1x1 kernel over the input's
-whole width has no extra pixels and needs no copy: it reads the input itself (1x1 C256->64
-56x56 1.52x, C64->256 1.15x against the padded copy).
+finite (the im2col path then computes the gradient).
 """
 
 import functools
@@ -143,8 +141,8 @@ def _pack_grad(gf, n0, nimg, cout, groups, oh, ow, wp, bp):
 
 
 @parallel_kernel
-def _driver(xp, x0, plane, cin, bp, npp, dwt, nimg, first, groups, cog, taps, toff, ct, n_cb,
-            kt, n_kb, pc):
+def _driver(xp, plane, cin, bp, npp, dwt, nimg, first, groups, cog, taps, toff, ct, n_cb, kt,
+            n_kb, pc):
     cg = cin // groups
     k = cg * taps
     nr = _gemm.NV * _gemm._lanes(dwt)
@@ -172,7 +170,7 @@ def _driver(xp, x0, plane, cin, bp, npp, dwt, nimg, first, groups, cog, taps, to
                         tap = row // cg
                         ci = row - tap * cg
                         end = min(k1, (tap + 1) * cg)
-                        aoff = ((x0 + i) * cin + g * cg + ci) * plane + toff[tap] + q0
+                        aoff = (i * cin + g * cg + ci) * plane + toff[tap] + q0
                         # result rows in the weights' order (channel, tap): taps*cog apart
                         _gemm._strip(kc, xp, aoff, _gemm.MR * plane, 1, plane, bp, boff, nr,
                                      dwt, (g * k + ci * taps + tap) * cog + j, taps * cog,
@@ -249,18 +247,11 @@ def conv2d_weight_grad_rows(x, grad_out, weight_shape, pad_top, pad_left, dil_h,
     plane = -(-hp * wp // lanes) * lanes
     if _gemm._l1_hostile(plane, isz):
         plane += lanes
-    # An unpadded 1x1 kernel over the whole width numbers the pixels as the input lies: its rows
-    # are read from the input itself (no copy, and no pixels past the output to check for).
-    in_place = (kh == kw == 1 and pad_top == pad_left == 0 and x.shape[3] == ow
-                and not _gemm._l1_hostile(x.shape[2] * ow, isz))
-    if in_place:
-        plane = x.shape[2] * ow
     npp = oh * wp
     npan = -(-cog // nr)
-    per_image = (0 if in_place else cin * plane) + groups * npan * npp * nr
+    per_image = cin * plane + groups * npan * npp * nr
     per_group = max(1, min(nb, _GROUP_BYTES // (per_image * isz)))
-    xp = x.reshape(-1) if in_place else buffer("weight_grad.padded", per_group * cin * plane, dt,
-                                               _KEEP_BYTES)
+    xp = buffer("weight_grad.padded", per_group * cin * plane, dt, _KEEP_BYTES)
     bp = buffer("weight_grad.panels", per_group * groups * npan * npp * nr, dt, _KEEP_BYTES)
     dwt = buffer("weight_grad.transposed", cout * k, dt, _KEEP_BYTES)
     itype = np.int32 if isz == 4 else np.int64
@@ -272,12 +263,11 @@ def conv2d_weight_grad_rows(x, grad_out, weight_shape, pad_top, pad_left, dil_h,
     gf = grad_out.reshape(-1)
     for n0 in range(0, nb, per_group):
         nimg = min(per_group, nb - n0)
-        if not in_place and _pad(x, bits, mask, n0, nimg, pad_top, pad_left, hp, wp, plane,
-                                 xp) == mask:
+        if _pad(x, bits, mask, n0, nimg, pad_top, pad_left, hp, wp, plane, xp) == mask:
             return None
         _pack_grad(gf, n0, nimg, cout, groups, oh, ow, wp, bp)
-        _driver(xp, n0 if in_place else 0, plane, cin, bp, npp, dwt, nimg, n0 == 0, groups, cog,
-                taps, toff, ct, n_cb, kt, n_kb, min(_PIXEL_CHUNK, npp))
+        _driver(xp, plane, cin, bp, npp, dwt, nimg, n0 == 0, groups, cog, taps, toff, ct, n_cb,
+                kt, n_kb, min(_PIXEL_CHUNK, npp))
     dw = np.empty(weight_shape, dtype=dt)
     _untranspose(dwt, groups, cog, k, dw.reshape(-1))
     return dw
