@@ -20,6 +20,29 @@ from numbaconv.kernels.ir_vectors import Vectors
 _BLOCK = 32
 
 
+def _tile_codegen(e, builder, row_ptr, dbase, ldd, rows_v, cols_v):
+    """The transpose of :func:`tile_transpose`, source row ``i`` at ``row_ptr(i)``."""
+    L = e.lanes
+    rows, cols = e.as64(rows_v), e.as64(cols_v)
+    colmask = e.mask(cols_v, L)
+    rowmask = e.mask(rows_v, L)
+    none = ir.Constant(colmask.type, [0] * L)
+    vecs = []
+    for i in range(L):
+        ok = builder.icmp_signed("<", ir.Constant(e.i64, i), rows)
+        vecs.append(e.load(row_ptr(i), builder.select(ok, colmask, none)))
+    half = L // 2
+    lo = [q for lane in range(half) for q in (lane, L + lane)]
+    hi = [q for lane in range(half, L) for q in (lane, L + lane)]
+    for _ in range(L.bit_length() - 1):
+        vecs = [v for i in range(half) for v in (e.shuffle(vecs[i], vecs[i + half], lo),
+                                                 e.shuffle(vecs[i], vecs[i + half], hi))]
+    for j in range(L):
+        ok = builder.icmp_signed("<", ir.Constant(e.i64, j), cols)
+        p = builder.gep(dbase, [builder.mul(ir.Constant(e.i64, j), ldd)])
+        e.store(vecs[j], p, builder.select(ok, rowmask, none))
+
+
 @intrinsic
 def tile_transpose(typingctx, src, soff, lds, dst, doff, ldd, rows, cols):
     """``dst[doff + j*ldd + i] = src[soff + i*lds + j]`` for ``i < rows``, ``j < cols``, with
@@ -35,29 +58,39 @@ def tile_transpose(typingctx, src, soff, lds, dst, doff, ldd, rows, cols):
     def codegen(context, builder, signature, args):
         s_v, soff_v, lds_v, d_v, doff_v, ldd_v, rows_v, cols_v = args
         e = Vectors(context, builder, signature.args[0])
-        L = e.lanes
         sbase = e.ptr(signature.args[0], s_v, soff_v)
-        dbase = e.ptr(signature.args[3], d_v, doff_v)
-        lds, ldd = e.as64(lds_v), e.as64(ldd_v)
-        rows, cols = e.as64(rows_v), e.as64(cols_v)
-        colmask = e.mask(cols_v, L)
-        rowmask = e.mask(rows_v, L)
-        none = ir.Constant(colmask.type, [0] * L)
-        vecs = []
-        for i in range(L):
-            ok = builder.icmp_signed("<", ir.Constant(e.i64, i), rows)
-            p = builder.gep(sbase, [builder.mul(ir.Constant(e.i64, i), lds)])
-            vecs.append(e.load(p, builder.select(ok, colmask, none)))
-        half = L // 2
-        lo = [q for lane in range(half) for q in (lane, L + lane)]
-        hi = [q for lane in range(half, L) for q in (lane, L + lane)]
-        for _ in range(L.bit_length() - 1):
-            vecs = [v for i in range(half) for v in (e.shuffle(vecs[i], vecs[i + half], lo),
-                                                     e.shuffle(vecs[i], vecs[i + half], hi))]
-        for j in range(L):
-            ok = builder.icmp_signed("<", ir.Constant(e.i64, j), cols)
-            p = builder.gep(dbase, [builder.mul(ir.Constant(e.i64, j), ldd)])
-            e.store(vecs[j], p, builder.select(ok, rowmask, none))
+        lds = e.as64(lds_v)
+        _tile_codegen(e, builder,
+                      lambda i: builder.gep(sbase, [builder.mul(ir.Constant(e.i64, i), lds)]),
+                      e.ptr(signature.args[3], d_v, doff_v), e.as64(ldd_v), rows_v, cols_v)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def tile_transpose_rows(typingctx, src, soff, offs, ooff, dst, doff, ldd, rows, cols):
+    """:func:`tile_transpose` with source row ``i`` at ``src[soff + offs[ooff + i]]`` (rows
+    anywhere, e.g. the taps of a convolution in a padded image): ``dst[doff + j*ldd + i] =
+    src[soff + offs[ooff + i] + j]``."""
+    sig = types.void(src, soff, offs, ooff, dst, doff, ldd, rows, cols)
+
+    def codegen(context, builder, signature, args):
+        s_v, soff_v, o_v, ooff_v, d_v, doff_v, ldd_v, rows_v, cols_v = args
+        e = Vectors(context, builder, signature.args[0])
+        sbase = e.ptr(signature.args[0], s_v, soff_v)
+        obase = e.ptr(signature.args[2], o_v, ooff_v)
+        rows = e.as64(rows_v)
+
+        def row_ptr(i):
+            # rows past ``rows`` are never loaded; they take row 0's table entry
+            k = builder.select(builder.icmp_signed("<", ir.Constant(e.i64, i), rows),
+                               ir.Constant(e.i64, i), ir.Constant(e.i64, 0))
+            off = builder.load(builder.gep(obase, [k]))
+            return builder.gep(sbase, [e.as64(off)])
+
+        _tile_codegen(e, builder, row_ptr, e.ptr(signature.args[4], d_v, doff_v),
+                      e.as64(ldd_v), rows_v, cols_v)
         return context.get_dummy_value()
 
     return sig, codegen
