@@ -245,13 +245,15 @@ def test_pointwise_weight_gradient_transposes_the_input_rows(cin, cout, groups, 
     want = reference.conv2d_weight_grad(x, g, w_shape, (1, 1), (0, 0), (1, 1), groups)
     assert np.array_equal(weight_grad.conv2d_weight_grad(x, g, w_shape, 1, 1, 0, 0, 1, 1,
                                                          groups), want)
-    x = rng.standard_normal((batch, cin, 20, 18)).astype(np.float32)
+    x = rng.standard_normal((batch, cin, 22, 18)).astype(np.float32)
     g = rng.standard_normal((batch, cout, 20, 17)).astype(np.float32)
     monkeypatch.setattr(weight_grad._rows, "pays", lambda *args: False)
     copied = weight_grad.conv2d_weight_grad(x, g, w_shape, 1, 1, 0, 0, 1, 1, groups)
-    same = weight_grad.conv2d_weight_grad(np.ascontiguousarray(x[..., :17]), g, w_shape, 1, 1,
-                                          0, 0, 1, 1, groups)
-    assert np.array_equal(same, copied)
+    # the input's own rows, also with rows below the (cropped) gradient's
+    for rows in (20, 22):
+        same = weight_grad.conv2d_weight_grad(np.ascontiguousarray(x[:, :, :rows, :17]), g,
+                                              w_shape, 1, 1, 0, 0, 1, 1, groups)
+        assert np.array_equal(same, copied)
 
 
 @pytest.mark.parametrize("shape, in_place", [

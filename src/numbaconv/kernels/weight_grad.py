@@ -197,6 +197,7 @@ def _driver(x, gf, dw, cout, groups, kh, kw, sh, sw, pt, pl, dh, dwl, oh, ow, ct
     width); 2 transposes rows of ``xp``, the images' zero-padded copies (stride 1: im2col row
     ``j`` over output row ``oy`` is ``xp[image*C_in*plane + offs[j] + oy*wp ...]``)."""
     cin = x.shape[1]
+    xplane = x.shape[2] * x.shape[3]   # may hold rows past the output's (mode 1)
     xf = x.reshape(-1)
     lanes = _gemm._lanes(dw)
     cg, cog = cin // groups, cout // groups
@@ -223,7 +224,8 @@ def _driver(x, gf, dw, cout, groups, kh, kw, sh, sw, pt, pl, dh, dwl, oh, ow, ct
                 q1 = min(npix, q0 + pc)
                 kc = q1 - q0
                 if mode == 1:
-                    _pack_columns(xf, (n * cin + g * cg + k0) * npix + q0, npix, k1 - k0, kc, bp)
+                    _pack_columns(xf, (n * cin + g * cg + k0) * xplane + q0, xplane, k1 - k0, kc,
+                                  bp)
                 elif mode == 2:
                     for j0 in range(0, k1 - k0, lanes):
                         base = (j0 // nr) * kc * nr + j0 % nr
