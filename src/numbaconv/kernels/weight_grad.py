@@ -205,14 +205,7 @@ def _driver(x, gf, dw, cout, groups, kh, kw, sh, sw, pt, pl, dh, dwl, oh, ow, ct
     npix = oh * ow
     nr = _gemm.NV * _gemm._lanes(dw)
     for t in prange(groups * n_cb * n_kb):
-        g = t // (n_cb * n_kb)
-        r = t - g * n_cb * n_kb
-        cb = r // n_kb
-        kb = r - cb * n_kb
-        c0 = cb * ct
-        c1 = min(cog, c0 + ct)
-        k0 = kb * kt
-        k1 = min(k, k0 + kt)
+        g, c0, c1, k0, k1 = _rows.task_block(t, n_cb, n_kb, ct, kt, cog, k)
         if k1 <= k0 or c1 <= c0:
             continue
         tid = numba.get_thread_id()
@@ -264,13 +257,8 @@ def _blocks(groups, k, cog, nr, npix):
     C128's ``K = 1152`` took 8 tasks whose halves held 640 and 544 columns, C256's ``K = 2304``
     9 (5 against 4)."""
     mr = _gemm.MR
-    most_cb = max(1, min(-(-_MIN_TASKS // groups), cog // 64))
-    cuts = []   # (ct, task widths in channels, kt, task widths in columns), wide tasks first
-    for n_cb in range(1, most_cb + 1):
-        ct = -(-(-(-cog // n_cb)) // mr) * mr
-        for kt in range(min(max(nr, _K_COLS) // nr, -(-k // nr)) * nr, 0, -nr):
-            cuts.append((ct, np.minimum(ct, cog - ct * np.arange(-(-cog // ct))), kt,
-                         np.minimum(kt, k - kt * np.arange(-(-k // kt)))))
+    cuts = _rows.cuts(cog, k, max(1, min(-(-_MIN_TASKS // groups), cog // 64)), mr, nr,
+                      max(nr, _K_COLS) // nr * nr)
     fewest = min(-(-_MIN_TASKS // 2 // groups), max(c.size * w.size for _, c, _, w in cuts))
     best = None
     for ct, cts, kt, kts in cuts:

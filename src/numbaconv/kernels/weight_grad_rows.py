@@ -140,6 +140,33 @@ def _pack_grad(gf, n0, nimg, cout, groups, oh, ow, wp, bp):
             _gemm._zero_row(bp, row + ow * nr, (wp - ow) * nr)
 
 
+@kernel
+def task_block(t, n_cb, n_kb, ct, kt, cog, k):
+    """``(g, c0, c1, k0, k1)``: task ``t`` of a weight gradient cut into ``n_cb`` blocks of
+    ``ct`` output channels x ``n_kb`` blocks of ``kt`` columns per group (``cog`` channels and
+    ``k`` columns a group), in prange order; empty when ``c1 <= c0`` or ``k1 <= k0``."""
+    g = t // (n_cb * n_kb)
+    r = t - g * n_cb * n_kb
+    cb = r // n_kb
+    kb = r - cb * n_kb
+    c0 = cb * ct
+    k0 = kb * kt
+    return g, c0, min(cog, c0 + ct), k0, min(k, k0 + kt)
+
+
+def cuts(cog, k, most_cb, c_unit, k_unit, k_most):
+    """Candidate cuts of a group's ``cog x k`` gradient into tasks, wide tasks first: ``(ct,
+    task widths in channels, kt, task widths in columns)`` for 1 to ``most_cb`` channel blocks
+    (whole ``c_unit``) and column blocks of whole ``k_unit`` up to ``k_most``."""
+    out = []
+    for n_cb in range(1, most_cb + 1):
+        ct = -(-(-(-cog // n_cb)) // c_unit) * c_unit
+        for kt in range(min(k_most, -(-k // k_unit) * k_unit), 0, -k_unit):
+            out.append((ct, np.minimum(ct, cog - ct * np.arange(-(-cog // ct))), kt,
+                        np.minimum(kt, k - kt * np.arange(-(-k // kt)))))
+    return out
+
+
 @parallel_kernel
 def _driver(xp, plane, cin, bp, npp, dwt, nimg, first, groups, cog, taps, toff, ct, n_cb, kt,
             n_kb, pc):
@@ -148,14 +175,7 @@ def _driver(xp, plane, cin, bp, npp, dwt, nimg, first, groups, cog, taps, toff, 
     nr = _gemm.NV * _gemm._lanes(dwt)
     npan = (cog + nr - 1) // nr
     for t in prange(groups * n_cb * n_kb):
-        g = t // (n_cb * n_kb)
-        r = t - g * n_cb * n_kb
-        cb = r // n_kb
-        kb = r - cb * n_kb
-        c0 = cb * ct
-        c1 = min(cog, c0 + ct)
-        k0 = kb * kt
-        k1 = min(k, k0 + kt)
+        g, c0, c1, k0, k1 = task_block(t, n_cb, n_kb, ct, kt, cog, k)
         if k1 <= k0 or c1 <= c0:
             continue
         for i in range(nimg):
@@ -201,15 +221,11 @@ def _blocks(groups, k, cog, cg, nr, npix):
     at most ``_MAX_ROWS``), the least modelled time on two threads (prange hands each a
     contiguous half; the GEMM's scoring)."""
     mr = _gemm.MR
-    cuts = []
-    for n_cb in range(1, max(1, min(-(-_MIN_TASKS // groups), cog // 64)) + 1):
-        ct = -(-(-(-cog // n_cb)) // nr) * nr
-        for kt in range(min(_MAX_ROWS, -(-k // mr) * mr), 0, -mr):
-            cuts.append((ct, np.minimum(ct, cog - ct * np.arange(-(-cog // ct))), kt,
-                         np.minimum(kt, k - kt * np.arange(-(-k // kt)))))
-    fewest = min(-(-_MIN_TASKS // 2 // groups), max(c.size * w.size for _, c, _, w in cuts))
+    candidates = cuts(cog, k, max(1, min(-(-_MIN_TASKS // groups), cog // 64)), nr, mr,
+                      _MAX_ROWS)
+    fewest = min(-(-_MIN_TASKS // 2 // groups), max(c.size * w.size for _, c, _, w in candidates))
     best = None
-    for ct, cts, kt, kts in cuts:
+    for ct, cts, kt, kts in candidates:
         if cts.size * kts.size < fewest:
             continue
         # cycles: 16 multiply-adds a cycle (whole panels and tiles), per-run and per-task
