@@ -330,15 +330,16 @@ def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, p
     pc = min(_PIXEL_CHUNK, oh * ow)
     ldcol = pc + (nr // _gemm.NV if _gemm._l1_hostile(pc, itemsize) else 0)
     threads = numba.config.NUMBA_NUM_THREADS
-    ws_col = buffer("weight_grad.col", threads * kt * ldcol, x.dtype,
-                    _KEEP_BYTES).reshape(threads, kt * ldcol)
+    copies = not x_rows and (stride_h != 1 or stride_w != 1)   # im2col rows (mode 0)
+    ws_col = buffer("weight_grad.col", threads * kt * ldcol if copies else threads, x.dtype,
+                    _KEEP_BYTES).reshape(threads, -1)
     nb_ = -(-kt // nr) * nr * pc
     ws_b = buffer("weight_grad.b", threads * nb_, x.dtype, _KEEP_BYTES).reshape(threads,
                                                                           nb_)
     dw = np.empty(weight_shape, dtype=x.dtype)
     args = (x, grad_out.reshape(-1), dw.reshape(-1), cout, groups, kh, kw, stride_h, stride_w,
             pad_top, pad_left, dil_h, dil_w, oh, ow, ct, n_cb, kt, n_kb, pc, ldcol, ws_col, ws_b)
-    if x_rows or stride_h != 1 or stride_w != 1:
+    if x_rows or copies:
         _driver(*args, 1 if x_rows else 0, 0, nb, True, x, 0, 0, np.zeros(1, np.int64))
         return dw
     # stride 1: panels transposed from zero-padded copies of the images (no im2col rows)
