@@ -340,7 +340,9 @@ def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, p
     args = (x, grad_out.reshape(-1), dw.reshape(-1), cout, groups, kh, kw, stride_h, stride_w,
             pad_top, pad_left, dil_h, dil_w, oh, ow, ct, n_cb, kt, n_kb, pc, ldcol, ws_col, ws_b)
     if x_rows or copies:
-        _driver(*args, 1 if x_rows else 0, 0, nb, True, x, 0, 0, np.zeros(1, np.int64))
+        # (xp a flat array as in mode 2: one compiled signature for all modes)
+        _driver(*args, 1 if x_rows else 0, 0, nb, True, x.reshape(-1), 0, 0,
+                np.zeros(1, np.int64))
         return dw
     # stride 1: panels transposed from zero-padded copies of the images (no im2col rows)
     hp, wp = _rows.padded_size(oh, ow, kh, kw, dil_h, dil_w)
