@@ -256,6 +256,32 @@ def test_pointwise_weight_gradient_transposes_the_input_rows(cin, cout, groups, 
         assert np.array_equal(same, copied)
 
 
+@pytest.mark.parametrize("c, m, k, size, pads, d, batch", [
+    (6, 1, 3, 13, (1, 1), 1, 2), (4, 2, 3, 11, (2, 0), 2, 3), (5, 1, 5, 9, (2, 2), 1, 1),
+    (3, 3, 2, 8, (0, 1), 1, 2)])
+def test_depthwise_weight_gradient_from_padded_planes(c, m, k, size, pads, d, batch, rng):
+    """Stride-1 depthwise layers: each tap's gradient is one dot product over a zero-padded
+    input plane and the output gradient padded to its pitch: the reference's values on integer
+    data (channel multipliers, dilation, uneven padding, cropped gradients); an Inf input takes
+    the im2col path, whose NaN/Inf pattern is the reference's."""
+    from numbaconv.kernels import weight_grad
+    pt, pl = pads
+    w_shape = (c * m, 1, k, k)
+    oh = size + 2 * pt - d * (k - 1)
+    ow = size + 2 * pl - d * (k - 1)
+    x = rng.integers(-4, 5, (batch, c, size, size)).astype(np.float32)
+    for g_shape in ((batch, c * m, oh, ow), (batch, c * m, oh - 1, ow - 2)):
+        g = rng.integers(-4, 5, g_shape).astype(np.float32)
+        want = reference.conv2d_weight_grad(x, g, w_shape, (1, 1), pads, (d, d), c)
+        got = weight_grad.conv2d_weight_grad(x, g, w_shape, 1, 1, pt, pl, d, d, c)
+        assert np.array_equal(got, want)
+    x[batch - 1, c - 1, size // 2, 0] = np.inf
+    g = rng.integers(-4, 5, (batch, c * m, oh, ow)).astype(np.float32)
+    want = reference.conv2d_weight_grad(x, g, w_shape, (1, 1), pads, (d, d), c)
+    got = weight_grad.conv2d_weight_grad(x, g, w_shape, 1, 1, pt, pl, d, d, c)
+    assert np.array_equal(got, want, equal_nan=True)
+
+
 @pytest.mark.parametrize("shape, in_place", [
     ((64, 64, 3, 56, 1), True), ((128, 128, 3, 28, 1), True), ((64, 256, 1, 56, 1), True),
     ((256, 256, 3, 33, 2), False), ((256, 256, 3, 14, 1), False), ((512, 512, 3, 7, 1), False),

@@ -27,7 +27,10 @@ threads, interleaved: 3x3 C256 14x14 1.08x, batch 8 1.12x, C128 14x14 1.11x, C25
 
 Depthwise layers (one input channel per group) have one weight row per channel, far too narrow
 for GEMM tiles: there each channel is a task, and each tap's gradient is a vectorised dot
-product (:func:`_vdot`, a fixed lane order) of the ``dY`` plane with the tap's im2col row.
+product (:func:`_vdot`, a fixed lane order) of the ``dY`` plane with the tap's im2col row; at
+stride 1 with zero-padded planes instead of im2col rows (:func:`_depthwise_rows`; MobileNetV2's
+C144 56x56 0.68 -> 0.51 ms at batch 1, 6.1 -> 3.7 at batch 8, where torch took 0.17-0.18 and
+3.2-4.1).
 """
 
 
@@ -167,6 +170,53 @@ def _depthwise_driver(x, gf, dw, m, kh, kw, sh, sw, pt, pl, dh, dwl, oh, ow, pc,
                     dw[co * taps + t] += _vdot(gf, goff, col, t * ldcol, q1 - q0)
 
 
+@parallel_kernel
+def _depthwise_rows(x, gf, dw, m, kh, kw, pt, pl, dh, dwl, oh, ow, hp, wp, toff, bits, mask,
+                    ws):
+    """Stride-1 depthwise weight gradient without im2col rows: per output channel and image the
+    input plane is copied zero-padded (``hp`` rows of pitch ``wp``) and the ``dY`` plane with
+    zero columns to the same pitch, so each tap's im2col row over ``oh*wp`` pixels is one run
+    of the padded plane (``toff[t]`` in) and its gradient one vectorised dot product with the
+    padded ``dY`` (the added pixels contribute exact zeros). Returns the largest exponent field
+    of the input read: ``mask`` (Inf or NaN somewhere) means ``dw`` is not to be used."""
+    nb, cin, h, w = x.shape
+    cout = cin * m
+    taps = kh * kw
+    npp = oh * wp
+    plane = hp * wp
+    xf = x.reshape(-1)
+    lo = min(wp, max(0, pl))
+    hi = min(wp, max(lo, pl + w))
+    worst = np.zeros(cout, dtype=bits.dtype)
+    for co in prange(cout):
+        buf = ws[numba.get_thread_id()]
+        wm = worst[co]
+        for t in range(taps):
+            dw[co * taps + t] = 0
+        for n in range(nb):
+            src = (n * cin + co // m) * h * w
+            for r in range(hp):
+                y = r - pt
+                d = r * wp
+                if 0 <= y < h and hi > lo:
+                    _gemm._zero_row(buf, d, lo)
+                    s = src + y * w + lo - pl
+                    _gemm._copy_row(xf, s, buf, d + lo, hi - lo)
+                    for j in range(hi - lo):
+                        wm = max(wm, bits[s + j] & mask)
+                    _gemm._zero_row(buf, d + hi, wp - hi)
+                else:
+                    _gemm._zero_row(buf, d, wp)
+            gsrc = (n * cout + co) * oh * ow
+            for oy in range(oh):
+                _gemm._copy_row(gf, gsrc + oy * ow, buf, plane + oy * wp, ow)
+                _gemm._zero_row(buf, plane + oy * wp + ow, wp - ow)
+            for t in range(taps):
+                dw[co * taps + t] += _vdot(buf, plane, buf, toff[t], npp)
+        worst[co] = wm
+    return worst.max()
+
+
 @kernel
 def _pack_columns(col, coff, ldcol, rows, kc, bp):
     """``bp[(j//NR)*kc*NR + p*NR + j%NR] = col[coff + j*ldcol + p]`` for ``j < rows``, ``p < kc``
@@ -304,8 +354,22 @@ def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, p
     nr = _gemm.NV * (_gemm._VBYTES // itemsize)
     if cg == 1 and groups > 1:
         # depthwise: one weight row per channel, too narrow for GEMM tiles
-        pc = min(4096, oh * ow)
         threads = numba.config.NUMBA_NUM_THREADS
+        if stride_h == stride_w == 1:
+            hp, wp = _rows.padded_size(oh, ow, kh, kw, dil_h, dil_w)
+            ws = buffer("weight_grad.depthwise", threads * (hp * wp + oh * wp), x.dtype,
+                        _KEEP_BYTES).reshape(threads, -1)
+            toff = (np.arange(kh)[:, None] * (dil_h * wp)
+                    + np.arange(kw)[None, :] * dil_w).ravel().astype(np.int64)
+            itype = np.int32 if itemsize == 4 else np.int64
+            mask = itype(0x7F800000) if itemsize == 4 else itype(0x7FF0000000000000)
+            dw = np.empty(weight_shape, dtype=x.dtype)
+            if _depthwise_rows(x, grad_out.reshape(-1), dw.reshape(-1), cog, kh, kw, pad_top,
+                               pad_left, dil_h, dil_w, oh, ow, hp, wp, toff,
+                               x.reshape(-1).view(itype), mask, ws) != mask:
+                return dw
+            # an Inf or NaN input: the padding pixels would turn zeros into NaN
+        pc = min(4096, oh * ow)
         ws_col = buffer("weight_grad.col", threads * k * pc, x.dtype,
                         _KEEP_BYTES).reshape(threads, k * pc)
         dw = np.empty(weight_shape, dtype=x.dtype)
