@@ -59,6 +59,21 @@ _KEEP_BYTES = 16 << 20  # largest scratch kept between calls (see scratch.py)
 _DOT_CHAINS = 4
 
 
+def _lane_sum(builder, v):
+    """The sum of vector ``v``'s lanes, pairwise: (lane j) + (lane j + width/2), halving."""
+    lanes = v.type.count
+    i32v = ir.VectorType(ir.IntType(32), lanes)
+    width = lanes
+    while width > 1:
+        width //= 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(width)) +
+                                                      [0] * (lanes - width)))
+        hi = builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(width, 2 * width)) +
+                                                      [0] * (lanes - width)))
+        v = builder.fadd(lo, hi)
+    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
+
+
 @intrinsic
 def _vdot(typingctx, a, aoff, b, boff, n):
     """``sum_i a[aoff + i] * b[boff + i]`` for ``i < n``, vectorised in a fixed order: element
@@ -136,15 +151,7 @@ def _vdot(typingctx, a, aoff, b, boff, n):
         builder.branch(head)
         builder.position_at_end(tail)
         v = builder.fadd(builder.fadd(accs[0], accs[1]), builder.fadd(accs[2], accs[3]))
-        width = lanes
-        while width > 1:  # pairwise over the lanes: (lane j) + (lane j + width/2)
-            width //= 2
-            lo = builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(width)) +
-                                                          [0] * (lanes - width)))
-            hi = builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(width, 2 * width)) +
-                                                          [0] * (lanes - width)))
-            v = builder.fadd(lo, hi)
-        return builder.extract_element(v, ir.Constant(i32, 0))
+        return _lane_sum(builder, v)
 
     return sig, codegen
 
@@ -204,18 +211,8 @@ def _vdot_taps(typingctx, a, aoff, b, boff, offs, t0, count, n, out, ooff):
         builder.branch(head)
         builder.position_at_end(tail)
         pout = e.ptr(signature.args[8], out_v, ooff_v)
-        i32v = ir.VectorType(e.i32, L)
         for t in range(_TAPS_PER_PASS):
-            v = accs[t]
-            width = L
-            while width > 1:  # pairwise over the lanes: (lane j) + (lane j + width/2)
-                width //= 2
-                lo = builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(width)) +
-                                                              [0] * (L - width)))
-                hi = builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(width, 2 * width))
-                                                              + [0] * (L - width)))
-                v = builder.fadd(lo, hi)
-            total = builder.extract_element(v, ir.Constant(e.i32, 0))
+            total = _lane_sum(builder, accs[t])
             with builder.if_then(live[t]):
                 slot = builder.gep(pout, [ir.Constant(e.i64, t)])
                 builder.store(builder.fadd(builder.load(slot), total), slot)
