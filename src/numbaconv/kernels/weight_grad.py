@@ -250,16 +250,15 @@ def _depthwise_rows(x, gf, dw, m, kh, kw, pt, pl, dh, dwl, oh, ow, hp, wp, toff,
     input plane is copied zero-padded (``hp`` rows of pitch ``wp``) and the ``dY`` plane with
     zero columns to the same pitch, so each tap's im2col row over ``oh*wp`` pixels is one run
     of the padded plane (``toff[t]`` in) and its gradient a vectorised dot product with the
-    padded ``dY`` (the added pixels contribute exact zeros), up to nine taps per pass. Returns the largest exponent field
-    of the input read: ``mask`` (Inf or NaN somewhere) means ``dw`` is not to be used."""
+    padded ``dY`` (the added pixels contribute exact zeros), up to nine taps per pass. Returns
+    the largest exponent field of the input read: ``mask`` (Inf or NaN somewhere) means ``dw``
+    is not to be used."""
     nb, cin, h, w = x.shape
     cout = cin * m
     taps = kh * kw
     npp = oh * wp
     plane = hp * wp
     xf = x.reshape(-1)
-    lo = min(wp, max(0, pl))
-    hi = min(wp, max(lo, pl + w))
     worst = np.zeros(cout, dtype=bits.dtype)
     for co in prange(cout):
         buf = ws[numba.get_thread_id()]
@@ -267,19 +266,8 @@ def _depthwise_rows(x, gf, dw, m, kh, kw, pt, pl, dh, dwl, oh, ow, hp, wp, toff,
         for t in range(taps):
             dw[co * taps + t] = 0
         for n in range(nb):
-            src = (n * cin + co // m) * h * w
-            for r in range(hp):
-                y = r - pt
-                d = r * wp
-                if 0 <= y < h and hi > lo:
-                    _gemm._zero_row(buf, d, lo)
-                    s = src + y * w + lo - pl
-                    _gemm._copy_row(xf, s, buf, d + lo, hi - lo)
-                    for j in range(hi - lo):
-                        wm = max(wm, bits[s + j] & mask)
-                    _gemm._zero_row(buf, d + hi, wp - hi)
-                else:
-                    _gemm._zero_row(buf, d, wp)
+            wm = max(wm, _rows.pad_plane(xf, bits, mask, (n * cin + co // m) * h * w, h, w, pt,
+                                         pl, hp, wp, 0, buf))
             gsrc = (n * cout + co) * oh * ow
             for oy in range(oh):
                 _gemm._copy_row(gf, gsrc + oy * ow, buf, plane + oy * wp, ow)
@@ -433,8 +421,7 @@ def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, p
             hp, wp = _rows.padded_size(oh, ow, kh, kw, dil_h, dil_w)
             ws = buffer("weight_grad.depthwise", threads * (hp * wp + oh * wp), x.dtype,
                         _KEEP_BYTES).reshape(threads, -1)
-            toff = (np.arange(kh)[:, None] * (dil_h * wp)
-                    + np.arange(kw)[None, :] * dil_w).ravel().astype(np.int64)
+            toff = _rows.tap_offsets(kh, kw, dil_h, dil_w, wp)
             itype = np.int32 if itemsize == 4 else np.int64
             mask = itype(0x7F800000) if itemsize == 4 else itype(0x7FF0000000000000)
             dw = np.empty(weight_shape, dtype=x.dtype)
@@ -488,8 +475,8 @@ def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, p
     plane = -(-hp * wp // lanes) * lanes
     per_group = max(1, min(nb, _rows._GROUP_BYTES // (cin * plane * itemsize)))
     xp = buffer("weight_grad.padded", per_group * cin * plane, x.dtype, _KEEP_BYTES)
-    taps = (np.arange(kh)[:, None] * (dil_h * wp) + np.arange(kw)[None, :] * dil_w).ravel()
-    offs = (np.arange(cg, dtype=np.int64)[:, None] * plane + taps[None, :]).ravel()
+    offs = (np.arange(cg, dtype=np.int64)[:, None] * plane
+            + _rows.tap_offsets(kh, kw, dil_h, dil_w, wp)[None, :]).ravel()
     itype = np.int32 if itemsize == 4 else np.int64
     bits = x.reshape(-1).view(itype)
     for n0 in range(0, nb, per_group):

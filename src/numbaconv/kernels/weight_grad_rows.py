@@ -80,6 +80,35 @@ def _exponent_max(bits, off, n, mask):
     return m
 
 
+def tap_offsets(kh, kw, dh, dw, wp):
+    """``[ky*dh*wp + kx*dw]`` for the taps in order: where each tap's run starts in a padded
+    plane of row pitch ``wp``."""
+    return (np.arange(kh, dtype=np.int64)[:, None] * (dh * wp)
+            + np.arange(kw, dtype=np.int64)[None, :] * dw).ravel()
+
+
+@kernel
+def pad_plane(xf, bits, mask, src, h, w, pt, pl, hp, wp, dst, out):
+    """``out[dst + r*wp + s] = xf[src + (r - pt)*w + s - pl]`` (0 outside the ``h x w`` plane at
+    ``src``) for ``r < hp``, ``s < wp``. Returns the largest exponent field of the elements
+    copied (see :func:`_exponent_max`)."""
+    lo = min(wp, max(0, pl))
+    hi = min(wp, max(lo, pl + w))
+    m = bits[src] & 0
+    for r in range(hp):
+        y = r - pt
+        d = dst + r * wp
+        if 0 <= y < h and hi > lo:
+            _gemm._zero_row(out, d, lo)
+            s = src + y * w + lo - pl
+            _gemm._copy_row(xf, s, out, d + lo, hi - lo)
+            m = max(m, _exponent_max(bits, s, hi - lo, mask))
+            _gemm._zero_row(out, d + hi, wp - hi)
+        else:
+            _gemm._zero_row(out, d, wp)
+    return m
+
+
 @parallel_kernel
 def _pad(x, bits, mask, n0, nimg, pt, pl, hp, wp, plane, xp):
     """``xp[(i*C + c)*plane + r*wp + s] = x[n0 + i, c, r - pt, s - pl]`` (0 outside ``x``) for
@@ -87,26 +116,12 @@ def _pad(x, bits, mask, n0, nimg, pt, pl, hp, wp, plane, xp):
     :func:`_exponent_max`)."""
     cin, h, w = x.shape[1], x.shape[2], x.shape[3]
     xf = x.reshape(-1)
-    lo = min(wp, max(0, pl))
-    hi = min(wp, max(lo, pl + w))
     worst = np.zeros(nimg * cin, dtype=bits.dtype)
     for u in prange(nimg * cin):
-        src = (n0 * cin + u) * h * w
         dst = u * plane
-        m = worst[u]
-        for r in range(hp):
-            y = r - pt
-            d = dst + r * wp
-            if 0 <= y < h and hi > lo:
-                _gemm._zero_row(xp, d, lo)
-                s = src + y * w + lo - pl
-                _gemm._copy_row(xf, s, xp, d + lo, hi - lo)
-                m = max(m, _exponent_max(bits, s, hi - lo, mask))
-                _gemm._zero_row(xp, d + hi, wp - hi)
-            else:
-                _gemm._zero_row(xp, d, wp)
+        worst[u] = pad_plane(xf, bits, mask, (n0 * cin + u) * h * w, h, w, pt, pl, hp, wp, dst,
+                             xp)
         _gemm._zero_row(xp, dst + hp * wp, plane - hp * wp)
-        worst[u] = m
     return worst.max()
 
 
@@ -204,7 +219,6 @@ def _untranspose(dwt, groups, cog, k, dw):
     transposed, by register tiles."""
     lanes = _gemm._lanes(dw)
     nk = (k + lanes - 1) // lanes
-    nc = (cog + lanes - 1) // lanes
     for u in prange(groups * nk):
         g = u // nk
         k0 = (u - g * nk) * lanes
@@ -273,8 +287,7 @@ def conv2d_weight_grad_rows(x, grad_out, weight_shape, pad_top, pad_left, dil_h,
     itype = np.int32 if isz == 4 else np.int64
     bits = x.reshape(-1).view(itype)
     mask = itype(0x7F800000) if isz == 4 else itype(0x7FF0000000000000)
-    toff = np.array([ky * dil_h * wp + kx * dil_w for ky in range(kh) for kx in range(kw)],
-                    dtype=np.int64)
+    toff = tap_offsets(kh, kw, dil_h, dil_w, wp)
     ct, n_cb, kt, n_kb = _blocks(groups, k, cog, cg, nr, nb * npp)
     gf = grad_out.reshape(-1)
     for n0 in range(0, nb, per_group):
