@@ -126,7 +126,8 @@ def test_auto_takes_the_forward_rule_for_winograd_and_depthwise():
     assert auto((1, 64, 56, 56), (64, 64, 3, 3), padding=1, exact=True) == "direct"
     assert auto((1, 64, 56, 56), (64, 64, 3, 3), padding=1, stride=2) == "direct"
     assert auto((1, 144, 56, 56), (144, 1, 3, 3), padding=1, groups=144) == "depthwise"
-    assert auto((1, 144, 56, 56), (144, 1, 3, 3), padding=1, groups=144, stride=2) == "direct"
+    # strided depthwise: the transposed depthwise kernel (no forward lowering)
+    assert auto((1, 144, 56, 56), (144, 1, 3, 3), padding=1, groups=144, stride=2) == "depthwise"
     # small layers keep the transposed rule (gemm for narrow inputs)
     assert auto((1, 512, 7, 7), (512, 512, 3, 3), padding=1) == "gemm"
 

@@ -43,7 +43,7 @@ def precompile(dtypes=("float32", "float64")):
 
     >>> import numbaconv
     >>> sorted(numbaconv.precompile(dtypes=("float32",)))
-    ['depthwise', 'direct', 'direct (transposed)', 'dot', 'gemm', 'gemm (NHWC)', 'gemm (transposed)', 'grouped (NHWC)', 'im2col', 'weight gradient', 'winograd']
+    ['depthwise', 'depthwise (transposed)', 'direct', 'direct (transposed)', 'dot', 'gemm', 'gemm (NHWC)', 'gemm (transposed)', 'grouped (NHWC)', 'im2col', 'weight gradient', 'winograd']
     """
     from .kernels import conv_nhwc, grouped_nhwc, transpose, weight_grad, weight_grad_rows
 

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import reference, stride1_lowering
-from .kernels import depthwise, direct, dot, gemm, im2col, transposed, winograd
+from .kernels import depthwise, depthwise_transposed, direct, dot, gemm, im2col, transposed, winograd
 from .problem import ConvProblem
 
 
@@ -175,6 +175,33 @@ def _lowered_limits(forward_limits):
     return limits
 
 
+_lowered_depthwise = stride1_lowering.lowered(_depthwise_run)
+
+
+def _transposed_depthwise_run(problem, x, w, b, out):
+    if problem.stride == (1, 1):
+        _lowered_depthwise(problem, x, w, b, out)
+        return
+    depthwise_transposed.conv_transpose2d_narrow(x, w, _bias(problem, b), out,
+                                                 *_geometry(problem), problem.groups)
+
+
+def _transposed_depthwise_limits(problem):
+    """Stride 1: the forward problem must be depthwise (one kernel for every padding, so tiles
+    of a layer get the whole layer's bits). Other strides: one input or one output channel per
+    group and a column stride of 1 or 2."""
+    if problem.stride == (1, 1):
+        return _lowered_limits(_depthwise_limits)(problem)
+    cg_in = problem.in_channels // problem.groups
+    cg_out = problem.out_channels // problem.groups
+    if min(cg_in, cg_out) != 1:
+        return (f"computes one input or one output channel per group only, got {cg_in} input "
+                f"and {cg_out} output channels per group")
+    if not depthwise_transposed.supports(problem.stride[1]):
+        return f"computes column strides 1 and 2 only, got stride {problem.stride}"
+    return None
+
+
 def _transposed_gemm_run(problem, x, w, b, out):
     transposed.conv_transpose2d_gemm(x, w, _bias(problem, b), out, *_geometry(problem),
                                      problem.groups)
@@ -219,9 +246,11 @@ ALGORITHMS = (
         summary="register-tiled GEMM of input pixels by (C_out, kH, kW) weight columns, then "
                 "col2im; for small images with many channels"),
     Algorithm(
-        name="depthwise", transposed=True, run=stride1_lowering.lowered(_depthwise_run),
-        limits=_lowered_limits(_depthwise_limits), size_invariant=True,
-        summary="stride 1: the forward depthwise kernel on the flipped weights"),
+        name="depthwise", transposed=True, run=_transposed_depthwise_run,
+        limits=_transposed_depthwise_limits, size_invariant=True,
+        summary="stride 1: the forward depthwise kernel on the flipped weights; other strides: "
+                "output rows gathered from masked input-row vectors by column phase, phases "
+                "interleaved in registers (one input or output channel per group)"),
     Algorithm(
         name="winograd", transposed=True, run=stride1_lowering.lowered(_winograd_run),
         limits=_lowered_limits(_winograd_limits), exact=False,
@@ -424,6 +453,8 @@ def rule(problem, exact=False, prepared=False):
             choice = rule(forward, exact, prepared)
             if choice in ("winograd", "depthwise"):
                 return choice
+        if _transposed_depthwise_limits(problem) is None:
+            return "depthwise"
         w_in = problem.in_size[-1]
         cin_g = problem.in_channels // problem.groups
         return "gemm" if w_in < 16 or (w_in < 32 and cin_g >= 256) else "direct"

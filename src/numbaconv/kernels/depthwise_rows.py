@@ -30,12 +30,11 @@ count.
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from numbaconv import _threads
 from numbaconv._jit import kernel, parallel_kernel, vector_bytes
-from numbaconv.kernels.ir_vectors import Vectors
+from numbaconv.kernels.ir_vectors import Vectors, switch
 from numbaconv.kernels.unowned import unowned as _unowned
 
 __all__ = ["conv2d_depthwise_rows", "supports"]
@@ -231,35 +230,6 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
     b.position_at_end(end)
 
 
-def _switch(builder, selectors, variants, name, emit):
-    """IR: a switch on the runtime ints ``selectors`` (each below 16) to the code ``emit(*v)``
-    writes for each tuple ``v`` of ``variants``. Any other combination is a bug of the caller:
-    it traps rather than leave outputs unwritten."""
-    b = builder
-    i64 = ir.IntType(64)
-    code = ir.Constant(i64, 0)
-    for v in selectors:
-        code = b.add(b.mul(code, ir.Constant(i64, 16)), b.sext(v, i64) if v.type.width < 64 else v)
-    fn = b.function
-    done = fn.append_basic_block(name + "_done")
-    other = fn.append_basic_block(name + "_none")
-    sw = b.switch(code, other)
-    b.position_at_end(other)
-    b.call(cgutils.get_or_insert_function(b.module, ir.FunctionType(ir.VoidType(), []),
-                                          "llvm.trap"), [])
-    b.unreachable()
-    for variant in variants:
-        key = 0
-        for v in variant:
-            key = key * 16 + v
-        blk = fn.append_basic_block("%s_%s" % (name, "_".join(map(str, variant))))
-        sw.add_case(ir.Constant(i64, key), blk)
-        b.position_at_end(blk)
-        emit(*variant)
-        b.branch(done)
-    b.position_at_end(done)
-
-
 @intrinsic
 def _rows(typingctx, x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, oy, pt, k, st,
           nr):
@@ -272,7 +242,7 @@ def _rows(typingctx, x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, oy, 
     sig = types.void(x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, oy, pt, k, st, nr)
 
     def codegen(context, builder, signature, args):
-        _switch(builder, args[13:16], VARIANTS, "dw_rows",
+        switch(builder, args[13:16], VARIANTS, "dw_rows",
                 lambda kk, ss, rr: _emit_rows(context, builder, signature.args, args, kk, ss,
                                               rr))
         return context.get_dummy_value()
@@ -391,7 +361,7 @@ def _strips(typingctx, x, xbase, h, wd, zrow, w, wbase, bias, out, obase, ow, j,
                      ns)
 
     def codegen(context, builder, signature, args):
-        _switch(builder, args[15:17], STRIP_VARIANTS, "dw_strips",
+        switch(builder, args[15:17], STRIP_VARIANTS, "dw_strips",
                 lambda st, n: _emit_strips(context, builder, signature.args, args, st, n))
         return context.get_dummy_value()
 

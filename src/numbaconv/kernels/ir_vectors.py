@@ -1,6 +1,6 @@
 """LLVM IR helpers for the kernels written as Numba intrinsics: one vector register's type for
 an array's dtype (AVX-512: 16 float32 / 8 float64 lanes), lane masks, masked loads and stores,
-shuffles, splats and fused multiply-adds."""
+shuffles, splats and fused multiply-adds; a switch over compiled variants of a code block."""
 
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -117,3 +117,32 @@ class Vectors:
         u = ir.Constant(self.vty, ir.Undefined)
         return b.shuffle_vector(b.insert_element(u, s, ir.Constant(self.i32, 0)), u,
                                 ir.Constant(i32v, [0] * self.lanes))
+
+
+def switch(builder, selectors, variants, name, emit):
+    """IR: a switch on the runtime ints ``selectors`` (each below 16) to the code ``emit(*v)``
+    writes for each tuple ``v`` of ``variants``. Any other combination is a bug of the caller:
+    it traps rather than leave outputs unwritten."""
+    b = builder
+    i64 = ir.IntType(64)
+    code = ir.Constant(i64, 0)
+    for v in selectors:
+        code = b.add(b.mul(code, ir.Constant(i64, 16)), b.sext(v, i64) if v.type.width < 64 else v)
+    fn = b.function
+    done = fn.append_basic_block(name + "_done")
+    other = fn.append_basic_block(name + "_none")
+    sw = b.switch(code, other)
+    b.position_at_end(other)
+    b.call(cgutils.get_or_insert_function(b.module, ir.FunctionType(ir.VoidType(), []),
+                                          "llvm.trap"), [])
+    b.unreachable()
+    for variant in variants:
+        key = 0
+        for v in variant:
+            key = key * 16 + v
+        blk = fn.append_basic_block("%s_%s" % (name, "_".join(map(str, variant))))
+        sw.add_case(ir.Constant(i64, key), blk)
+        b.position_at_end(blk)
+        emit(*variant)
+        b.branch(done)
+    b.position_at_end(done)

@@ -1,0 +1,265 @@
+"""Strided transposed convolution with narrow groups (depthwise layers and their input
+gradients), NCHW, by output rows gathered from the input rows that reach them.
+
+Output column ``ox = stride_w*u + q`` (phase ``q``) receives, from input row ``iy``, the taps
+``kx`` with ``(q + pad_left - kx*dil_w) % stride_w == 0`` at input column ``ix = u + c``,
+``c = (q + pad_left - kx*dil_w) // stride_w``: so for a fixed phase every tap is one contiguous
+run of the input row, read with a masked vector load (lanes with ``ix`` outside the row are
+neither read nor added). The input rows of output row ``oy`` are the ``iy = (oy + pad_top -
+ky*dil_h) / stride_h`` that are whole numbers inside the image. A call builds, once, a table of
+the taps of every (output row, phase): input offset ``iy*W + c``, shift ``c`` and weight index
+``ky*kW + kx``.
+
+One step computes up to 4 vectors of ``u`` for the phases of one output row in registers (the
+bias, then each input channel of the group, each tap in the table's order: one FMA per tap and
+vector) and writes them: with ``stride_w == 2`` the two phases' vectors are interleaved by two
+permutes into contiguous output vectors. No zero-stuffed input, no padded copy, no staging row:
+a stride-2 depthwise layer costs the multiply-adds of the forward one plus the interleave.
+Masked lanes keep their accumulator (a merge-masked FMA), so an Inf or NaN weight reaches
+exactly the outputs its tap reaches.
+
+Work is split into contiguous runs of (image, output channel, output row) rows, one per thread;
+every output element is computed by one step in a fixed order, whatever the thread count.
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from numbaconv import _threads
+from numbaconv._jit import parallel_kernel, vector_bytes
+from numbaconv.kernels.ir_vectors import Vectors, switch
+from numbaconv.kernels.unowned import unowned as _unowned
+
+__all__ = ["conv_transpose2d_narrow", "supports"]
+
+_VBYTES = vector_bytes()
+MAX_VECTORS = 4            # vectors of phase pixels per step and phase
+VARIANTS = [(v, p) for v in (1, 2, 4) for p in (1, 2)]
+
+
+def supports(stride_w):
+    """Whether the kernel computes this column stride (phases interleave in registers)."""
+    return stride_w in (1, 2)
+
+
+def _emit_step(context, builder, aty, args, nvec, phases):
+    """IR of one step (see :func:`_step`): ``nvec`` vectors per phase, ``phases`` phases."""
+    (x, xb, xstep, cgin, w, wb, wstep, toff, tsh, tw, s0, n0, s1, n1, mtab, moff, u0, out, ob,
+     ow, bias) = args[:21]
+    vec = Vectors(context, builder, aty[0])
+    b = builder
+    lanes, i64 = vec.lanes, vec.i64
+
+    def c64(n):
+        return ir.Constant(i64, n)
+
+    xb, xstep, cgin, wb, wstep, moff, u0, ob, ow = (
+        vec.as64(v) for v in (xb, xstep, cgin, wb, wstep, moff, u0, ob, ow))
+    starts = [vec.as64(s0), vec.as64(s1)]
+    counts = [vec.as64(n0), vec.as64(n1)]
+    tab_ty = aty[7]
+
+    def entry(arr, i):
+        return b.load(vec.ptr(tab_ty, arr, i))
+
+    accs = [[cgutils.alloca_once(b, vec.vty) for _ in range(nvec)] for _ in range(phases)]
+    bv = vec.splat(bias)
+    for row in accs:
+        for a in row:
+            b.store(bv, a)
+    with cgutils.for_range(b, cgin) as ci_loop:
+        ci = ci_loop.index
+        xci = b.add(xb, b.mul(ci, xstep))
+        wci = b.add(wb, b.mul(ci, wstep))
+        for q in range(phases):
+            with cgutils.for_range(b, counts[q]) as t_loop:
+                t = b.add(starts[q], t_loop.index)
+                off, shift = entry(toff, t), entry(tsh, t)
+                wv = vec.splat(b.load(vec.ptr(aty[4], w, b.add(wci, entry(tw, t)))))
+                for v in range(nvec):
+                    first = b.add(u0, c64(v * lanes))
+                    col = b.add(first, shift)
+                    # lanes l with 0 <= col + l < wd: one load from the mask table
+                    bits = b.load(vec.ptr(aty[14], mtab, b.add(moff, col)))
+                    if bits.type.width != lanes:
+                        bits = b.trunc(bits, ir.IntType(lanes))
+                    m = b.bitcast(bits, ir.VectorType(ir.IntType(1), lanes))
+                    xv = vec.load(vec.ptr(aty[0], x, b.add(b.add(xci, off), first)), mask=m)
+                    acc = b.load(accs[q][v])
+                    b.store(b.select(m, vec.fma(xv, wv, acc), acc), accs[q][v])
+    for v in range(nvec):
+        first = b.add(u0, c64(v * lanes))
+        if phases == 1:
+            vals, starts_o = [b.load(accs[0][v])], [first]
+        else:
+            ev, od = b.load(accs[0][v]), b.load(accs[1][v])
+            inter = [i // 2 + (i % 2) * lanes for i in range(2 * lanes)]
+            vals = [vec.shuffle(ev, od, inter[:lanes]), vec.shuffle(ev, od, inter[lanes:])]
+            o2 = b.mul(first, c64(2))
+            starts_o = [o2, b.add(o2, c64(lanes))]
+        for val, o in zip(vals, starts_o):
+            vec.store(val, vec.ptr(aty[17], out, b.add(ob, o)), vec.mask(b.sub(ow, o), lanes))
+
+
+@intrinsic
+def _step(typingctx, x, xb, xstep, cgin, w, wb, wstep, toff, tsh, tw, s0, n0, s1, n1, mtab,
+          moff, u0, out, ob, ow, bias, nvec, phases):
+    """Output columns ``ox = phases*u + q`` for ``u`` in ``[u0, u0 + nvec*lanes)`` (and
+    ``ox < ow``) of one output row starting at ``out[ob]``::
+
+        out[ob + ox] = bias + sum_ci sum_t w[wb + ci*wstep + tw[t]] *
+                       x[xb + ci*xstep + toff[t] + u]        (lane bit set in mtab)
+
+    over ``ci < cgin`` and the taps ``t`` of phase ``q`` (``s0 .. s0 + n0 - 1`` for phase 0,
+    ``s1 .. s1 + n1 - 1`` for phase 1), summed in that order; ``mtab[moff + j]`` holds the lanes
+    ``l`` with ``0 <= j + l < W`` as bits (:func:`_mask_table`), ``j = u + tsh[t]`` for the
+    vector's first ``u``. ``(nvec, phases)`` must be one of :data:`VARIANTS`."""
+    sig = types.void(x, xb, xstep, cgin, w, wb, wstep, toff, tsh, tw, s0, n0, s1, n1, mtab, moff,
+                     u0, out, ob, ow, bias, nvec, phases)
+
+    def codegen(context, builder, signature, args):
+        switch(builder, args[21:23], VARIANTS, "dwt_step",
+               lambda v, p: _emit_step(context, builder, signature.args, args, v, p))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@parallel_kernel
+def _driver(x4, w4, b_o, out4, prm, toff_o, tsh_o, tw_o, tstart_o, tcount_o, mtab_o, nthreads):
+    xf_o = x4.reshape(x4.size)
+    wf_o = w4.reshape(w4.size)
+    of_o = out4.reshape(out4.size)
+    cin, h, wd, cout, groups, oh, ow, khw, sw, nvec, moff = prm[0], prm[1], prm[2], prm[3], \
+        prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10]
+    cg_in = cin // groups
+    cg_out = cout // groups
+    nu = -(-ow // sw)
+    step_u = nvec * (_VBYTES // x4.itemsize)
+    nrows = (of_o.size // (oh * ow)) * oh
+    for t in prange(nthreads):
+        xf = _unowned(xf_o)
+        wf = _unowned(wf_o)
+        bf = _unowned(b_o)
+        of = _unowned(of_o)
+        toff = _unowned(toff_o)
+        tsh = _unowned(tsh_o)
+        tw = _unowned(tw_o)
+        tstart = _unowned(tstart_o)
+        tcount = _unowned(tcount_o)
+        mtab = _unowned(mtab_o)
+        lo = t * nrows // nthreads
+        hi = (t + 1) * nrows // nthreads
+        plane = lo // oh
+        oy = lo - plane * oh
+        r = lo
+        while r < hi:
+            # the rows [oy, oy_end) of one output plane
+            oy_end = min(oh, oy + hi - r)
+            co = plane % cout
+            g = co // cg_out
+            xb = (plane // cout * cin + g * cg_in) * h * wd
+            wb = (g * cg_in * cg_out + co - g * cg_out) * khw
+            bias = bf[co]
+            for y in range(oy, oy_end):
+                e0 = y * 2
+                ob = (r + y - oy) * ow
+                for u0 in range(0, nu, step_u):
+                    _step(xf, xb, h * wd, cg_in, wf, wb, cg_out * khw, toff, tsh, tw,
+                          tstart[e0], tcount[e0], tstart[e0 + 1], tcount[e0 + 1], mtab, moff,
+                          u0, of, ob, ow, bias, nvec, sw)
+            r += oy_end - oy
+            oy = 0
+            plane += 1
+
+
+def _tap_table(h, wd, kh, kw, sh, sw, pt, pl, dh, dwl, oh):
+    """Taps of every (output row, column phase): flat arrays (input offset ``iy*wd + c``,
+    shift ``c``, weight index ``ky*kw + kx``) and per (row, phase) the first entry and count
+    (phase 1 empty when ``sw == 1``)."""
+    cols = []
+    for q in range(sw):
+        cols.append([(kx, (q + pl - kx * dwl) // sw) for kx in range(kw)
+                     if (q + pl - kx * dwl) % sw == 0])
+    toff, tsh, tw = [], [], []
+    tstart = np.zeros(2 * oh, np.int64)
+    tcount = np.zeros(2 * oh, np.int64)
+    for oy in range(oh):
+        rows = [(ky, (oy + pt - ky * dh) // sh) for ky in range(kh)
+                if (oy + pt - ky * dh) % sh == 0 and 0 <= (oy + pt - ky * dh) // sh < h]
+        for q in range(sw):
+            tstart[2 * oy + q] = len(toff)
+            for ky, iy in rows:
+                for kx, c in cols[q]:
+                    toff.append(iy * wd + c)
+                    tsh.append(c)
+                    tw.append(ky * kw + kx)
+            tcount[2 * oy + q] = len(toff) - tstart[2 * oy + q]
+    as_array = lambda v: np.array(v or [0], np.int64)   # noqa: E731 (never empty: typed arrays)
+    return as_array(toff), as_array(tsh), as_array(tw), tstart, tcount
+
+
+def _mask_table(wd, lanes, lo, hi):
+    """Lane masks of vectors starting at input column ``j`` in ``[lo, hi)``: bit ``l`` set when
+    ``0 <= j + l < wd``. Returns the table (one unsigned integer of ``max(lanes, 8)`` bits per
+    ``j``) and the offset of ``j = 0``."""
+    j = np.arange(lo, hi)[:, None]
+    lane = np.arange(lanes)[None, :]
+    valid = (j + lane >= 0) & (j + lane < wd)
+    bits = (valid << lane).sum(axis=1)
+    return bits.astype(np.uint16 if lanes > 8 else np.uint8), -lo
+
+
+def conv_transpose2d_narrow(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+                            groups):
+    """Transposed 2-D convolution of narrow groups (see :func:`supports`) into ``out``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    w : ndarray, shape (C_in, C_out // groups, kH, kW)
+    b : ndarray, shape (C_out,)
+    out : ndarray, shape (N, C_out, OH, OW)
+        All C-contiguous, one dtype (float32 or float64); ``out`` is written completely.
+    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups : int
+        ``stride_w`` 1 or 2; ``OH``/``OW`` imply the bottom/right padding and output padding.
+
+    Notes
+    -----
+    ``out[n, co, oy, ox] = b[co] + sum w[ci, co % (C_out/groups), ky, kx] * x[n, ci, iy, ix]``
+    over the input channels ``ci`` of the group of ``co`` and the ``(ky, kx, iy, ix)`` with
+    ``oy == iy*stride_h - pad_top + ky*dil_h``, ``ox == ix*stride_w - pad_left + kx*dil_w``;
+    summed bias first, then channel by channel, taps by rows then columns.
+    """
+    if out.size == 0:
+        return
+    n, cin, h, wd = x.shape
+    _, cg_out, kh, kw = w.shape
+    oh, ow = out.shape[2], out.shape[3]
+    key = (x.dtype, x.shape, w.shape, out.shape, stride_h, stride_w, pad_top, pad_left, dil_h,
+           dil_w, groups)
+    plan = _plans.get(key)
+    if plan is None:
+        lanes = _VBYTES // x.itemsize
+        nvec = min(MAX_VECTORS, -(-(-(-ow // stride_w)) // lanes))
+        nvec = 4 if nvec > 2 else nvec
+        taps = _tap_table(h, wd, kh, kw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, oh)
+        step = nvec * lanes
+        span = -(-(-(-ow // stride_w)) // step) * step      # u covered by the steps
+        shifts = taps[1]
+        mtab, moff = _mask_table(wd, lanes, min(0, int(shifts.min())),
+                                 span + max(0, int(shifts.max())) + 1)
+        prm = np.array([cin, h, wd, out.shape[1], groups, oh, ow, kh * kw, stride_w, nvec, moff],
+                       np.int64)
+        plan = (prm,) + taps + (mtab,)
+        if len(_plans) >= 256:
+            _plans.clear()
+        _plans[key] = plan
+    nrows = out.shape[0] * out.shape[1] * oh
+    _driver(x, w, b, out, *plan, max(1, min(_threads.numba_count(), nrows)))
+
+
+_plans = {}  # per-geometry parameters and tap tables
