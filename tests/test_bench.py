@@ -158,3 +158,17 @@ def test_asv_benchmarks_set_up_and_run():
         layouts.setup("mobilenetv2_dw3x3_c144_56", layout)
         layouts.time_conv("mobilenetv2_dw3x3_c144_56", layout)
         assert layouts.track_gflops("mobilenetv2_dw3x3_c144_56", layout) > 0
+
+
+def test_bench_grad_checks_and_times_a_depthwise_training_step():
+    """bench-grad compares every gradient with torch's (when installed) before timing: a wrong
+    gradient raises. Depthwise layers take groups from the layer table."""
+    from numbaconv import grad_bench
+    lines = []
+    rows = grad_bench.run(["mobilenetv2_dw3x3s2_c96_112"], batches=(1,), min_time=0.01,
+                          repeats=1, log=lines.append)
+    assert [r["layer"] for r in rows] == ["mobilenetv2_dw3x3s2_c96_112"]
+    assert rows[0]["numbaconv_ms"] > 0 and rows[0]["gflop"] > 0
+    assert any(line.startswith("mobilenetv2_dw3x3s2_c96_112") for line in lines)
+    with pytest.raises(ValueError, match="unknown layer"):
+        grad_bench.run(["no_such_layer"])

@@ -256,30 +256,46 @@ def test_pointwise_weight_gradient_transposes_the_input_rows(cin, cout, groups, 
         assert np.array_equal(same, copied)
 
 
-@pytest.mark.parametrize("c, m, k, size, pads, d, batch", [
-    (6, 1, 3, 13, (1, 1), 1, 2), (4, 2, 3, 11, (2, 0), 2, 3), (5, 1, 5, 9, (2, 2), 1, 1),
-    (3, 3, 2, 8, (0, 1), 1, 2)])
-def test_depthwise_weight_gradient_from_padded_planes(c, m, k, size, pads, d, batch, rng):
-    """Stride-1 depthwise layers: each tap's gradient is one dot product over a zero-padded
-    input plane and the output gradient padded to its pitch: the reference's values on integer
-    data (channel multipliers, dilation, uneven padding, cropped gradients); an Inf input takes
-    the im2col path, whose NaN/Inf pattern is the reference's."""
+@pytest.mark.parametrize("c, m, k, size, stride, pads, d, batch", [
+    (6, 1, (3, 3), (13, 13), (1, 1), (1, 1), 1, 2), (4, 2, (3, 3), (11, 40), (1, 1), (2, 0), 2, 3),
+    (5, 1, (5, 5), (9, 70), (1, 1), (2, 2), 1, 1), (3, 3, (2, 2), (8, 8), (1, 1), (0, 1), 1, 2),
+    (3, 1, (7, 7), (12, 150), (1, 1), (3, 3), 1, 1), (4, 1, (3, 3), (15, 57), (2, 2), (1, 1), 1, 2),
+    (2, 2, (5, 3), (17, 100), (3, 2), (2, 1), 1, 1), (3, 1, (3, 7), (9, 35), (2, 1), (1, 3), 2, 1),
+    (2, 1, (1, 1), (6, 33), (2, 2), (0, 0), 1, 2), (2, 1, (3, 9), (7, 30), (1, 1), (1, 4), 1, 1),
+    (2, 1, (3, 3), (9, 20), (3, 3), (1, 1), 1, 1)])
+def test_depthwise_weight_gradient(c, m, k, size, stride, pads, d, batch, rng):
+    """Depthwise layers: the reference's values on integer data (channel multipliers, strides,
+    dilation, uneven padding, cropped gradients, rows of several vectors, kernels of several
+    passes; kernels wider than 7 and column strides above 2 take the im2col path); Inf inputs
+    and output gradients give the reference's NaN/Inf pattern; random data gives the same bits
+    on 1 and 2 threads."""
     from numbaconv.kernels import weight_grad
     pt, pl = pads
-    w_shape = (c * m, 1, k, k)
-    oh = size + 2 * pt - d * (k - 1)
-    ow = size + 2 * pl - d * (k - 1)
-    x = rng.integers(-4, 5, (batch, c, size, size)).astype(np.float32)
-    for g_shape in ((batch, c * m, oh, ow), (batch, c * m, oh - 1, ow - 2)):
+    sh, sw = stride
+    w_shape = (c * m, 1) + k
+    oh = (size[0] + 2 * pt - d * (k[0] - 1) - 1) // sh + 1
+    ow = (size[1] + 2 * pl - d * (k[1] - 1) - 1) // sw + 1
+    x = rng.integers(-4, 5, (batch, c) + size).astype(np.float32)
+
+    def ours(x, g):
+        return weight_grad.conv2d_weight_grad(x, g, w_shape, sh, sw, pt, pl, d, d, c)
+
+    for g_shape in ((batch, c * m, oh, ow), (batch, c * m, max(1, oh - 1), max(1, ow - 2))):
         g = rng.integers(-4, 5, g_shape).astype(np.float32)
-        want = reference.conv2d_weight_grad(x, g, w_shape, (1, 1), pads, (d, d), c)
-        got = weight_grad.conv2d_weight_grad(x, g, w_shape, 1, 1, pt, pl, d, d, c)
-        assert np.array_equal(got, want)
-    x[batch - 1, c - 1, size // 2, 0] = np.inf
+        want = reference.conv2d_weight_grad(x, g, w_shape, stride, pads, (d, d), c)
+        assert np.array_equal(ours(x, g), want)
+    # Inf in the input, and in dY at pixels whose taps meet the padding (0 * Inf: NaN there)
+    x[batch - 1, c - 1, size[0] // 2, 0] = x[0, 0, size[0] - 1, size[1] - 1] = np.inf
     g = rng.integers(-4, 5, (batch, c * m, oh, ow)).astype(np.float32)
-    want = reference.conv2d_weight_grad(x, g, w_shape, (1, 1), pads, (d, d), c)
-    got = weight_grad.conv2d_weight_grad(x, g, w_shape, 1, 1, pt, pl, d, d, c)
-    assert np.array_equal(got, want, equal_nan=True)
+    g[0, 0, 0, 0] = g[batch - 1, c * m - 1, oh - 1, ow // 2] = np.inf
+    want = reference.conv2d_weight_grad(x, g, w_shape, stride, pads, (d, d), c)
+    assert np.array_equal(ours(x, g), want, equal_nan=True)
+    x = rng.standard_normal(x.shape).astype(np.float32)
+    g = rng.standard_normal(g.shape).astype(np.float32)
+    with numbaconv.num_threads(1):
+        one = ours(x, g)
+    with numbaconv.num_threads(2):
+        assert ours(x, g).tobytes() == one.tobytes()
 
 
 @pytest.mark.parametrize("shape, in_place", [

@@ -19,6 +19,7 @@ _WARMUP = (
     ("conv", (1, 8, 12, 12), (8, 1, 3, 3), dict(padding=1, groups=8)),
     ("conv", (1, 8, 12, 12), (16, 1, 3, 3), dict(padding=1, groups=8, stride=2)),
     ("conv", (1, 8, 6, 40), (8, 1, 3, 3), dict(padding=2, groups=8, dilation=2)),
+    ("conv", (1, 8, 12, 12), (8, 1, 3, 3), dict(stride=3, groups=8)),   # im2col weight gradient
     ("conv", (1, 16, 12, 12), (16, 4, 3, 3), dict(padding=1, groups=4)),
     ("conv", (1, 64, 8, 8), (64, 8, 3, 3), dict(padding=1, groups=8)),
     ("tconv", (1, 8, 6, 6), (8, 8, 3, 3), dict(stride=2, padding=1, output_padding=1)),

@@ -1,7 +1,7 @@
 """``numbaconv bench-grad``: forward + backward time of numbaconv against torch autograd.
 
-For each layer (ResNet-style by default), one training step of the convolution: the forward
-call, then the input, weight and bias gradients. numbaconv runs ``conv2d`` and
+For each layer (ResNet-50 and MobileNetV2 layers by default), one training step of the
+convolution: the forward call, then the input, weight and bias gradients. numbaconv runs ``conv2d`` and
 :func:`numbaconv.grad.conv2d_vjp`; torch runs ``F.conv2d`` and ``backward`` (NCHW, same thread
 count, same process). Before timing, the gradients are compared: the relative difference must be
 within ``8 * k * eps`` of the size of the gradients (a forward error bound with room). Medians
@@ -16,13 +16,15 @@ from . import _threads, grad
 from .functional import conv2d
 from .problem import ConvProblem
 
-#: ResNet-style layers (C_in, C_out, size, kernel, stride, padding).
+#: ResNet-50 and MobileNetV2 layers (C_in, C_out, size, kernel, stride, padding, groups).
 LAYERS = {
-    "resnet_3x3_c64_56": (64, 64, 56, 3, 1, 1),
-    "resnet_3x3_c128_28": (128, 128, 28, 3, 1, 1),
-    "resnet_3x3_c256_14": (256, 256, 14, 3, 1, 1),
-    "resnet_1x1_c64to256_56": (64, 256, 56, 1, 1, 0),
-    "resnet_3x3s2_c128_56": (128, 128, 56, 3, 2, 1),
+    "resnet_3x3_c64_56": (64, 64, 56, 3, 1, 1, 1),
+    "resnet_3x3_c128_28": (128, 128, 28, 3, 1, 1, 1),
+    "resnet_3x3_c256_14": (256, 256, 14, 3, 1, 1, 1),
+    "resnet_1x1_c64to256_56": (64, 256, 56, 1, 1, 0, 1),
+    "resnet_3x3s2_c128_56": (128, 128, 56, 3, 2, 1, 1),
+    "mobilenetv2_dw3x3_c144_56": (144, 144, 56, 3, 1, 1, 144),
+    "mobilenetv2_dw3x3s2_c96_112": (96, 96, 112, 3, 2, 1, 96),
 }
 
 
@@ -56,18 +58,18 @@ def run(names=None, batches=(1, 8), threads=2, min_time=0.3, repeats=5, log=prin
         if torch is not None:
             torch.set_num_threads(threads)
         for name in names:
-            cin, cout, size, k, s, p = LAYERS[name]
+            cin, cout, size, k, s, p, groups = LAYERS[name]
             for n in batches:
-                problem = ConvProblem.for_conv((n, cin, size, size), (cout, cin, k, k), bias=True,
-                                               stride=s, padding=p)
+                problem = ConvProblem.for_conv((n, cin, size, size), (cout, cin // groups, k, k),
+                                               bias=True, stride=s, padding=p, groups=groups)
                 x = rng.standard_normal(problem.input_shape, dtype=np.float32)
                 w = rng.standard_normal(problem.weight_shape, dtype=np.float32)
                 b = rng.standard_normal(cout, dtype=np.float32)
                 g = rng.standard_normal(problem.output_shape, dtype=np.float32)
 
                 def ours():
-                    conv2d(x, w, b, s, p)
-                    return grad.conv2d_vjp(x, w, g, s, p)
+                    conv2d(x, w, b, s, p, groups=groups)
+                    return grad.conv2d_vjp(x, w, g, s, p, groups=groups)
 
                 flops = 3 * problem.flops  # forward, input gradient, weight gradient
                 row = {"layer": name, "batch": n, "gflop": flops / 1e9}
@@ -79,7 +81,7 @@ def run(names=None, batches=(1, 8), threads=2, min_time=0.3, repeats=5, log=prin
 
                     def theirs():
                         tx.grad = tw.grad = tb.grad = None
-                        torch.nn.functional.conv2d(tx, tw, tb, s, p).backward(tg)
+                        torch.nn.functional.conv2d(tx, tw, tb, s, p, groups=groups).backward(tg)
 
                     theirs()
                     _check(ours(), (tx.grad.numpy(), tw.grad.numpy(), tb.grad.numpy()), problem)

@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 
 from numbaconv import _threads
 from numbaconv._jit import parallel_kernel, vector_bytes
-from numbaconv.kernels.ir_vectors import Vectors, switch
+from numbaconv.kernels.ir_vectors import Vectors, lane_mask_table, mask_bits, switch
 from numbaconv.kernels.unowned import unowned as _unowned
 
 __all__ = ["conv_transpose2d_narrow", "supports"]
@@ -83,10 +83,7 @@ def _emit_step(context, builder, aty, args, nvec, phases):
                     first = b.add(u0, c64(v * lanes))
                     col = b.add(first, shift)
                     # lanes l with 0 <= col + l < wd: one load from the mask table
-                    bits = b.load(vec.ptr(aty[14], mtab, b.add(moff, col)))
-                    if bits.type.width != lanes:
-                        bits = b.trunc(bits, ir.IntType(lanes))
-                    m = b.bitcast(bits, ir.VectorType(ir.IntType(1), lanes))
+                    m = mask_bits(b, b.load(vec.ptr(aty[14], mtab, b.add(moff, col))), lanes)
                     xv = vec.load(vec.ptr(aty[0], x, b.add(b.add(xci, off), first)), mask=m)
                     acc = b.load(accs[q][v])
                     b.store(b.select(m, vec.fma(xv, wv, acc), acc), accs[q][v])
@@ -115,7 +112,7 @@ def _step(typingctx, x, xb, xstep, cgin, w, wb, wstep, toff, tsh, tw, s0, n0, s1
 
     over ``ci < cgin`` and the taps ``t`` of phase ``q`` (``s0 .. s0 + n0 - 1`` for phase 0,
     ``s1 .. s1 + n1 - 1`` for phase 1), summed in that order; ``mtab[moff + j]`` holds the lanes
-    ``l`` with ``0 <= j + l < W`` as bits (:func:`_mask_table`), ``j = u + tsh[t]`` for the
+    ``l`` with ``0 <= j + l < W`` as bits (:func:`~numbaconv.kernels.ir_vectors.lane_mask_table`), ``j = u + tsh[t]`` for the
     vector's first ``u``. ``(nvec, phases)`` must be one of :data:`VARIANTS`."""
     sig = types.void(x, xb, xstep, cgin, w, wb, wstep, toff, tsh, tw, s0, n0, s1, n1, mtab, moff,
                      u0, out, ob, ow, bias, nvec, phases)
@@ -202,17 +199,6 @@ def _tap_table(h, wd, kh, kw, sh, sw, pt, pl, dh, dwl, oh):
     return as_array(toff), as_array(tsh), as_array(tw), tstart, tcount
 
 
-def _mask_table(wd, lanes, lo, hi):
-    """Lane masks of vectors starting at input column ``j`` in ``[lo, hi)``: bit ``l`` set when
-    ``0 <= j + l < wd``. Returns the table (one unsigned integer of ``max(lanes, 8)`` bits per
-    ``j``) and the offset of ``j = 0``."""
-    j = np.arange(lo, hi)[:, None]
-    lane = np.arange(lanes)[None, :]
-    valid = (j + lane >= 0) & (j + lane < wd)
-    bits = (valid << lane).sum(axis=1)
-    return bits.astype(np.uint16 if lanes > 8 else np.uint8), -lo
-
-
 def conv_transpose2d_narrow(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
                             groups):
     """Transposed 2-D convolution of narrow groups (see :func:`supports`) into ``out``.
@@ -250,7 +236,7 @@ def conv_transpose2d_narrow(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
         step = nvec * lanes
         span = -(-(-(-ow // stride_w)) // step) * step      # u covered by the steps
         shifts = taps[1]
-        mtab, moff = _mask_table(wd, lanes, min(0, int(shifts.min())),
+        mtab, moff = lane_mask_table(wd, lanes, min(0, int(shifts.min())),
                                  span + max(0, int(shifts.max())) + 1)
         prm = np.array([cin, h, wd, out.shape[1], groups, oh, ow, kh * kw, stride_w, nvec, moff],
                        np.int64)

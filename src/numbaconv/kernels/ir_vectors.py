@@ -3,6 +3,7 @@ an array's dtype (AVX-512: 16 float32 / 8 float64 lanes), lane masks, masked loa
 shuffles, splats and fused multiply-adds; a switch over compiled variants of a code block."""
 
 import llvmlite.binding as llvm
+import numpy as np
 from llvmlite import ir
 from numba.core import cgutils
 
@@ -146,3 +147,37 @@ def switch(builder, selectors, variants, name, emit):
         emit(*variant)
         b.branch(done)
     b.position_at_end(done)
+
+
+def lane_mask_table(wd, lanes, lo, hi, step=1):
+    """Lane masks of vectors reading a row of ``wd`` elements from column ``j`` in ``[lo, hi)``
+    (lane ``l`` at column ``j + step*l``): bit ``l`` set when that column is inside the row.
+    Returns the table (one unsigned integer of ``max(lanes, 8)`` bits per ``j``; a kernel
+    loads one to mask a vector instead of computing it) and the index of ``j = 0``."""
+    j = np.arange(lo, hi)[:, None]
+    col = j + step * np.arange(lanes)[None, :]
+    valid = (col >= 0) & (col < wd)
+    bits = (valid << np.arange(lanes)[None, :]).sum(axis=1)
+    return bits.astype(np.uint16 if lanes > 8 else np.uint8), -lo
+
+
+def mask_bits(builder, bits, lanes):
+    """The ``<lanes x i1>`` mask of an integer of at least ``lanes`` bits (its low bits)."""
+    if bits.type.width != lanes:
+        bits = builder.trunc(bits, ir.IntType(lanes))
+    return builder.bitcast(bits, ir.VectorType(ir.IntType(1), lanes))
+
+
+def lane_sum(builder, v):
+    """The sum of vector ``v``'s lanes, pairwise: (lane j) + (lane j + width/2), halving."""
+    lanes = v.type.count
+    i32v = ir.VectorType(ir.IntType(32), lanes)
+    width = lanes
+    while width > 1:
+        width //= 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(width)) +
+                                                      [0] * (lanes - width)))
+        hi = builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(width, 2 * width)) +
+                                                      [0] * (lanes - width)))
+        v = builder.fadd(lo, hi)
+    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))

@@ -26,11 +26,11 @@ threads, interleaved: 3x3 C256 14x14 1.08x, batch 8 1.12x, C128 14x14 1.11x, C25
 1.32x). Other strides copy im2col rows.
 
 Depthwise layers (one input channel per group) have one weight row per channel, far too narrow
-for GEMM tiles: there each channel is a task, and each tap's gradient is a vectorised dot
-product (:func:`_vdot`, a fixed lane order) of the ``dY`` plane with the tap's im2col row; at
-stride 1 with zero-padded planes instead of im2col rows (:func:`_depthwise_rows`) and the taps'
-dot products in one pass (:func:`_vdot_taps`): MobileNetV2's C144 56x56 0.68 -> 0.45 ms at
-batch 1, 6.1 -> about 3.5 at batch 8, where torch took 0.17-0.18 and 3.2-4.1.
+for GEMM tiles: kernels up to 7 wide with column stride 1 or 2 run on
+:mod:`.depthwise_weight_grad` (the input read in place with masked vector loads, every tap of a
+pass accumulated in one sweep over ``dY``); others take one task per channel, each tap's
+gradient a vectorised dot product (:func:`_vdot`, a fixed lane order) of the ``dY`` plane with
+the tap's im2col row.
 """
 
 
@@ -39,16 +39,17 @@ import functools
 import numba
 import numpy as np
 from llvmlite import ir
-from numba import prange, types
+from numba import prange
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .._jit import kernel, parallel_kernel
 from . import gemm as _gemm
+from . import depthwise_weight_grad as _depthwise
 from . import weight_grad_rows as _rows
 from .im2col import _im2col_rows
 from .scratch import buffer
-from .ir_vectors import Vectors
+from .ir_vectors import lane_sum
 from .transpose import tile_transpose, tile_transpose_rows
 
 _PIXEL_CHUNK = 256     # reduction block (micro-kernel K loop): B panel 256 x 32 floats in L1
@@ -57,21 +58,6 @@ _MIN_TASKS = 8         # parallel tasks wanted (2 cores; balance)
 _KEEP_BYTES = 16 << 20  # largest scratch kept between calls (see scratch.py)
 # Vector accumulators of a dot product: independent FMA chains that hide the FMA latency.
 _DOT_CHAINS = 4
-
-
-def _lane_sum(builder, v):
-    """The sum of vector ``v``'s lanes, pairwise: (lane j) + (lane j + width/2), halving."""
-    lanes = v.type.count
-    i32v = ir.VectorType(ir.IntType(32), lanes)
-    width = lanes
-    while width > 1:
-        width //= 2
-        lo = builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(width)) +
-                                                      [0] * (lanes - width)))
-        hi = builder.shuffle_vector(v, v, ir.Constant(i32v, list(range(width, 2 * width)) +
-                                                      [0] * (lanes - width)))
-        v = builder.fadd(lo, hi)
-    return builder.extract_element(v, ir.Constant(ir.IntType(32), 0))
 
 
 @intrinsic
@@ -151,72 +137,7 @@ def _vdot(typingctx, a, aoff, b, boff, n):
         builder.branch(head)
         builder.position_at_end(tail)
         v = builder.fadd(builder.fadd(accs[0], accs[1]), builder.fadd(accs[2], accs[3]))
-        return _lane_sum(builder, v)
-
-    return sig, codegen
-
-
-_TAPS_PER_PASS = 9    # dot products one pass of :func:`_vdot_taps` computes (3x3: all)
-
-
-@intrinsic
-def _vdot_taps(typingctx, a, aoff, b, boff, offs, t0, count, n, out, ooff):
-    """``out[ooff + t] += sum_i a[aoff + i] * b[boff + offs[t0 + t] + i]`` for ``t < count``
-    (at most ``_TAPS_PER_PASS``), ``i < n``: one pass over ``a`` for every tap, each vector of
-    ``a`` loaded once. Tap ``t`` sums in a fixed order: element ``i`` to lane ``i % L`` of its
-    accumulator (masked tail), then the lanes pairwise."""
-    sig = types.void(a, aoff, b, boff, offs, t0, count, n, out, ooff)
-
-    def codegen(context, builder, signature, args):
-        a_v, aoff_v, b_v, boff_v, o_v, t0_v, cnt_v, n_v, out_v, ooff_v = args
-        e = Vectors(context, builder, signature.args[0])
-        L = e.lanes
-        pa = e.ptr(signature.args[0], a_v, aoff_v)
-        pb = e.ptr(signature.args[2], b_v, boff_v)
-        po = e.ptr(signature.args[4], o_v, t0_v)
-        cnt = e.as64(cnt_v)
-        n = e.as64(n_v)
-        zero = ir.Constant(e.vty, [0.0] * L)
-        none = ir.Constant(ir.VectorType(ir.IntType(1), L), [0] * L)
-        live = [builder.icmp_signed("<", ir.Constant(e.i64, t), cnt)
-                for t in range(_TAPS_PER_PASS)]
-        # taps past ``count`` read row 0's offset and load nothing (all lanes masked off)
-        rows = [builder.gep(pb, [e.as64(builder.load(builder.gep(
-            po, [builder.select(live[t], ir.Constant(e.i64, t), ir.Constant(e.i64, 0))])))])
-            for t in range(_TAPS_PER_PASS)]
-        pre = builder.block
-        head = builder.append_basic_block("dots.head")
-        body = builder.append_basic_block("dots.body")
-        tail = builder.append_basic_block("dots.tail")
-        builder.branch(head)
-        builder.position_at_end(head)
-        i = builder.phi(e.i64)
-        i.add_incoming(ir.Constant(e.i64, 0), pre)
-        accs = []
-        for _ in range(_TAPS_PER_PASS):
-            phi = builder.phi(e.vty)
-            phi.add_incoming(zero, pre)
-            accs.append(phi)
-        builder.cbranch(builder.icmp_signed("<", i, n), body, tail)
-        builder.position_at_end(body)
-        mask = e.mask(builder.sub(n, i), L)
-        av = e.load(builder.gep(pa, [i]), mask)
-        new = []
-        for t in range(_TAPS_PER_PASS):
-            bv = e.load(builder.gep(rows[t], [i]), builder.select(live[t], mask, none))
-            new.append(e.fma(av, bv, accs[t]))
-        for acc, value in zip(accs, new):
-            acc.add_incoming(value, builder.block)
-        i.add_incoming(builder.add(i, ir.Constant(e.i64, L)), builder.block)
-        builder.branch(head)
-        builder.position_at_end(tail)
-        pout = e.ptr(signature.args[8], out_v, ooff_v)
-        for t in range(_TAPS_PER_PASS):
-            total = _lane_sum(builder, accs[t])
-            with builder.if_then(live[t]):
-                slot = builder.gep(pout, [ir.Constant(e.i64, t)])
-                builder.store(builder.fadd(builder.load(slot), total), slot)
-        return context.get_dummy_value()
+        return lane_sum(builder, v)
 
     return sig, codegen
 
@@ -241,42 +162,6 @@ def _depthwise_driver(x, gf, dw, m, kh, kw, sh, sw, pt, pl, dh, dwl, oh, ow, pc,
                 goff = (n * cout + co) * npix + q0
                 for t in range(taps):
                     dw[co * taps + t] += _vdot(gf, goff, col, t * ldcol, q1 - q0)
-
-
-@parallel_kernel
-def _depthwise_rows(x, gf, dw, m, kh, kw, pt, pl, dh, dwl, oh, ow, hp, wp, toff, bits, mask,
-                    ws):
-    """Stride-1 depthwise weight gradient without im2col rows: per output channel and image the
-    input plane is copied zero-padded (``hp`` rows of pitch ``wp``) and the ``dY`` plane with
-    zero columns to the same pitch, so each tap's im2col row over ``oh*wp`` pixels is one run
-    of the padded plane (``toff[t]`` in) and its gradient a vectorised dot product with the
-    padded ``dY`` (the added pixels contribute exact zeros), up to nine taps per pass. Returns
-    the largest exponent field of the input read: ``mask`` (Inf or NaN somewhere) means ``dw``
-    is not to be used."""
-    nb, cin, h, w = x.shape
-    cout = cin * m
-    taps = kh * kw
-    npp = oh * wp
-    plane = hp * wp
-    xf = x.reshape(-1)
-    worst = np.zeros(cout, dtype=bits.dtype)
-    for co in prange(cout):
-        buf = ws[numba.get_thread_id()]
-        wm = worst[co]
-        for t in range(taps):
-            dw[co * taps + t] = 0
-        for n in range(nb):
-            wm = max(wm, _rows.pad_plane(xf, bits, mask, (n * cin + co // m) * h * w, h, w, pt,
-                                         pl, hp, wp, 0, buf))
-            gsrc = (n * cout + co) * oh * ow
-            for oy in range(oh):
-                _gemm._copy_row(gf, gsrc + oy * ow, buf, plane + oy * wp, ow)
-                _gemm._zero_row(buf, plane + oy * wp + ow, wp - ow)
-            for t0 in range(0, taps, _TAPS_PER_PASS):
-                _vdot_taps(buf, plane, buf, 0, toff, t0, min(_TAPS_PER_PASS, taps - t0), npp, dw,
-                           co * taps + t0)
-        worst[co] = wm
-    return worst.max()
 
 
 @kernel
@@ -416,20 +301,11 @@ def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, p
     nr = _gemm.NV * (_gemm._VBYTES // itemsize)
     if cg == 1 and groups > 1:
         # depthwise: one weight row per channel, too narrow for GEMM tiles
+        if _depthwise.supports(kw, stride_w):
+            return _depthwise.conv2d_depthwise_weight_grad(x, grad_out, cog, kh, kw, stride_h,
+                                                           stride_w, pad_top, pad_left, dil_h,
+                                                           dil_w)
         threads = numba.config.NUMBA_NUM_THREADS
-        if stride_h == stride_w == 1:
-            hp, wp = _rows.padded_size(oh, ow, kh, kw, dil_h, dil_w)
-            ws = buffer("weight_grad.depthwise", threads * (hp * wp + oh * wp), x.dtype,
-                        _KEEP_BYTES).reshape(threads, -1)
-            toff = _rows.tap_offsets(kh, kw, dil_h, dil_w, wp)
-            itype = np.int32 if itemsize == 4 else np.int64
-            mask = itype(0x7F800000) if itemsize == 4 else itype(0x7FF0000000000000)
-            dw = np.empty(weight_shape, dtype=x.dtype)
-            if _depthwise_rows(x, grad_out.reshape(-1), dw.reshape(-1), cog, kh, kw, pad_top,
-                               pad_left, dil_h, dil_w, oh, ow, hp, wp, toff,
-                               x.reshape(-1).view(itype), mask, ws) != mask:
-                return dw
-            # an Inf or NaN input: the padding pixels would turn zeros into NaN
         pc = min(4096, oh * ow)
         ws_col = buffer("weight_grad.col", threads * k * pc, x.dtype,
                         _KEEP_BYTES).reshape(threads, k * pc)

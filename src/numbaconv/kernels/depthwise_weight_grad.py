@@ -1,0 +1,231 @@
+"""Weight gradient of a depthwise 2-D convolution (one input channel per group, any channel
+multiplier), NCHW, read in place: no copies, no im2col rows.
+
+``dW[co, 0, ky, kx] = sum_n sum_{oy, ox} dY[n, co, oy, ox] * x[n, co // m, oy*sh - pt + ky*dh,
+ox*sw - pl + kx*dw]``: for each tap, a dot product of the ``dY`` plane with the input pixels
+the tap saw. One pass over a ``dY`` plane serves whole kernel rows, as many as
+:data:`ACCUMULATORS` vector registers hold (a 3x3 kernel in one pass): each vector of a
+``dY`` row is loaded once and multiplied into one accumulator per tap, with the tap's input
+vector read by a masked load from the input row ``oy*sh - pt + ky*dh``. Column stride 2 loads
+two vectors and keeps their even lanes (one permute). Input lanes outside the image load as
+zeros and are multiplied like the zero padding of torch and the reference (so an Inf or NaN in
+``dY`` makes such a tap NaN); lanes past the end of the ``dY`` row are not added (merge-masked
+FMAs). Lane masks come from a table indexed by the vector's first column
+(:func:`~numbaconv.kernels.ir_vectors.lane_mask_table`): one load in place of a dozen scalar
+operations per tap.
+
+A parallel task owns an output channel: its taps' accumulators run over the images, rows and
+vectors in that order, then their lanes are summed pairwise; the result does not depend on the
+number of threads.
+"""
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from numbaconv._jit import parallel_kernel, vector_bytes
+from numbaconv.kernels.ir_vectors import Vectors, lane_mask_table, lane_sum, mask_bits, switch
+
+__all__ = ["conv2d_depthwise_weight_grad", "supports"]
+
+_VBYTES = vector_bytes()
+
+
+#: Vector accumulators of one pass over a dY plane: whole kernel rows, as many as fit.
+ACCUMULATORS = 16 if _VBYTES == 64 else 9
+#: Kernel widths compiled (one variant each per column stride).
+MAX_WIDTH = 7
+
+
+def supports(kw, stride_w):
+    """Whether the kernel computes this kernel width and column stride (1, or 2 by even lanes of
+    vector pairs)."""
+    return 1 <= kw <= MAX_WIDTH and stride_w in (1, 2)
+
+
+def rows_per_pass(kw):
+    """Kernel rows whose taps one pass over a dY plane accumulates."""
+    return max(1, ACCUMULATORS // kw)
+
+
+def _emit_pass(context, builder, aty, args, kw, sw):
+    """IR of one pass (see :func:`_pass`) for kernel width ``kw`` and column stride ``sw``."""
+    (x, xb, h, wd, g, gb, oh, ow, sh, pt, ky0, nrows, dh, tcol, acc, mtab, moff, first, last,
+     out, ooff) = args[:21]
+    vec = Vectors(context, builder, aty[0])
+    b = builder
+    lanes, i64 = vec.lanes, vec.i64
+    rmax = rows_per_pass(kw)
+
+    def c64(n):
+        return ir.Constant(i64, n)
+
+    xb, h, wd, gb, oh, ow, sh, pt, ky0, nrows, dh, moff, ooff = (
+        vec.as64(v) for v in (xb, h, wd, gb, oh, ow, sh, pt, ky0, nrows, dh, moff, ooff))
+    first = b.icmp_signed("!=", first, ir.Constant(first.type, 0))
+    last = b.icmp_signed("!=", last, ir.Constant(last.type, 0))
+    zero = ir.Constant(vec.vty, [0.0] * lanes)
+    ity = ir.IntType(lanes)
+    i1v = ir.VectorType(ir.IntType(1), lanes)
+    accs = [[cgutils.alloca_once(b, vec.vty) for _ in range(kw)] for _ in range(rmax)]
+    for r in range(rmax):
+        for kx in range(kw):
+            kept = vec.load(vec.ptr(aty[14], acc, c64((r * kw + kx) * lanes)))
+            b.store(b.select(first, zero, kept), accs[r][kx])
+    cols = [b.load(vec.ptr(aty[13], tcol, c64(kx))) for kx in range(kw)]
+    nvec = b.sdiv(b.add(ow, c64(lanes - 1)), c64(lanes))
+    evens = list(range(0, 2 * lanes, 2))
+
+    def table(tab, j):
+        return mask_bits(b, b.load(vec.ptr(aty[15], tab, b.add(moff, j))), lanes)
+
+    with cgutils.for_range(b, oh) as row_loop:
+        oy = row_loop.index
+        top = b.add(b.sub(b.mul(oy, sh), pt), b.mul(ky0, dh))
+        rows, inside = [], []
+        for r in range(rmax):
+            iy = b.add(top, b.mul(c64(r), dh))
+            inside.append(b.and_(b.icmp_signed(">=", iy, c64(0)), b.icmp_signed("<", iy, h)))
+            rows.append(b.add(xb, b.mul(b.select(inside[r], iy, c64(0)), wd)))
+        grow = b.add(gb, b.mul(oy, ow))
+        with cgutils.for_range(b, nvec) as vec_loop:
+            o0 = b.mul(vec_loop.index, c64(lanes))
+            left = b.sub(ow, o0)                           # >= 1
+            full = b.icmp_signed(">=", left, c64(lanes))
+            part = b.sub(b.shl(ir.Constant(ity, 1), b.trunc(b.select(full, c64(0), left), ity)),
+                         ir.Constant(ity, 1))
+            dbits = b.select(full, ir.Constant(ity, -1), part)
+            dmask = b.bitcast(dbits, i1v)
+            dv = vec.load(vec.ptr(aty[4], g, b.add(grow, o0)), mask=dmask)
+            # per tap column: the first input column and the masks of the input lanes inside
+            # the row (the others load as zeros, the padding)
+            starts, loads = [], []
+            for kx in range(kw):
+                s = b.add(b.mul(o0, c64(sw)), cols[kx])
+                starts.append(s)
+                loads.append([table(mtab, b.add(s, c64(i * lanes))) for i in range(sw)])
+
+            def add(r, kx, xv):
+                a = b.load(accs[r][kx])
+                b.store(b.select(dmask, vec.fma(dv, xv, a), a), accs[r][kx])
+
+            for r in range(rmax):
+                with b.if_then(b.icmp_signed("<", c64(r), nrows), likely=True):
+                    with b.if_else(inside[r], likely=True) as (in_image, padding_row):
+                        with in_image:
+                            for kx in range(kw):
+                                p = b.add(rows[r], starts[kx])
+                                part = [vec.load(vec.ptr(aty[0], x, b.add(p, c64(i * lanes))),
+                                                 mask=loads[kx][i]) for i in range(sw)]
+                                add(r, kx, part[0] if sw == 1 else
+                                    vec.shuffle(part[0], part[1], evens))
+                        with padding_row:
+                            # zero padding times dY, as the reference and torch multiply it
+                            # (an Inf or NaN in dY makes the tap NaN)
+                            for kx in range(kw):
+                                add(r, kx, zero)
+    with b.if_else(last) as (done, more):
+        with done:
+            for r in range(rmax):
+                with b.if_then(b.icmp_signed("<", c64(r), nrows)):
+                    for kx in range(kw):
+                        b.store(lane_sum(b, b.load(accs[r][kx])),
+                                vec.ptr(aty[19], out, b.add(ooff, c64(r * kw + kx))))
+        with more:
+            for r in range(rmax):
+                for kx in range(kw):
+                    p = vec.ptr(aty[14], acc, c64((r * kw + kx) * lanes))
+                    b.store(b.load(accs[r][kx]), b.bitcast(p, vec.vty.as_pointer()),
+                            align=vec.isz)
+
+
+_VARIANTS = [(k, s) for k in range(1, MAX_WIDTH + 1) for s in (1, 2)]
+
+
+@intrinsic
+def _pass(typingctx, x, xb, h, wd, g, gb, oh, ow, sh, pt, ky0, nrows, dh, tcol, acc, mtab, moff,
+          first, last, out, ooff, kw, sw):
+    """For the kernel rows ``ky0 + r``, ``r < nrows`` (at most :func:`rows_per_pass`), and
+    columns ``kx < kw``: ``acc[(r*kw + kx)*L + l] += sum_{oy, ox = o0 + l} g[gb + oy*ow + ox] *
+    x[xb + (oy*sh - pt + (ky0 + r)*dh)*wd + ox*sw + tcol[kx]]`` (``L`` lanes, ``o0`` the
+    vector's first column; ``x`` is zero outside the ``h`` x ``wd`` plane), rows then vectors
+    ascending. ``mtab[moff + j]`` holds the lanes of a vector from column ``j`` inside the row
+    as bits. ``first``: the accumulators start from zero (else from ``acc``); ``last``: their lanes,
+    summed pairwise, go to ``out[ooff + r*kw + kx]`` (else back to ``acc``). ``(kw, sw)`` must
+    be supported (:func:`supports`)."""
+    sig = types.void(x, xb, h, wd, g, gb, oh, ow, sh, pt, ky0, nrows, dh, tcol, acc, mtab, moff,
+                     first, last, out, ooff, kw, sw)
+
+    def codegen(context, builder, signature, args):
+        switch(builder, args[21:23], _VARIANTS, "dwg_pass",
+               lambda k, s: _emit_pass(context, builder, signature.args, args, k, s))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@parallel_kernel
+def _driver(x, g, dw, m, kh, kw, sh, sw, pt, dh, tcol, oh, ow, mtab, moff, ws):
+    nb, cin, h, wd = x.shape
+    cout = cin * m
+    taps = kh * kw
+    rmax = max(1, ACCUMULATORS // kw)
+    xf = x.reshape(-1)
+    for co in prange(cout):
+        acc = ws[numba.get_thread_id()]
+        for ky0 in range(0, kh, rmax):
+            nrows = min(rmax, kh - ky0)
+            for n in range(nb):
+                _pass(xf, (n * cin + co // m) * h * wd, h, wd, g, (n * cout + co) * oh * ow, oh,
+                      ow, sh, pt, ky0, nrows, dh, tcol, acc, mtab, moff, n == 0,
+                      n == nb - 1, dw, co * taps + ky0 * kw, kw, sw)
+
+
+def conv2d_depthwise_weight_grad(x, grad_out, m, kh, kw, stride_h, stride_w, pad_top, pad_left,
+                                 dil_h, dil_w):
+    """Weight gradient of a depthwise convolution, shape (C * m, 1, kH, kW).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C, H, W)
+    grad_out : ndarray, shape (N, C * m, OH, OW)
+        C-contiguous, one dtype (float32 or float64); ``OH``/``OW`` may be smaller than the
+        forward output (rows and columns past them contribute nothing).
+    m, kh, kw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w : int
+        Channel multiplier and geometry (see :func:`supports`).
+
+    Notes
+    -----
+    ``dW[co, 0, ky, kx] = sum_{n, oy, ox} grad_out[n, co, oy, ox] * x[n, co // m,
+    oy*stride_h - pad_top + ky*dil_h, ox*stride_w - pad_left + kx*dil_w]`` over the pixels
+    inside ``x``: each tap's products go to lane ``ox % L`` of its accumulator over ``n``, ``oy``
+    and ``ox`` ascending, then the ``L`` lanes are summed pairwise.
+    """
+    nb, cin, h, wd = x.shape
+    oh, ow = grad_out.shape[2], grad_out.shape[3]
+    dw = np.zeros((cin * m, 1, kh, kw), dtype=x.dtype)
+    if not (nb and oh and ow):
+        return dw
+    key = (x.dtype, wd, ow, kw, stride_w, pad_left, dil_w)
+    plan = _plans.get(key)
+    if plan is None:
+        lanes = _VBYTES // x.itemsize
+        tcol = (np.arange(kw) * dil_w - pad_left).astype(np.int64)
+        lo = min(0, int(tcol.min()))
+        hi = -(-ow // lanes) * lanes * stride_w + max(0, int(tcol.max())) + lanes + 1
+        mtab, moff = lane_mask_table(wd, lanes, lo, hi)
+        plan = lanes, tcol, mtab, moff
+        if len(_plans) >= 256:
+            _plans.clear()
+        _plans[key] = plan
+    lanes, tcol, mtab, moff = plan
+    ws = np.empty((numba.config.NUMBA_NUM_THREADS, ACCUMULATORS * lanes), dtype=x.dtype)
+    _driver(x, grad_out.reshape(-1), dw.reshape(-1), m, kh, kw, stride_h, stride_w, pad_top,
+            dil_h, tcol, oh, ow, mtab, moff, ws)
+    return dw
+
+
+_plans = {}  # per-geometry tap and mask tables
