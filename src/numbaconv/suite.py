@@ -59,10 +59,12 @@ LAYERS = (
     _tconv("dcgan_t4x4s2_c128to64_16", (1, 128, 16, 16), (128, 64, 4, 4), 2, 1),
     _tconv("unet_t2x2s2_c256to128_64", (1, 256, 64, 64), (256, 128, 2, 2), 2, 0),
     _tconv("t3x3s2_c32to16_128", (1, 32, 128, 128), (32, 16, 3, 3), 2, 1, 1),
-    # input gradients (dL/dx) of two layers above: what a training step computes besides them
+    # input gradients (dL/dx) of three layers above: what a training step computes besides them
     _tconv("resnet50_3x3_c64_56_dgrad", (1, 64, 56, 56), (64, 64, 3, 3), 1, 1, bias=False),
     _tconv("mobilenetv2_dw3x3_c144_56_dgrad", (1, 144, 56, 56), (144, 1, 3, 3), 1, 1,
            groups=144, bias=False),
+    _tconv("mobilenetv2_dw3x3s2_c96_112_dgrad", (1, 96, 56, 56), (96, 1, 3, 3), 2, 1, 1,
+           groups=96, bias=False),
 )
 
 
