@@ -19,7 +19,6 @@ vectors in that order, then their lanes are summed pairwise; the result does not
 number of threads.
 """
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import prange, types
@@ -53,8 +52,8 @@ def rows_per_pass(kw):
 
 def _emit_pass(context, builder, aty, args, kw, sw):
     """IR of one pass (see :func:`_pass`) for kernel width ``kw`` and column stride ``sw``."""
-    (x, xb, h, wd, g, gb, oh, ow, sh, pt, ky0, nrows, dh, tcol, acc, mtab, moff, first, last,
-     out, ooff) = args[:21]
+    (x, xb, xn, h, wd, g, gb, gn, nb, oh, ow, sh, pt, ky0, nrows, dh, tcol, mtab, moff, out,
+     ooff) = args[:21]
     vec = Vectors(context, builder, aty[0])
     b = builder
     lanes, i64 = vec.lanes, vec.i64
@@ -63,101 +62,100 @@ def _emit_pass(context, builder, aty, args, kw, sw):
     def c64(n):
         return ir.Constant(i64, n)
 
-    xb, h, wd, gb, oh, ow, sh, pt, ky0, nrows, dh, moff, ooff = (
-        vec.as64(v) for v in (xb, h, wd, gb, oh, ow, sh, pt, ky0, nrows, dh, moff, ooff))
-    first = b.icmp_signed("!=", first, ir.Constant(first.type, 0))
-    last = b.icmp_signed("!=", last, ir.Constant(last.type, 0))
+    xb, xn, h, wd, gb, gn, nb, oh, ow, sh, pt, ky0, nrows, dh, moff, ooff = (
+        vec.as64(v) for v in (xb, xn, h, wd, gb, gn, nb, oh, ow, sh, pt, ky0, nrows, dh, moff,
+                              ooff))
     zero = ir.Constant(vec.vty, [0.0] * lanes)
     ity = ir.IntType(lanes)
     i1v = ir.VectorType(ir.IntType(1), lanes)
     accs = [[cgutils.alloca_once(b, vec.vty) for _ in range(kw)] for _ in range(rmax)]
     for r in range(rmax):
         for kx in range(kw):
-            kept = vec.load(vec.ptr(aty[14], acc, c64((r * kw + kx) * lanes)))
-            b.store(b.select(first, zero, kept), accs[r][kx])
-    cols = [b.load(vec.ptr(aty[13], tcol, c64(kx))) for kx in range(kw)]
+            b.store(zero, accs[r][kx])
+    cols = [b.load(vec.ptr(aty[16], tcol, c64(kx))) for kx in range(kw)]
     nvec = b.sdiv(b.add(ow, c64(lanes - 1)), c64(lanes))
     evens = list(range(0, 2 * lanes, 2))
 
     def table(tab, j):
-        return mask_bits(b, b.load(vec.ptr(aty[15], tab, b.add(moff, j))), lanes)
+        return mask_bits(b, b.load(vec.ptr(aty[17], tab, b.add(moff, j))), lanes)
 
-    with cgutils.for_range(b, oh) as row_loop:
-        oy = row_loop.index
-        top = b.add(b.sub(b.mul(oy, sh), pt), b.mul(ky0, dh))
-        rows, inside = [], []
-        for r in range(rmax):
-            iy = b.add(top, b.mul(c64(r), dh))
-            inside.append(b.and_(b.icmp_signed(">=", iy, c64(0)), b.icmp_signed("<", iy, h)))
-            rows.append(b.add(xb, b.mul(b.select(inside[r], iy, c64(0)), wd)))
-        grow = b.add(gb, b.mul(oy, ow))
-        with cgutils.for_range(b, nvec) as vec_loop:
-            o0 = b.mul(vec_loop.index, c64(lanes))
-            left = b.sub(ow, o0)                           # >= 1
-            full = b.icmp_signed(">=", left, c64(lanes))
-            part = b.sub(b.shl(ir.Constant(ity, 1), b.trunc(b.select(full, c64(0), left), ity)),
-                         ir.Constant(ity, 1))
-            dbits = b.select(full, ir.Constant(ity, -1), part)
-            dmask = b.bitcast(dbits, i1v)
-            dv = vec.load(vec.ptr(aty[4], g, b.add(grow, o0)), mask=dmask)
-            # per tap column: the first input column and the masks of the input lanes inside
-            # the row (the others load as zeros, the padding)
-            starts, loads = [], []
-            for kx in range(kw):
-                s = b.add(b.mul(o0, c64(sw)), cols[kx])
-                starts.append(s)
-                loads.append([table(mtab, b.add(s, c64(i * lanes))) for i in range(sw)])
-
-            def add(r, kx, xv):
-                a = b.load(accs[r][kx])
-                b.store(b.select(dmask, vec.fma(dv, xv, a), a), accs[r][kx])
-
+    def image(n):
+        """The rows of image ``n``."""
+        xbn = b.add(xb, b.mul(n, xn))
+        gbn = b.add(gb, b.mul(n, gn))
+        with cgutils.for_range(b, oh) as row_loop:
+            oy = row_loop.index
+            top = b.add(b.sub(b.mul(oy, sh), pt), b.mul(ky0, dh))
+            rows, inside = [], []
             for r in range(rmax):
-                with b.if_then(b.icmp_signed("<", c64(r), nrows), likely=True):
-                    with b.if_else(inside[r], likely=True) as (in_image, padding_row):
-                        with in_image:
-                            for kx in range(kw):
-                                p = b.add(rows[r], starts[kx])
-                                part = [vec.load(vec.ptr(aty[0], x, b.add(p, c64(i * lanes))),
-                                                 mask=loads[kx][i]) for i in range(sw)]
-                                add(r, kx, part[0] if sw == 1 else
-                                    vec.shuffle(part[0], part[1], evens))
-                        with padding_row:
-                            # zero padding times dY, as the reference and torch multiply it
-                            # (an Inf or NaN in dY makes the tap NaN)
-                            for kx in range(kw):
-                                add(r, kx, zero)
-    with b.if_else(last) as (done, more):
-        with done:
-            for r in range(rmax):
-                with b.if_then(b.icmp_signed("<", c64(r), nrows)):
-                    for kx in range(kw):
-                        b.store(lane_sum(b, b.load(accs[r][kx])),
-                                vec.ptr(aty[19], out, b.add(ooff, c64(r * kw + kx))))
-        with more:
-            for r in range(rmax):
+                iy = b.add(top, b.mul(c64(r), dh))
+                inside.append(b.and_(b.icmp_signed(">=", iy, c64(0)),
+                                     b.icmp_signed("<", iy, h)))
+                rows.append(b.add(xbn, b.mul(b.select(inside[r], iy, c64(0)), wd)))
+            grow = b.add(gbn, b.mul(oy, ow))
+            with cgutils.for_range(b, nvec) as vec_loop:
+                o0 = b.mul(vec_loop.index, c64(lanes))
+                left = b.sub(ow, o0)                           # >= 1
+                full = b.icmp_signed(">=", left, c64(lanes))
+                part = b.sub(b.shl(ir.Constant(ity, 1),
+                                   b.trunc(b.select(full, c64(0), left), ity)),
+                             ir.Constant(ity, 1))
+                dbits = b.select(full, ir.Constant(ity, -1), part)
+                dmask = b.bitcast(dbits, i1v)
+                dv = vec.load(vec.ptr(aty[5], g, b.add(grow, o0)), mask=dmask)
+                # per tap column: the first input column and the masks of the input lanes inside
+                # the row (the others load as zeros, the padding)
+                starts, loads = [], []
                 for kx in range(kw):
-                    p = vec.ptr(aty[14], acc, c64((r * kw + kx) * lanes))
-                    b.store(b.load(accs[r][kx]), b.bitcast(p, vec.vty.as_pointer()),
-                            align=vec.isz)
+                    s = b.add(b.mul(o0, c64(sw)), cols[kx])
+                    starts.append(s)
+                    loads.append([table(mtab, b.add(s, c64(i * lanes))) for i in range(sw)])
+
+                def add(r, kx, xv):
+                    a = b.load(accs[r][kx])
+                    b.store(b.select(dmask, vec.fma(dv, xv, a), a), accs[r][kx])
+
+                for r in range(rmax):
+                    with b.if_then(b.icmp_signed("<", c64(r), nrows), likely=True):
+                        with b.if_else(inside[r], likely=True) as (in_image, padding_row):
+                            with in_image:
+                                for kx in range(kw):
+                                    p = b.add(rows[r], starts[kx])
+                                    part = [vec.load(vec.ptr(aty[0], x,
+                                                             b.add(p, c64(i * lanes))),
+                                                     mask=loads[kx][i]) for i in range(sw)]
+                                    add(r, kx, part[0] if sw == 1 else
+                                        vec.shuffle(part[0], part[1], evens))
+                            with padding_row:
+                                # zero padding times dY, as the reference and torch multiply it
+                                # (an Inf or NaN in dY makes the tap NaN)
+                                for kx in range(kw):
+                                    add(r, kx, zero)
+
+    with cgutils.for_range(b, nb) as image_loop:
+        image(image_loop.index)
+    for r in range(rmax):
+        with b.if_then(b.icmp_signed("<", c64(r), nrows)):
+            for kx in range(kw):
+                b.store(lane_sum(b, b.load(accs[r][kx])),
+                        vec.ptr(aty[19], out, b.add(ooff, c64(r * kw + kx))))
 
 
 _VARIANTS = [(k, s) for k in range(1, MAX_WIDTH + 1) for s in (1, 2)]
 
 
 @intrinsic
-def _pass(typingctx, x, xb, h, wd, g, gb, oh, ow, sh, pt, ky0, nrows, dh, tcol, acc, mtab, moff,
-          first, last, out, ooff, kw, sw):
+def _pass(typingctx, x, xb, xn, h, wd, g, gb, gn, nb, oh, ow, sh, pt, ky0, nrows, dh, tcol,
+          mtab, moff, out, ooff, kw, sw):
     """For the kernel rows ``ky0 + r``, ``r < nrows`` (at most :func:`rows_per_pass`), and
-    columns ``kx < kw``: ``acc[(r*kw + kx)*L + l] += sum_{oy, ox = o0 + l} g[gb + oy*ow + ox] *
-    x[xb + (oy*sh - pt + (ky0 + r)*dh)*wd + ox*sw + tcol[kx]]`` (``L`` lanes, ``o0`` the
-    vector's first column; ``x`` is zero outside the ``h`` x ``wd`` plane), rows then vectors
-    ascending. ``mtab[moff + j]`` holds the lanes of a vector from column ``j`` inside the row
-    as bits. ``first``: the accumulators start from zero (else from ``acc``); ``last``: their lanes,
-    summed pairwise, go to ``out[ooff + r*kw + kx]`` (else back to ``acc``). ``(kw, sw)`` must
-    be supported (:func:`supports`)."""
-    sig = types.void(x, xb, h, wd, g, gb, oh, ow, sh, pt, ky0, nrows, dh, tcol, acc, mtab, moff,
-                     first, last, out, ooff, kw, sw)
+    columns ``kx < kw``: ``out[ooff + r*kw + kx] = sum_{n, oy, ox} g[gb + n*gn + oy*ow + ox] *
+    x[xb + n*xn + (oy*sh - pt + (ky0 + r)*dh)*wd + ox*sw + tcol[kx]]`` over ``n < nb`` (``x`` is
+    zero outside the ``h`` x ``wd`` plane): lane ``ox % L`` of a vector accumulator per tap over
+    images, rows and vectors ascending, then the lanes pairwise. ``mtab[moff + j]`` holds the
+    lanes of a vector from column ``j`` inside the row as bits. ``(kw, sw)`` must be supported
+    (:func:`supports`)."""
+    sig = types.void(x, xb, xn, h, wd, g, gb, gn, nb, oh, ow, sh, pt, ky0, nrows, dh, tcol, mtab,
+                     moff, out, ooff, kw, sw)
 
     def codegen(context, builder, signature, args):
         switch(builder, args[21:23], _VARIANTS, "dwg_pass",
@@ -168,20 +166,17 @@ def _pass(typingctx, x, xb, h, wd, g, gb, oh, ow, sh, pt, ky0, nrows, dh, tcol, 
 
 
 @parallel_kernel
-def _driver(x, g, dw, m, kh, kw, sh, sw, pt, dh, tcol, oh, ow, mtab, moff, ws):
+def _driver(x, g, dw, m, kh, kw, sh, sw, pt, dh, tcol, oh, ow, mtab, moff):
     nb, cin, h, wd = x.shape
     cout = cin * m
     taps = kh * kw
     rmax = max(1, ACCUMULATORS // kw)
     xf = x.reshape(-1)
     for co in prange(cout):
-        acc = ws[numba.get_thread_id()]
         for ky0 in range(0, kh, rmax):
-            nrows = min(rmax, kh - ky0)
-            for n in range(nb):
-                _pass(xf, (n * cin + co // m) * h * wd, h, wd, g, (n * cout + co) * oh * ow, oh,
-                      ow, sh, pt, ky0, nrows, dh, tcol, acc, mtab, moff, n == 0,
-                      n == nb - 1, dw, co * taps + ky0 * kw, kw, sw)
+            _pass(xf, co // m * h * wd, cin * h * wd, h, wd, g, co * oh * ow, cout * oh * ow, nb,
+                  oh, ow, sh, pt, ky0, min(rmax, kh - ky0), dh, tcol, mtab, moff, dw,
+                  co * taps + ky0 * kw, kw, sw)
 
 
 def conv2d_depthwise_weight_grad(x, grad_out, m, kh, kw, stride_h, stride_w, pad_top, pad_left,
@@ -212,19 +207,18 @@ def conv2d_depthwise_weight_grad(x, grad_out, m, kh, kw, stride_h, stride_w, pad
     key = (x.dtype, wd, ow, kw, stride_w, pad_left, dil_w)
     plan = _plans.get(key)
     if plan is None:
-        lanes = _VBYTES // x.itemsize
+        lanes = _VBYTES // x.itemsize       # the mask table's vectors
         tcol = (np.arange(kw) * dil_w - pad_left).astype(np.int64)
         lo = min(0, int(tcol.min()))
         hi = -(-ow // lanes) * lanes * stride_w + max(0, int(tcol.max())) + lanes + 1
         mtab, moff = lane_mask_table(wd, lanes, lo, hi)
-        plan = lanes, tcol, mtab, moff
+        plan = tcol, mtab, moff
         if len(_plans) >= 256:
             _plans.clear()
         _plans[key] = plan
-    lanes, tcol, mtab, moff = plan
-    ws = np.empty((numba.config.NUMBA_NUM_THREADS, ACCUMULATORS * lanes), dtype=x.dtype)
+    tcol, mtab, moff = plan
     _driver(x, grad_out.reshape(-1), dw.reshape(-1), m, kh, kw, stride_h, stride_w, pad_top,
-            dil_h, tcol, oh, ow, mtab, moff, ws)
+            dil_h, tcol, oh, ow, mtab, moff)
     return dw
 
 
