@@ -256,39 +256,50 @@ def test_pointwise_weight_gradient_transposes_the_input_rows(cin, cout, groups, 
         assert np.array_equal(same, copied)
 
 
-@pytest.mark.parametrize("c, m, k, size, stride, pads, d, batch", [
-    (6, 1, (3, 3), (13, 13), (1, 1), (1, 1), 1, 2), (4, 2, (3, 3), (11, 40), (1, 1), (2, 0), 2, 3),
-    (5, 1, (5, 5), (9, 70), (1, 1), (2, 2), 1, 1), (3, 3, (2, 2), (8, 8), (1, 1), (0, 1), 1, 2),
-    (3, 1, (7, 7), (12, 150), (1, 1), (3, 3), 1, 1), (4, 1, (3, 3), (15, 57), (2, 2), (1, 1), 1, 2),
-    (2, 2, (5, 3), (17, 100), (3, 2), (2, 1), 1, 1), (3, 1, (3, 7), (9, 35), (2, 1), (1, 3), 2, 1),
-    (2, 1, (1, 1), (6, 33), (2, 2), (0, 0), 1, 2), (2, 1, (3, 9), (7, 30), (1, 1), (1, 4), 1, 1),
-    (2, 1, (3, 3), (9, 20), (3, 3), (1, 1), 1, 1)])
-def test_depthwise_weight_gradient(c, m, k, size, stride, pads, d, batch, rng):
-    """Depthwise layers: the reference's values on integer data (channel multipliers, strides,
+@pytest.mark.parametrize("c, cg, m, k, size, stride, pads, d, batch", [
+    (6, 1, 1, (3, 3), (13, 13), (1, 1), (1, 1), 1, 2),
+    (4, 1, 2, (3, 3), (11, 40), (1, 1), (2, 0), 2, 3),
+    (5, 1, 1, (5, 5), (9, 70), (1, 1), (2, 2), 1, 1),
+    (3, 1, 3, (2, 2), (8, 8), (1, 1), (0, 1), 1, 2),
+    (3, 1, 1, (7, 7), (12, 150), (1, 1), (3, 3), 1, 1),
+    (4, 1, 1, (3, 3), (15, 57), (2, 2), (1, 1), 1, 2),
+    (2, 1, 2, (5, 3), (17, 100), (3, 2), (2, 1), 1, 1),
+    (3, 1, 1, (3, 7), (9, 35), (2, 1), (1, 3), 2, 1),
+    (2, 1, 1, (1, 1), (6, 33), (2, 2), (0, 0), 1, 2),
+    (2, 1, 1, (3, 9), (7, 30), (1, 1), (1, 4), 1, 1),      # 9 wide: the im2col path
+    (2, 1, 1, (3, 3), (9, 20), (3, 3), (1, 1), 1, 1),      # column stride 3: the im2col path
+    (8, 4, 4, (3, 3), (10, 21), (1, 1), (1, 1), 1, 2),     # ResNeXt-like groups of 4
+    (6, 2, 3, (3, 3), (9, 35), (2, 2), (1, 1), 1, 1),
+    (9, 3, 1, (5, 5), (8, 18), (1, 1), (2, 2), 2, 1),
+    (10, 5, 2, (3, 3), (7, 9), (1, 1), (1, 1), 1, 2)])     # 5 per group: the GEMM path
+def test_narrow_group_weight_gradient(c, cg, m, k, size, stride, pads, d, batch, rng):
+    """Depthwise layers and narrow groups (``c`` input channels, ``cg`` per group, ``m`` output
+    channels per group): the reference's values on integer data (channel multipliers, strides,
     dilation, uneven padding, cropped gradients, rows of several vectors, kernels of several
-    passes; kernels wider than 7 and column strides above 2 take the im2col path); Inf inputs
-    and output gradients give the reference's NaN/Inf pattern; random data gives the same bits
-    on 1 and 2 threads."""
+    passes; the other paths at the rule's edges); Inf inputs and output gradients give the
+    reference's NaN/Inf pattern; random data gives the same bits on 1 and 2 threads."""
     from numbaconv.kernels import weight_grad
     pt, pl = pads
     sh, sw = stride
-    w_shape = (c * m, 1) + k
+    groups = c // cg
+    w_shape = (groups * m, cg) + k
     oh = (size[0] + 2 * pt - d * (k[0] - 1) - 1) // sh + 1
     ow = (size[1] + 2 * pl - d * (k[1] - 1) - 1) // sw + 1
     x = rng.integers(-4, 5, (batch, c) + size).astype(np.float32)
 
     def ours(x, g):
-        return weight_grad.conv2d_weight_grad(x, g, w_shape, sh, sw, pt, pl, d, d, c)
+        return weight_grad.conv2d_weight_grad(x, g, w_shape, sh, sw, pt, pl, d, d, groups)
 
-    for g_shape in ((batch, c * m, oh, ow), (batch, c * m, max(1, oh - 1), max(1, ow - 2))):
+    cout = groups * m
+    for g_shape in ((batch, cout, oh, ow), (batch, cout, max(1, oh - 1), max(1, ow - 2))):
         g = rng.integers(-4, 5, g_shape).astype(np.float32)
-        want = reference.conv2d_weight_grad(x, g, w_shape, stride, pads, (d, d), c)
+        want = reference.conv2d_weight_grad(x, g, w_shape, stride, pads, (d, d), groups)
         assert np.array_equal(ours(x, g), want)
     # Inf in the input, and in dY at pixels whose taps meet the padding (0 * Inf: NaN there)
     x[batch - 1, c - 1, size[0] // 2, 0] = x[0, 0, size[0] - 1, size[1] - 1] = np.inf
-    g = rng.integers(-4, 5, (batch, c * m, oh, ow)).astype(np.float32)
-    g[0, 0, 0, 0] = g[batch - 1, c * m - 1, oh - 1, ow // 2] = np.inf
-    want = reference.conv2d_weight_grad(x, g, w_shape, stride, pads, (d, d), c)
+    g = rng.integers(-4, 5, (batch, cout, oh, ow)).astype(np.float32)
+    g[0, 0, 0, 0] = g[batch - 1, cout - 1, oh - 1, ow // 2] = np.inf
+    want = reference.conv2d_weight_grad(x, g, w_shape, stride, pads, (d, d), groups)
     assert np.array_equal(ours(x, g), want, equal_nan=True)
     x = rng.standard_normal(x.shape).astype(np.float32)
     g = rng.standard_normal(g.shape).astype(np.float32)
@@ -398,3 +409,22 @@ def test_training_example_learns():
     acc, losses = module.train(epochs=3, train_count=3000, test_count=500, log=lambda *a: None)
     assert acc > 0.3
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
+
+
+@pytest.mark.parametrize("cg, kw, stride, narrow", [
+    (1, 3, 1, True), (4, 3, 2, True), (4, 7, 1, True), (5, 3, 1, False), (1, 9, 1, False),
+    (2, 3, 3, False)])
+def test_which_grouped_weight_gradients_take_the_narrow_kernel(cg, kw, stride, narrow,
+                                                                monkeypatch):
+    """Up to NARROW_GROUP input channels per group (measured against the GEMM path), kernels up
+    to 7 wide, column stride 1 or 2."""
+    from numbaconv.kernels import weight_grad
+    calls = []
+    real = weight_grad._narrow.conv2d_narrow_weight_grad
+    monkeypatch.setattr(weight_grad._narrow, "conv2d_narrow_weight_grad",
+                        lambda *a: calls.append(a) or real(*a))
+    x = np.ones((1, 2 * cg, 12, 12), np.float32)
+    ow = (12 + 2 - kw) // stride + 1
+    g = np.ones((1, 4, 12 + 2 - 3 + 1, ow), np.float32)
+    weight_grad.conv2d_weight_grad(x, g, (4, cg, 3, kw), 1, stride, 1, 1, 1, 1, 2)
+    assert bool(calls) == narrow

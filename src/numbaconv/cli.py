@@ -136,8 +136,8 @@ def main(argv=None):
     p_demo.add_argument("--repeats", type=int, default=5, help="timed calls per layer")
     p_demo.set_defaults(func=demo)
     p_grad = sub.add_parser(
-        "bench-grad", help="time forward + backward against torch autograd on ResNet-50 and "
-                           "MobileNetV2 layers")
+        "bench-grad", help="time forward + backward against torch autograd on ResNet-50, "
+                           "ResNeXt-50 and MobileNetV2 layers")
     from .grad_bench import LAYERS as GRAD_LAYERS
     p_grad.add_argument("layers", nargs="*", choices=[[]] + sorted(GRAD_LAYERS),
                         help="layers (default: all)")

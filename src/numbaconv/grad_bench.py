@@ -1,6 +1,6 @@
 """``numbaconv bench-grad``: forward + backward time of numbaconv against torch autograd.
 
-For each layer (ResNet-50 and MobileNetV2 layers by default), one training step of the
+For each layer (ResNet-50, ResNeXt-50 and MobileNetV2 layers by default), one training step of the
 convolution: the forward call, then the input, weight and bias gradients. numbaconv runs ``conv2d`` and
 :func:`numbaconv.grad.conv2d_vjp`; torch runs ``F.conv2d`` and ``backward`` (NCHW, same thread
 count, same process). Before timing, the gradients are compared: the relative difference must be
@@ -16,13 +16,15 @@ from . import _threads, grad
 from .functional import conv2d
 from .problem import ConvProblem
 
-#: ResNet-50 and MobileNetV2 layers (C_in, C_out, size, kernel, stride, padding, groups).
+#: ResNet-50, ResNeXt-50 and MobileNetV2 layers (C_in, C_out, size, kernel, stride, padding,
+#: groups).
 LAYERS = {
     "resnet_3x3_c64_56": (64, 64, 56, 3, 1, 1, 1),
     "resnet_3x3_c128_28": (128, 128, 28, 3, 1, 1, 1),
     "resnet_3x3_c256_14": (256, 256, 14, 3, 1, 1, 1),
     "resnet_1x1_c64to256_56": (64, 256, 56, 1, 1, 0, 1),
     "resnet_3x3s2_c128_56": (128, 128, 56, 3, 2, 1, 1),
+    "resnext50_3x3g32_c128_56": (128, 128, 56, 3, 1, 1, 32),
     "mobilenetv2_dw3x3_c144_56": (144, 144, 56, 3, 1, 1, 144),
     "mobilenetv2_dw3x3s2_c96_112": (96, 96, 112, 3, 2, 1, 96),
 }

@@ -25,12 +25,12 @@ threads, interleaved: 3x3 C256 14x14 1.08x, batch 8 1.12x, C128 14x14 1.11x, C25
 1.17x, C512 7x7 1.02x, C512 10x10 0.97x, ResNeXt's grouped C128 56x56 1.98x, 5x5 C1->32 512x512
 1.32x). Other strides copy im2col rows.
 
-Depthwise layers (one input channel per group) have one weight row per channel, far too narrow
-for GEMM tiles: kernels up to 7 wide with column stride 1 or 2 run on
-:mod:`.depthwise_weight_grad` (the input read in place with masked vector loads, every tap of a
-pass accumulated in one sweep over ``dY``); others take one task per channel, each tap's
-gradient a vectorised dot product (:func:`_vdot`, a fixed lane order) of the ``dY`` plane with
-the tap's im2col row.
+Depthwise layers and other narrow groups (at most :data:`NARROW_GROUP` input channels per
+group) have weight rows far too short for GEMM tiles: kernels up to 7 wide with column stride 1
+or 2 run on :mod:`.weight_grad_narrow` (one pass over ``dY`` per output channel and input channel
+of its group, the input read in place with masked vector loads); other depthwise layers take one
+task per channel, each tap's gradient a vectorised dot product (:func:`_vdot`, a fixed lane
+order) of the ``dY`` plane with the tap's im2col row.
 """
 
 
@@ -45,7 +45,7 @@ from numba.extending import intrinsic
 
 from .._jit import kernel, parallel_kernel
 from . import gemm as _gemm
-from . import depthwise_weight_grad as _depthwise
+from . import weight_grad_narrow as _narrow
 from . import weight_grad_rows as _rows
 from .im2col import _im2col_rows
 from .scratch import buffer
@@ -56,6 +56,11 @@ _PIXEL_CHUNK = 256     # reduction block (micro-kernel K loop): B panel 256 x 32
 _K_COLS = 256          # gradient columns (im2col rows) per task: its B panels stay in L2
 _MIN_TASKS = 8         # parallel tasks wanted (2 cores; balance)
 _KEEP_BYTES = 16 << 20  # largest scratch kept between calls (see scratch.py)
+#: Input channels per group up to which grouped layers take the narrow-group kernel. Measured
+#: against the GEMM path (2 threads, 3x3, ms): 4 per group (ResNeXt C128 g32 56x56) 0.65 vs 1.60,
+#: batch 8 5.8 vs 10.9; 8 per group C64 56x56 0.46 vs 0.48, C256 28x28 0.79 vs 0.68; 16 per
+#: group C512 14x14 1.10 vs 0.44.
+NARROW_GROUP = 4
 # Vector accumulators of a dot product: independent FMA chains that hide the FMA latency.
 _DOT_CHAINS = 4
 
@@ -299,12 +304,11 @@ def conv2d_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, p
     if not (nb and oh * ow and k and cog):
         return np.zeros(weight_shape, dtype=x.dtype)
     nr = _gemm.NV * (_gemm._VBYTES // itemsize)
+    if groups > 1 and cg <= NARROW_GROUP and _narrow.supports(kw, stride_w):
+        return _narrow.conv2d_narrow_weight_grad(x, grad_out, weight_shape, stride_h, stride_w,
+                                                 pad_top, pad_left, dil_h, dil_w, groups)
     if cg == 1 and groups > 1:
         # depthwise: one weight row per channel, too narrow for GEMM tiles
-        if _depthwise.supports(kw, stride_w):
-            return _depthwise.conv2d_depthwise_weight_grad(x, grad_out, cog, kh, kw, stride_h,
-                                                           stride_w, pad_top, pad_left, dil_h,
-                                                           dil_w)
         threads = numba.config.NUMBA_NUM_THREADS
         pc = min(4096, oh * ow)
         ws_col = buffer("weight_grad.col", threads * k * pc, x.dtype,

@@ -1,9 +1,9 @@
-"""Weight gradient of a depthwise 2-D convolution (one input channel per group, any channel
-multiplier), NCHW, read in place: no copies, no im2col rows.
+"""Weight gradient of a 2-D convolution with narrow groups (depthwise layers, ResNeXt's groups of
+4 channels), NCHW, read in place: no copies, no im2col rows.
 
-``dW[co, 0, ky, kx] = sum_n sum_{oy, ox} dY[n, co, oy, ox] * x[n, co // m, oy*sh - pt + ky*dh,
-ox*sw - pl + kx*dw]``: for each tap, a dot product of the ``dY`` plane with the input pixels
-the tap saw. One pass over a ``dY`` plane serves whole kernel rows, as many as
+``dW[co, ci, ky, kx] = sum_n sum_{oy, ox} dY[n, co, oy, ox] * x[n, g*C_in/groups + ci,
+oy*sh - pt + ky*dh, ox*sw - pl + kx*dw]``: for each tap, a dot product of the ``dY`` plane with
+the input pixels the tap saw. One pass over a ``dY`` plane serves whole kernel rows, as many as
 :data:`ACCUMULATORS` vector registers hold (a 3x3 kernel in one pass): each vector of a
 ``dY`` row is loaded once and multiplied into one accumulator per tap, with the tap's input
 vector read by a masked load from the input row ``oy*sh - pt + ky*dh``. Column stride 2 loads
@@ -14,9 +14,9 @@ FMAs). Lane masks come from a table indexed by the vector's first column
 (:func:`~numbaconv.kernels.ir_vectors.lane_mask_table`): one load in place of a dozen scalar
 operations per tap.
 
-A parallel task owns an output channel: its taps' accumulators run over the images, rows and
-vectors in that order, then their lanes are summed pairwise; the result does not depend on the
-number of threads.
+A parallel task owns an output channel and one input channel of its group: its taps'
+accumulators run over the images, rows and vectors in that order, then their lanes are summed
+pairwise; the result does not depend on the number of threads.
 """
 
 import numpy as np
@@ -28,7 +28,7 @@ from numba.extending import intrinsic
 from numbaconv._jit import parallel_kernel, vector_bytes
 from numbaconv.kernels.ir_vectors import Vectors, lane_mask_table, lane_sum, mask_bits, switch
 
-__all__ = ["conv2d_depthwise_weight_grad", "supports"]
+__all__ = ["conv2d_narrow_weight_grad", "supports"]
 
 _VBYTES = vector_bytes()
 
@@ -166,42 +166,50 @@ def _pass(typingctx, x, xb, xn, h, wd, g, gb, gn, nb, oh, ow, sh, pt, ky0, nrows
 
 
 @parallel_kernel
-def _driver(x, g, dw, m, kh, kw, sh, sw, pt, dh, tcol, oh, ow, mtab, moff):
+def _driver(x, g, dw, cout, groups, kh, kw, sh, sw, pt, dh, tcol, oh, ow, mtab, moff):
     nb, cin, h, wd = x.shape
-    cout = cin * m
+    cg = cin // groups
+    cog = cout // groups
     taps = kh * kw
     rmax = max(1, ACCUMULATORS // kw)
     xf = x.reshape(-1)
-    for co in prange(cout):
+    for task in prange(cout * cg):
+        co = task // cg
+        ci = co // cog * cg + task % cg         # an input channel of co's group
         for ky0 in range(0, kh, rmax):
-            _pass(xf, co // m * h * wd, cin * h * wd, h, wd, g, co * oh * ow, cout * oh * ow, nb,
+            _pass(xf, ci * h * wd, cin * h * wd, h, wd, g, co * oh * ow, cout * oh * ow, nb,
                   oh, ow, sh, pt, ky0, min(rmax, kh - ky0), dh, tcol, mtab, moff, dw,
-                  co * taps + ky0 * kw, kw, sw)
+                  task * taps + ky0 * kw, kw, sw)
 
 
-def conv2d_depthwise_weight_grad(x, grad_out, m, kh, kw, stride_h, stride_w, pad_top, pad_left,
-                                 dil_h, dil_w):
-    """Weight gradient of a depthwise convolution, shape (C * m, 1, kH, kW).
+def conv2d_narrow_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad_top, pad_left,
+                              dil_h, dil_w, groups):
+    """Weight gradient of a grouped convolution, one dot product per (output channel, input
+    channel of its group, tap); meant for depthwise and other narrow groups.
 
     Parameters
     ----------
-    x : ndarray, shape (N, C, H, W)
-    grad_out : ndarray, shape (N, C * m, OH, OW)
+    x : ndarray, shape (N, C_in, H, W)
+    grad_out : ndarray, shape (N, C_out, OH, OW)
         C-contiguous, one dtype (float32 or float64); ``OH``/``OW`` may be smaller than the
         forward output (rows and columns past them contribute nothing).
-    m, kh, kw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w : int
-        Channel multiplier and geometry (see :func:`supports`).
+    weight_shape : (C_out, C_in / groups, kH, kW)
+    stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups : int
+        Geometry (see :func:`supports`).
 
-    Notes
-    -----
-    ``dW[co, 0, ky, kx] = sum_{n, oy, ox} grad_out[n, co, oy, ox] * x[n, co // m,
-    oy*stride_h - pad_top + ky*dil_h, ox*stride_w - pad_left + kx*dil_w]`` over the pixels
-    inside ``x``: each tap's products go to lane ``ox % L`` of its accumulator over ``n``, ``oy``
-    and ``ox`` ascending, then the ``L`` lanes are summed pairwise.
+    Returns
+    -------
+    ndarray, shape ``weight_shape``
+        ``dW[co, ci, ky, kx] = sum_{n, oy, ox} grad_out[n, co, oy, ox] * x[n, g*C_in/groups + ci,
+        oy*stride_h - pad_top + ky*dil_h, ox*stride_w - pad_left + kx*dil_w]`` (``g`` the group
+        of ``co``; zero outside ``x``): each tap's products go to lane ``ox % L`` of its
+        accumulator over ``n``, ``oy`` and ``ox`` ascending, then the ``L`` lanes are summed
+        pairwise.
     """
     nb, cin, h, wd = x.shape
     oh, ow = grad_out.shape[2], grad_out.shape[3]
-    dw = np.zeros((cin * m, 1, kh, kw), dtype=x.dtype)
+    cout, _, kh, kw = weight_shape
+    dw = np.zeros(weight_shape, dtype=x.dtype)
     if not (nb and oh and ow):
         return dw
     key = (x.dtype, wd, ow, kw, stride_w, pad_left, dil_w)
@@ -217,8 +225,8 @@ def conv2d_depthwise_weight_grad(x, grad_out, m, kh, kw, stride_h, stride_w, pad
             _plans.clear()
         _plans[key] = plan
     tcol, mtab, moff = plan
-    _driver(x, grad_out.reshape(-1), dw.reshape(-1), m, kh, kw, stride_h, stride_w, pad_top,
-            dil_h, tcol, oh, ow, mtab, moff)
+    _driver(x, grad_out.reshape(-1), dw.reshape(-1), cout, groups, kh, kw, stride_h, stride_w,
+            pad_top, dil_h, tcol, oh, ow, mtab, moff)
     return dw
 
 
