@@ -1,5 +1,6 @@
 """Depthwise 2-D convolution, NCHW, by rows of shifted vectors (3x3 kernels with stride 1 or 2,
-5x5 with stride 1; dilation 1, left padding ``k // 2``, any top padding and output size).
+5x5 and 7x7 with stride 1; dilation 1, left padding ``k // 2``, any top padding and output
+size).
 
 One output row is a run of vectors along W. For every kernel row ``ky`` the input row is read
 once, vector after vector, with masked loads (lanes past the row's end and rows in the top or
@@ -14,7 +15,9 @@ one shuffle, and each input element is loaded once per kernel row, where a flat 
 (:mod:`numbaconv.kernels.depthwise`) issues one unaligned load per tap; the zero padding left and
 right needs no copies or border passes, since the shifts bring zeros in. 5x5 kernels would keep
 too many vectors in registers: there each shifted run is its own masked load (still shared by the
-output rows of a step). Several output rows per step share their input rows, and their
+output rows of a step). 7x7 kernels take the input rows of a step one at a time: a row's seven
+runs are loaded, multiplied into the output rows the row reaches (weights broadcast where used)
+and dropped. Several output rows per step share their input rows, and their
 multiply-add chains interleave. 3x3 on narrow rows (stride 2: up to four output vectors, stride
 1: one) instead walks down vertical strips, one output row per step: each input row is read (and
 split) once, and the rows an output row shares with the next one carry over in registers. A last
@@ -44,7 +47,11 @@ __all__ = ["conv2d_depthwise_rows", "supports"]
 # kernel in brackets): 3x3 C144 56x56 stride 1 with 4 rows 113-123 GFLOP/s (74-81), 1 row 74, 6
 # or 8 rows no faster; 3x3 C96 112x112 stride 2 with 2 or 3 rows 60-67 (37), 1 row 37; 5x5 C240
 # 28x28 with 4 rows and loads 104-112 (53-74; 3 rows and shuffles 70-83). 5x5 stride 2 (36-40
-# against 52-55) and 7x7 (43-63 against 70-85) spill registers and stay with the flat passes.
+# against 52-55) spills registers and stays with the flat passes, as did 7x7 with every run of a
+# step loaded up front (43-63 against 70-85); 7x7 with the input rows streamed (4 rows, same bits
+# in the same order): C96 56x56 149 GFLOP/s (81-92), C192 28x28 122 (51-62), C384 14x14 98
+# (23-49), C768 7x7 39 (7-20), C96 112x112 181 (94-100); 6 rows per step 4-23% faster on the
+# 14x14 and 7x7 maps, 4-6% slower on the others; the 5x5 layers gained nothing from streaming.
 # With 16 vector registers (AVX2) the kept rows spill: measured under an AVX2 build here, 3x3
 # C144 56x56 ran at 41-49 GFLOP/s against 79-80 for the flat passes (1, 2 or 4 rows per step),
 # so the kernel is used with 32 registers (AVX-512) only. Lane shifts by valignd in place of
@@ -52,7 +59,7 @@ __all__ = ["conv2d_depthwise_rows", "supports"]
 # stride 2, where the shift of the odd columns replaced a third permute: C96 112x112 148 -> 135,
 # C144 56x56 72 -> 58 (splitting in 128-bit lanes by vshufps and restoring the column order once
 # per output vector, five shuffles per row instead of three, gave 145 and 63).
-ROWS = {(3, 1): 4, (3, 2): 2, (5, 1): 4} if vector_bytes() == 64 else {}
+ROWS = {(3, 1): 4, (3, 2): 2, (5, 1): 4, (7, 1): 4} if vector_bytes() == 64 else {}
 VARIANTS = sorted({(k, s, r) for (k, s), n in ROWS.items() for r in {1, n}})
 # 3x3 on output rows of at most STRIPS[stride] vectors goes down vertical strips instead (see
 # _strips): each input row is read (and split) once, where row steps read the rows they share
@@ -89,8 +96,9 @@ class _PlaneIR:
         self.b, self.aty, self.x, self.out = builder, aty, x_v, out_v
         self.xbase, self.h, self.wd, self.ow, self.obase = (
             vec.as64(v) for v in (xbase_v, h_v, wd_v, ow_v, obase_v))
-        wbase = vec.as64(wbase_v)
-        self.w = [vec.splat(builder.load(vec.ptr(aty[5], w_v, builder.add(wbase, self.c64(i)))))
+        wbase = self.wbase = vec.as64(wbase_v)
+        self.w_arr = w_v
+        self.w = [] if k >= 7 else [vec.splat(builder.load(vec.ptr(aty[5], w_v, builder.add(wbase, self.c64(i)))))
                   for i in range(k * k)]
         self.bias = vec.splat(bias_v)
         self.zrow = vec.ptr(aty[4], z_v, self.c64(0))
@@ -169,6 +177,35 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
         first = b.mul(j, c64(lanes))
         taps = [[None] * k for _ in range(nin)]  # taps[row][kx]: the vector of that tap
         new = None
+        if mode == "loads" and k >= 7:
+            # input rows outermost: each row's k shifted runs are loaded, used by the output
+            # rows it reaches and dropped (7x7: all the rows' runs at once would spill), the
+            # weights broadcast where used; per output row the taps still add in (ky, kx) order
+            width = lanes // 2 if half else lanes
+            masks = []
+            for kx in range(k):
+                start = b.add(first, c64(kx - k // 2))
+                masks.append((start, b.and_(vec.mask(b.sub(wd_v, start), lanes),
+                                            b.not_(vec.mask(b.neg(start), lanes)))))
+            accs = [vec.low(bvec, width) if half else bvec] * nr
+            for i, r in enumerate(rows):
+                run = []
+                for start, m in masks:
+                    v = vec.load(b.gep(r, [start]), mask=m)
+                    run.append(vec.low(v, width) if half else v)
+                for o in range(nr):
+                    ky = i - o
+                    if not 0 <= ky < k:
+                        continue
+                    for kx in range(k):
+                        wv = vec.splat(b.load(vec.ptr(aty[5], p.w_arr, b.add(p.wbase,
+                                                                               c64(ky * k + kx)))))
+                        accs[o] = vec.fma(run[kx], vec.low(wv, width) if half else wv, accs[o])
+            omask = vec.mask(b.sub(ow_v, first), width)
+            for o in range(nr):
+                orow = b.add(obase_v, b.mul(b.add(oy_v, c64(o)), ow_v))
+                vec.store(accs[o], vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
+            return None
         if mode == "loads":
             for kx in range(k):
                 start = b.add(first, c64(kx - k // 2))
