@@ -4,7 +4,7 @@ Output channel ``co`` reads input channel ``co // m``; every output plane is a 2
 (``kH * kW`` taps, any stride, dilation and padding) over one input plane, with 1 multiply-add
 per tap and output, so the kernel is bound by loads and by per-row overheads, not by FLOPs.
 
-3x3 kernels with stride 1 or 2, 5x5 and 7x7 with stride 1 (dilation 1, left padding ``k // 2``:
+3x3 and 5x5 kernels with stride 1 or 2, 7x7 with stride 1 (dilation 1, left padding ``k // 2``:
 the MobileNet, EfficientNet and ConvNeXt layers) run on :mod:`numbaconv.kernels.depthwise_rows`
 where the CPU has 32 vector registers (AVX-512): it shifts vectors in registers or shares loads
 between output rows instead of reloading them per tap (1.5-2x faster there); everything else

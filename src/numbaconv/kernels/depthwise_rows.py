@@ -1,6 +1,5 @@
-"""Depthwise 2-D convolution, NCHW, by rows of shifted vectors (3x3 kernels with stride 1 or 2,
-5x5 and 7x7 with stride 1; dilation 1, left padding ``k // 2``, any top padding and output
-size).
+"""Depthwise 2-D convolution, NCHW, by rows of shifted vectors (3x3 and 5x5 kernels with stride 1
+or 2, 7x7 with stride 1; dilation 1, left padding ``k // 2``, any top padding and output size).
 
 One output row is a run of vectors along W. For every kernel row ``ky`` the input row is read
 once, vector after vector, with masked loads (lanes past the row's end and rows in the top or
@@ -15,9 +14,10 @@ one shuffle, and each input element is loaded once per kernel row, where a flat 
 (:mod:`numbaconv.kernels.depthwise`) issues one unaligned load per tap; the zero padding left and
 right needs no copies or border passes, since the shifts bring zeros in. 5x5 kernels would keep
 too many vectors in registers: there each shifted run is its own masked load (still shared by the
-output rows of a step). 7x7 kernels take the input rows of a step one at a time: a row's seven
-runs are loaded, multiplied into the output rows the row reaches (weights broadcast where used)
-and dropped. Several output rows per step share their input rows, and their
+output rows of a step). 7x7 kernels, and 5x5 with stride 2, take the input rows of a step one at
+a time: a row's runs are made (7x7: seven loads; 5x5 stride 2: three loads split into even and
+odd columns and shifted), multiplied into the output rows the row reaches (weights broadcast
+where used) and dropped. Several output rows per step share their input rows, and their
 multiply-add chains interleave. 3x3 on narrow rows (stride 2: up to four output vectors, stride
 1: one) instead walks down vertical strips, one output row per step: each input row is read (and
 split) once, and the rows an output row shares with the next one carry over in registers. A last
@@ -46,12 +46,14 @@ __all__ = ["conv2d_depthwise_rows", "supports"]
 # registers. Measured on 2 cores (AVX-512 Zen 4, float32; flat passes of the other depthwise
 # kernel in brackets): 3x3 C144 56x56 stride 1 with 4 rows 113-123 GFLOP/s (74-81), 1 row 74, 6
 # or 8 rows no faster; 3x3 C96 112x112 stride 2 with 2 or 3 rows 60-67 (37), 1 row 37; 5x5 C240
-# 28x28 with 4 rows and loads 104-112 (53-74; 3 rows and shuffles 70-83). 5x5 stride 2 (36-40
-# against 52-55) spills registers and stays with the flat passes, as did 7x7 with every run of a
-# step loaded up front (43-63 against 70-85); 7x7 with the input rows streamed (4 rows, same bits
-# in the same order): C96 56x56 149 GFLOP/s (81-92), C192 28x28 122 (51-62), C384 14x14 98
-# (23-49), C768 7x7 39 (7-20), C96 112x112 181 (94-100); 6 rows per step 4-23% faster on the
-# 14x14 and 7x7 maps, 4-6% slower on the others; the 5x5 layers gained nothing from streaming.
+# 28x28 with 4 rows and loads 104-112 (53-74; 3 rows and shuffles 70-83). With every run of a step
+# loaded up front, 5x5 stride 2 (36-40 against 52-55) and 7x7 (43-63 against 70-85) spilled
+# registers; with the input rows streamed (same bits in the same order), 7x7 with 4 rows: C96
+# 56x56 149 GFLOP/s (81-92), C192 28x28 122 (51-62), C384 14x14 98 (23-49), C768 7x7 39 (7-20),
+# C96 112x112 181 (94-100), 6 rows per step 4-23% faster on the 14x14 and 7x7 maps, 4-6% slower
+# on the others; 5x5 stride 2 with 3 rows: C144 56x56 84 (38-42), C240 28x28 65 (25), C672 14x14
+# 33 (17-18), C96 112x112 93 (58), C32 224x224 103 (48-49), against 56-83, 45-67, 21-30, 72-82,
+# 73-79 with 2 or 4 rows; the 5x5 stride-1 layers gained nothing from streaming.
 # With 16 vector registers (AVX2) the kept rows spill: measured under an AVX2 build here, 3x3
 # C144 56x56 ran at 41-49 GFLOP/s against 79-80 for the flat passes (1, 2 or 4 rows per step),
 # so the kernel is used with 32 registers (AVX-512) only. Lane shifts by valignd in place of
@@ -59,7 +61,7 @@ __all__ = ["conv2d_depthwise_rows", "supports"]
 # stride 2, where the shift of the odd columns replaced a third permute: C96 112x112 148 -> 135,
 # C144 56x56 72 -> 58 (splitting in 128-bit lanes by vshufps and restoring the column order once
 # per output vector, five shuffles per row instead of three, gave 145 and 63).
-ROWS = {(3, 1): 4, (3, 2): 2, (5, 1): 4, (7, 1): 4} if vector_bytes() == 64 else {}
+ROWS = {(3, 1): 4, (3, 2): 2, (5, 1): 4, (7, 1): 4, (5, 2): 3} if vector_bytes() == 64 else {}
 VARIANTS = sorted({(k, s, r) for (k, s), n in ROWS.items() for r in {1, n}})
 # 3x3 on output rows of at most STRIPS[stride] vectors goes down vertical strips instead (see
 # _strips): each input row is read (and split) once, where row steps read the rows they share
@@ -98,8 +100,10 @@ class _PlaneIR:
             vec.as64(v) for v in (xbase_v, h_v, wd_v, ow_v, obase_v))
         wbase = self.wbase = vec.as64(wbase_v)
         self.w_arr = w_v
-        self.w = [] if k >= 7 else [vec.splat(builder.load(vec.ptr(aty[5], w_v, builder.add(wbase, self.c64(i)))))
-                  for i in range(k * k)]
+        # as vectors, except where the streaming mode broadcasts them at each use
+        self.w = [] if k >= 7 else [
+            vec.splat(builder.load(vec.ptr(aty[5], w_v, builder.add(wbase, self.c64(i)))))
+            for i in range(k * k)]
         self.bias = vec.splat(bias_v)
         self.zrow = vec.ptr(aty[4], z_v, self.c64(0))
 
@@ -142,7 +146,12 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
     # - "pairs" (3x3 stride 2): the row's 2 * lanes columns of block j split into even and odd
     #   columns (taps 1 and 2); tap 0 is the odd columns shifted by one lane, the previous
     #   block's odd columns shifting in (valign).
-    mode = "loads" if st == 1 and k >= 5 else "shifts" if st == 1 else "pairs"
+    # - "stream" (7x7 stride 1, 5x5 stride 2): the input rows one at a time, each row's runs
+    #   made, used by the output rows the row reaches and dropped (see step()).
+    if (k >= 7 and st == 1) or (k >= 5 and st == 2):
+        mode = "stream"
+    else:
+        mode = "loads" if st == 1 and k >= 5 else "shifts" if st == 1 else "pairs"
     assert mode != "pairs" or k == 3
 
     def block(r, first):
@@ -161,7 +170,7 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
     b.position_at_end(j_hdr)
     j = b.phi(i64)
     j.add_incoming(c64(0), pre)
-    if mode != "loads":
+    if mode in ("shifts", "pairs"):
         # loop-carried blocks: shifts keep (previous, current), pairs the previous odd columns
         carried = [[b.phi(vec.vty) for _ in range(2 if mode == "shifts" else 1)]
                    for _ in range(nin)]
@@ -177,24 +186,45 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
         first = b.mul(j, c64(lanes))
         taps = [[None] * k for _ in range(nin)]  # taps[row][kx]: the vector of that tap
         new = None
-        if mode == "loads" and k >= 7:
-            # input rows outermost: each row's k shifted runs are loaded, used by the output
-            # rows it reaches and dropped (7x7: all the rows' runs at once would spill), the
-            # weights broadcast where used; per output row the taps still add in (ky, kx) order
+        if mode == "stream":
+            # input rows outermost: each row's k shifted runs are made, used by the output rows
+            # it reaches and dropped (all the rows' runs at once would spill), the weights
+            # broadcast where used; per output row the taps still add in (ky, kx) order.
+            # Stride 1: each run is a masked load. Stride 2: three loads per row cover the
+            # columns of a block's taps; their even and odd columns are taps 0 and 1, and
+            # shifted by q lanes (the third vector's columns shifting in), taps 2q and 2q + 1.
             width = lanes // 2 if half else lanes
-            masks = []
-            for kx in range(k):
-                start = b.add(first, c64(kx - k // 2))
-                masks.append((start, b.and_(vec.mask(b.sub(wd_v, start), lanes),
-                                            b.not_(vec.mask(b.neg(start), lanes)))))
+
+            def masked(start):
+                return start, b.and_(vec.mask(b.sub(wd_v, start), lanes),
+                                     b.not_(vec.mask(b.neg(start), lanes)))
+
+            if st == 1:
+                masks = [masked(b.add(first, c64(kx - k // 2))) for kx in range(k)]
+            else:
+                col0 = b.sub(b.mul(first, c64(2)), c64(k // 2))
+                masks = [masked(b.add(col0, c64(i * lanes))) for i in range(3)]
+            evens = list(range(0, 2 * lanes, 2))
+            odds = list(range(1, 2 * lanes, 2))
+
+            def runs(r):
+                loaded = [vec.load(b.gep(r, [start]), mask=m) for start, m in masks]
+                if st == 1:
+                    return loaded
+                lo, hi, nxt = loaded
+                halves = [(vec.shuffle(lo, hi, evens), vec.shuffle(nxt, nxt, evens)),
+                          (vec.shuffle(lo, hi, odds), vec.shuffle(nxt, nxt, odds))]
+                out = []
+                for kx in range(k):
+                    base, more = halves[kx % 2]
+                    out.append(base if kx < 2 else vec.align(base, more, kx // 2))
+                return out
+
             accs = [vec.low(bvec, width) if half else bvec] * nr
             for i, r in enumerate(rows):
-                run = []
-                for start, m in masks:
-                    v = vec.load(b.gep(r, [start]), mask=m)
-                    run.append(vec.low(v, width) if half else v)
+                run = [vec.low(v, width) if half else v for v in runs(r)]
                 for o in range(nr):
-                    ky = i - o
+                    ky = i - o * st
                     if not 0 <= ky < k:
                         continue
                     for kx in range(k):
@@ -250,7 +280,7 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
     b.position_at_end(j_body)
     new = step(j, False)
     j.add_incoming(b.add(j, c64(1)), j_body)
-    if mode != "loads":
+    if mode in ("shifts", "pairs"):
         for i in range(nin):
             for c, v in zip(carried[i], new[i]):
                 c.add_incoming(v, j_body)
