@@ -413,11 +413,12 @@ def test_training_example_learns():
 
 @pytest.mark.parametrize("cg, kw, stride, narrow", [
     (1, 3, 1, True), (4, 3, 2, True), (4, 7, 1, True), (5, 3, 1, False), (1, 9, 1, False),
+    (1, 4, 1, False),
     (2, 3, 3, False)])
 def test_which_grouped_weight_gradients_take_the_narrow_kernel(cg, kw, stride, narrow,
                                                                 monkeypatch):
-    """Up to NARROW_GROUP input channels per group (measured against the GEMM path), kernels up
-    to 7 wide, column stride 1 or 2."""
+    """Up to NARROW_GROUP input channels per group (measured against the GEMM path), kernels 1,
+    3, 5 or 7 wide, column stride 1 or 2."""
     from numbaconv.kernels import weight_grad
     calls = []
     real = weight_grad._narrow.conv2d_narrow_weight_grad

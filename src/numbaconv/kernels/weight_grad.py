@@ -26,11 +26,11 @@ threads, interleaved: 3x3 C256 14x14 1.08x, batch 8 1.12x, C128 14x14 1.11x, C25
 1.32x). Other strides copy im2col rows.
 
 Depthwise layers and other narrow groups (at most :data:`NARROW_GROUP` input channels per
-group) have weight rows far too short for GEMM tiles: kernels up to 7 wide with column stride 1
-or 2 run on :mod:`.weight_grad_narrow` (one pass over ``dY`` per output channel and input channel
-of its group, the input read in place with masked vector loads); other depthwise layers take one
-task per channel, each tap's gradient a vectorised dot product (:func:`_vdot`, a fixed lane
-order) of the ``dY`` plane with the tap's im2col row.
+group) have weight rows far too short for GEMM tiles: kernels 1, 3, 5 or 7 wide with column
+stride 1 or 2 run on :mod:`.weight_grad_narrow` (one pass over ``dY`` per output channel and
+input channel of its group, the input read in place with masked vector loads); other depthwise
+layers take one task per channel, each tap's gradient a vectorised dot product (:func:`_vdot`,
+a fixed lane order) of the ``dY`` plane with the tap's im2col row.
 """
 
 
