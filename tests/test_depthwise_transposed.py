@@ -104,10 +104,13 @@ def test_auto_takes_it_for_strided_layers_with_one_channel_per_group():
         choice = numbaconv.explain(x_shape, w_shape, stride=2, padding=1, groups=groups,
                                    transposed=True).choice
         assert choice == "depthwise", (x_shape, w_shape, groups)
-    # stride-1 depthwise layers stay with the forward depthwise kernel on flipped weights
+    # stride-1 depthwise layers stay with the forward depthwise kernel on flipped weights, and
+    # stride-1 single-channel layers with the forward direct kernel (faster there)
     problem = numbaconv.explain((1, 8, 9, 9), (8, 1, 3, 3), padding=1, groups=8,
                                 transposed=True).problem
     assert dispatch.rule(problem) == "depthwise"
+    assert numbaconv.explain((1, 1, 64, 64), (1, 16, 3, 3), padding=1,
+                             transposed=True).choice == "direct"
 
 
 @pytest.mark.parametrize("w_shape,groups,stride,reason", [
