@@ -14,7 +14,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import reference, stride1_lowering
-from .kernels import depthwise, depthwise_transposed, direct, dot, gemm, im2col, transposed, winograd
+from .kernels import (depthwise, depthwise_transposed, direct, dot, gemm, im2col, transposed,
+                      winograd)
 from .problem import ConvProblem
 
 

@@ -2,8 +2,8 @@
 
 For each layer (ResNet-50, ResNeXt-50 and MobileNetV2 layers by default), one training step of
 the convolution: the forward call, then the input, weight and bias gradients. numbaconv runs
-``conv2d`` and :func:`numbaconv.grad.conv2d_vjp`; torch runs ``F.conv2d`` and ``backward`` (NCHW, same thread
-count, same process). Before timing, the gradients are compared: the relative difference must be
+``conv2d`` and :func:`numbaconv.grad.conv2d_vjp`; torch runs ``F.conv2d`` and ``backward``
+(NCHW, same thread count, same process). Before timing, the gradients are compared: the relative difference must be
 within ``8 * k * eps`` of the size of the gradients (a forward error bound with room). Medians
 of interleaved rounds.
 """

@@ -112,8 +112,9 @@ def _step(typingctx, x, xb, xstep, cgin, w, wb, wstep, toff, tsh, tw, s0, n0, s1
 
     over ``ci < cgin`` and the taps ``t`` of phase ``q`` (``s0 .. s0 + n0 - 1`` for phase 0,
     ``s1 .. s1 + n1 - 1`` for phase 1), summed in that order; ``mtab[moff + j]`` holds the lanes
-    ``l`` with ``0 <= j + l < W`` as bits (:func:`~numbaconv.kernels.ir_vectors.lane_mask_table`), ``j = u + tsh[t]`` for the
-    vector's first ``u``. ``(nvec, phases)`` must be one of :data:`VARIANTS`."""
+    ``l`` with ``0 <= j + l < W`` as bits (see
+    :func:`~numbaconv.kernels.ir_vectors.lane_mask_table`), ``j = u + tsh[t]`` for the vector's
+    first ``u``. ``(nvec, phases)`` must be one of :data:`VARIANTS`."""
     sig = types.void(x, xb, xstep, cgin, w, wb, wstep, toff, tsh, tw, s0, n0, s1, n1, mtab, moff,
                      u0, out, ob, ow, bias, nvec, phases)
 
