@@ -100,7 +100,8 @@ class _PlaneIR:
             vec.as64(v) for v in (xbase_v, h_v, wd_v, ow_v, obase_v))
         wbase = self.wbase = vec.as64(wbase_v)
         self.w_arr = w_v
-        # as vectors, except where the streaming mode broadcasts them at each use
+        # as vectors (7x7 streams: it broadcasts each weight where used, as 5x5 stride 2 does,
+        # whose vectors here go unused)
         self.w = [] if k >= 7 else [
             vec.splat(builder.load(vec.ptr(aty[5], w_v, builder.add(wbase, self.c64(i)))))
             for i in range(k * k)]
@@ -158,6 +159,13 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
         m = vec.mask(b.sub(wd_v, first), lanes)
         return vec.load(b.gep(r, [first]), mask=m)
 
+    def span_mask(start):
+        """Lanes ``l`` with ``0 <= start + l < wd`` (the others load as zeros)."""
+        return b.and_(vec.mask(b.sub(wd_v, start), lanes), b.not_(vec.mask(b.neg(start), lanes)))
+
+    evens = list(range(0, 2 * lanes, 2))
+    odds = list(range(1, 2 * lanes, 2))
+
     fn = b.function
     pre = b.block
     j_hdr = fn.append_basic_block("dw_j_hdr")
@@ -186,6 +194,14 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
         first = b.mul(j, c64(lanes))
         taps = [[None] * k for _ in range(nin)]  # taps[row][kx]: the vector of that tap
         new = None
+        width = lanes // 2 if half else lanes
+
+        def store(accs):
+            omask = vec.mask(b.sub(ow_v, first), width)
+            for r in range(nr):
+                orow = b.add(obase_v, b.mul(b.add(oy_v, c64(r)), ow_v))
+                vec.store(accs[r], vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
+
         if mode == "stream":
             # input rows outermost: each row's k shifted runs are made, used by the output rows
             # it reaches and dropped (all the rows' runs at once would spill), the weights
@@ -193,19 +209,12 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
             # Stride 1: each run is a masked load. Stride 2: three loads per row cover the
             # columns of a block's taps; their even and odd columns are taps 0 and 1, and
             # shifted by q lanes (the third vector's columns shifting in), taps 2q and 2q + 1.
-            width = lanes // 2 if half else lanes
-
-            def masked(start):
-                return start, b.and_(vec.mask(b.sub(wd_v, start), lanes),
-                                     b.not_(vec.mask(b.neg(start), lanes)))
-
             if st == 1:
-                masks = [masked(b.add(first, c64(kx - k // 2))) for kx in range(k)]
+                starts = [b.add(first, c64(kx - k // 2)) for kx in range(k)]
             else:
                 col0 = b.sub(b.mul(first, c64(2)), c64(k // 2))
-                masks = [masked(b.add(col0, c64(i * lanes))) for i in range(3)]
-            evens = list(range(0, 2 * lanes, 2))
-            odds = list(range(1, 2 * lanes, 2))
+                starts = [b.add(col0, c64(i * lanes)) for i in range(3)]
+            masks = [(start, span_mask(start)) for start in starts]
 
             def runs(r):
                 loaded = [vec.load(b.gep(r, [start]), mask=m) for start, m in masks]
@@ -231,17 +240,12 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
                         wv = vec.splat(b.load(vec.ptr(aty[5], p.w_arr, b.add(p.wbase,
                                                                                c64(ky * k + kx)))))
                         accs[o] = vec.fma(run[kx], vec.low(wv, width) if half else wv, accs[o])
-            omask = vec.mask(b.sub(ow_v, first), width)
-            for o in range(nr):
-                orow = b.add(obase_v, b.mul(b.add(oy_v, c64(o)), ow_v))
-                vec.store(accs[o], vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
+            store(accs)
             return None
         if mode == "loads":
             for kx in range(k):
                 start = b.add(first, c64(kx - k // 2))
-                # lanes l with 0 <= start + l < wd
-                m = b.and_(vec.mask(b.sub(wd_v, start), lanes),
-                           b.not_(vec.mask(b.neg(start), lanes)))
+                m = span_mask(start)
                 for i, r in enumerate(rows):
                     taps[i][kx] = vec.load(b.gep(r, [start]), mask=m)
         elif mode == "shifts":
@@ -255,16 +259,14 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
             pairs = [(block(r, first2), block(r, b.add(first2, c64(lanes)))) for r in rows]
             new = []
             for i, (lo, hi) in enumerate(pairs):
-                ev = vec.shuffle(lo, hi, list(range(0, 2 * lanes, 2)))
-                od = vec.shuffle(lo, hi, list(range(1, 2 * lanes, 2)))
+                ev = vec.shuffle(lo, hi, evens)
+                od = vec.shuffle(lo, hi, odds)
                 new.append((od,))
                 taps[i] = [vec.align(carried[i][0], od, lanes - 1), ev, od]
-        width = lanes // 2 if half else lanes
         ws, bs = wvec, bvec
         if half:
             taps = [[vec.low(t, width) for t in row] for row in taps]
             ws, bs = [vec.low(t, width) for t in wvec], vec.low(bvec, width)
-        omask = vec.mask(b.sub(ow_v, first), width)
         # taps outermost: the nr rows' multiply-add chains interleave, so the out-of-order core
         # always has independent FMAs to issue (row by row, the 9-deep chains filled its queues)
         accs = [bs] * nr
@@ -272,9 +274,7 @@ def _emit_rows(context, builder, aty, args, k, st, nr):
             for kx in range(k):
                 for r in range(nr):
                     accs[r] = vec.fma(taps[r * st + ky][kx], ws[ky * k + kx], accs[r])
-        for r in range(nr):
-            orow = b.add(obase_v, b.mul(b.add(oy_v, c64(r)), ow_v))
-            vec.store(accs[r], vec.ptr(aty[8], out_v, b.add(orow, first)), omask)
+        store(accs)
         return new
 
     b.position_at_end(j_body)

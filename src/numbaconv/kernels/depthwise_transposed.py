@@ -36,8 +36,8 @@ from numbaconv.kernels.unowned import unowned as _unowned
 __all__ = ["conv_transpose2d_narrow", "supports"]
 
 _VBYTES = vector_bytes()
-MAX_VECTORS = 4            # vectors of phase pixels per step and phase
-VARIANTS = [(v, p) for v in (1, 2, 4) for p in (1, 2)]
+STEP_VECTORS = (1, 2, 4)   # vectors of phase pixels per step and phase, compiled
+VARIANTS = [(v, p) for v in STEP_VECTORS for p in (1, 2)]
 
 
 def supports(stride_w):
@@ -231,11 +231,12 @@ def conv_transpose2d_narrow(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
     plan = _plans.get(key)
     if plan is None:
         lanes = _VBYTES // x.itemsize
-        nvec = min(MAX_VECTORS, -(-(-(-ow // stride_w)) // lanes))
-        nvec = 4 if nvec > 2 else nvec
+        nu = -(-ow // stride_w)                         # phase pixels of an output row
+        # the fewest vectors covering them, else the most
+        nvec = next((v for v in STEP_VECTORS if v * lanes >= nu), STEP_VECTORS[-1])
         taps = _tap_table(h, wd, kh, kw, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, oh)
         step = nvec * lanes
-        span = -(-(-(-ow // stride_w)) // step) * step      # u covered by the steps
+        span = -(-nu // step) * step                    # u covered by the steps
         shifts = taps[1]
         mtab, moff = lane_mask_table(wd, lanes, min(0, int(shifts.min())),
                                  span + max(0, int(shifts.max())) + 1)

@@ -168,12 +168,11 @@ def _pass(typingctx, x, xb, xn, h, wd, g, gb, gn, nb, oh, ow, sh, pt, ky0, nrows
 
 
 @parallel_kernel
-def _driver(x, g, dw, cout, groups, kh, kw, sh, sw, pt, dh, tcol, oh, ow, mtab, moff):
+def _driver(x, g, dw, cout, groups, kh, kw, rmax, sh, sw, pt, dh, tcol, oh, ow, mtab, moff):
     nb, cin, h, wd = x.shape
     cg = cin // groups
     cog = cout // groups
     taps = kh * kw
-    rmax = max(1, ACCUMULATORS // kw)
     xf = x.reshape(-1)
     for task in prange(cout * cg):
         co = task // cg
@@ -227,8 +226,8 @@ def conv2d_narrow_weight_grad(x, grad_out, weight_shape, stride_h, stride_w, pad
             _plans.clear()
         _plans[key] = plan
     tcol, mtab, moff = plan
-    _driver(x, grad_out.reshape(-1), dw.reshape(-1), cout, groups, kh, kw, stride_h, stride_w,
-            pad_top, dil_h, tcol, oh, ow, mtab, moff)
+    _driver(x, grad_out.reshape(-1), dw.reshape(-1), cout, groups, kh, kw, rows_per_pass(kw),
+            stride_h, stride_w, pad_top, dil_h, tcol, oh, ow, mtab, moff)
     return dw
 
 
