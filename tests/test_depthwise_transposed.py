@@ -4,7 +4,9 @@ input gradients, single-channel up-sampling), called directly and through the di
 Integer data in [-4, 4] make every sum exact, so each geometry must equal the reference bit for
 bit. Output widths cover one to several steps of 4 vectors (float32 and float64 lanes) and their
 partial last vectors; paddings beyond the kernel's reach give negative column shifts and rows
-with no taps at all; the two column phases of stride 2 start on either parity.
+with no taps at all; the two column phases of stride 2 start on either parity. Geometries with
+both strides 2, no dilation and a 3x3 or 5x5 kernel run on the cycle step (two output rows per
+step) and, forced, on the general step too: both must give the reference and the same bits.
 """
 
 import numpy as np
@@ -33,7 +35,31 @@ GEOMETRIES = [
     (1, 2, 1, 2, 5, 30, (1, 1), (2, 2), (0, 1, 0, 1), (1, 1)),     # 1x1: every other column
     (3, 5, 1, 5, 2, 1, (3, 3), (2, 2), (1, 0, 1, 0), (1, 1)),      # one input column
     (1, 2, 1, 2, 3, 64, (3, 3), (2, 2), (1, 1, 0, 0), (1, 1)),     # steps end on the row end
+    (1, 3, 1, 3, 6, 21, (5, 5), (2, 2), (6, 5, 7, 6), (1, 1)),     # 5x5, beyond the reach
+    (2, 5, 1, 5, 7, 7, (5, 5), (2, 2), (2, 1, 2, 1), (1, 1)),      # EfficientNet's 7 -> 14
 ]
+
+
+def _takes_cycle_step(geom):
+    (kh, kw), (sh, sw), _, (dh, dw) = geom[6:]
+    return (sh, sw, dh, dw) == (2, 2, 1, 1) and kh == kw and kh in (3, 5)
+
+
+# the general step also runs the geometries the cycle step takes, forced
+CASES = [(g, "auto") for g in GEOMETRIES] + [(g, "general") for g in GEOMETRIES
+                                             if _takes_cycle_step(g)]
+
+
+def _watch_steps(monkeypatch, which):
+    """Force the general step if ``which`` says so; returns the list the cycle driver's calls
+    are recorded in, so a test can tell which step ran."""
+    calls = []
+    if which == "general":
+        monkeypatch.setattr(depthwise_transposed, "CYCLE_KERNELS", ())
+    driver = depthwise_transposed._cycle_driver
+    monkeypatch.setattr(depthwise_transposed, "_cycle_driver",
+                        lambda *args: (calls.append(args[4]), driver(*args)))
+    return calls
 
 
 def _arrays(geom, dtype, seed):
@@ -62,17 +88,36 @@ def _run(geom, x, w, b, threads=None):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("geom", GEOMETRIES, ids=str)
-def test_kernel_equals_the_reference(geom, dtype):
+@pytest.mark.parametrize("geom,which", CASES, ids=str)
+def test_kernel_equals_the_reference(geom, which, dtype, monkeypatch):
+    cycle_calls = _watch_steps(monkeypatch, which)
     x, w, b = _arrays(geom, dtype, seed=len(str(geom)))
     copies = x.copy(), w.copy(), b.copy()
     out = _run(geom, x, w, b)
     np.testing.assert_array_equal(out, reference.conv_transpose2d(x, w, b, **_kwargs(geom)))
     for before, after in zip(copies, (x, w, b)):
         np.testing.assert_array_equal(before, after)
+    assert bool(cycle_calls) == (which == "auto" and _takes_cycle_step(geom))
 
 
-@pytest.mark.parametrize("geom", GEOMETRIES[1:6], ids=str)
+@pytest.mark.parametrize("geom", [g for g in GEOMETRIES if _takes_cycle_step(g)], ids=str)
+def test_cycle_and_general_steps_give_the_same_bits(geom, monkeypatch):
+    """Both steps sum each output in the same order, so a layer's bits do not depend on which
+    one ran (tiles of a layer, forced and automatic choices)."""
+    rng = np.random.default_rng(3)
+    n, cin, cg_out, groups, h, wd, (kh, kw) = geom[:7]
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((n, cin, h, wd)).astype(dtype)
+        w = rng.standard_normal((cin, cg_out, kh, kw)).astype(dtype)
+        b = rng.standard_normal(cg_out * groups).astype(dtype)
+        cycle = _run(geom, x, w, b)
+        with monkeypatch.context() as m:
+            m.setattr(depthwise_transposed, "CYCLE_KERNELS", ())
+            general = _run(geom, x, w, b)
+        assert cycle.tobytes() == general.tobytes()
+
+
+@pytest.mark.parametrize("geom", GEOMETRIES[1:6] + GEOMETRIES[6:8] + GEOMETRIES[-1:], ids=str)
 def test_kernel_same_bits_on_one_and_two_threads(geom):
     rng = np.random.default_rng(2)
     n, cin, cg_out, groups, h, wd, (kh, kw) = geom[:7]
@@ -83,9 +128,11 @@ def test_kernel_same_bits_on_one_and_two_threads(geom):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")
-def test_an_infinite_weight_reaches_only_the_outputs_its_tap_reaches():
+@pytest.mark.parametrize("which", ["auto", "general"])
+def test_an_infinite_weight_reaches_only_the_outputs_its_tap_reaches(which, monkeypatch):
     """Masked lanes are not multiplied: tap (0, 0) of a stride-2 layer reaches the odd output
-    rows and columns only, so the even ones stay finite, as in the reference."""
+    rows and columns only, so the even ones stay finite, as in the reference (both steps)."""
+    cycle_calls = _watch_steps(monkeypatch, which)
     geom = GEOMETRIES[0]
     x, w, b = _arrays(geom, np.float32, seed=5)
     w[0, 0, 0, 0] = np.inf
@@ -94,6 +141,7 @@ def test_an_infinite_weight_reaches_only_the_outputs_its_tap_reaches():
     np.testing.assert_array_equal(out, expected)
     assert np.isfinite(out[0, 0, ::2, :]).all() and np.isfinite(out[0, 0, :, ::2]).all()
     assert not np.isfinite(out[0, 0, 1::2, 1::2]).all()
+    assert bool(cycle_calls) == (which == "auto")
 
 
 def test_auto_takes_it_for_strided_layers_with_one_channel_per_group():

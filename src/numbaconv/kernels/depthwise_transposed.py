@@ -18,8 +18,12 @@ a stride-2 depthwise layer costs the multiply-adds of the forward one plus the i
 Masked lanes keep their accumulator (a merge-masked FMA), so an Inf or NaN weight reaches
 exactly the outputs its tap reaches.
 
-Work is split into contiguous runs of (image, output channel, output row) rows, one per thread;
-every output element is computed by one step in a fixed order, whatever the thread count.
+With both strides 2, no dilation and a 3x3 or 5x5 kernel, a step covers the two output rows
+of a row cycle instead (see the cycle step below): one masked load then feeds up to four taps.
+
+Work is split into contiguous runs of (image, output channel, output row or row cycle), one per
+thread; every output element is computed by one step in a fixed order, whatever the thread
+count, and both steps sum in the same order (same bits).
 """
 
 import numpy as np
@@ -174,6 +178,152 @@ def _driver(x4, w4, b_o, out4, prm, toff_o, tsh_o, tw_o, tstart_o, tcount_o, mta
             plane += 1
 
 
+# --- both strides 2: a step computes the two output rows of one row cycle -----------------------
+#
+# With ``stride == 2`` and no dilation, write ``oy + pad_top = 2*i' + r`` and ``ox + pad_left =
+# 2*u' + p``: output pixel (r, p) of cycle (i', u') takes taps ``ky = r + 2*j``, ``kx = p + 2*i``
+# from input pixel ``(i' - j, u' - i)``. So one masked load of input row ``i' - j`` at shift
+# ``i`` serves the up to four (r, p) accumulators of its vector: the loads of a cycle's two
+# output rows and two phases are shared instead of made per tap. Per accumulator the taps still
+# come in (ky, kx) order, channel by channel: the same sums, in the same order, as the general
+# step above (same bits).
+
+CYCLE_KERNELS = (3, 5)                  # kernel sizes (square) the cycle step is compiled for
+CYCLE_VARIANTS = [(v, k) for v in STEP_VECTORS for k in CYCLE_KERNELS]
+
+
+def _emit_cycle(context, builder, aty, args, nvec, k):
+    """IR of one cycle step (see :func:`_cycle_step`)."""
+    (x, xb, xstep, cgin, w, wb, wstep, ip, h, wd, u0, mtab, moff, out, ob, oh, ow, pt, pl,
+     omtab, omoff, bias) = args[:22]
+    vec = Vectors(context, builder, aty[0])
+    b = builder
+    lanes, i64 = vec.lanes, vec.i64
+
+    def c64(n):
+        return ir.Constant(i64, n)
+
+    xb, xstep, cgin, wb, wstep, ip, h, wd, u0, moff, ob, oh, ow, pt, pl, omoff = (
+        vec.as64(v) for v in (xb, xstep, cgin, wb, wstep, ip, h, wd, u0, moff, ob, oh, ow, pt,
+                              pl, omoff))
+    half = (k + 1) // 2                 # input rows (and column shifts) a cycle reads
+    masks = [[mask_bits(b, b.load(vec.ptr(aty[11], mtab, b.add(moff, b.add(u0, c64(
+        v * lanes - i))))), lanes) for v in range(nvec)] for i in range(half)]
+    accs = [[[cgutils.alloca_once(b, vec.vty) for _ in range(nvec)] for _ in range(2)]
+            for _ in range(2)]
+    bv = vec.splat(bias)
+    for plane in accs:
+        for row in plane:
+            for a in row:
+                b.store(bv, a)
+    with cgutils.for_range(b, cgin) as ci_loop:
+        ci = ci_loop.index
+        xci = b.add(xb, b.mul(ci, xstep))
+        wci = b.add(wb, b.mul(ci, wstep))
+        for j in range(half):
+            iy = b.sub(ip, c64(j))
+            inside = b.and_(b.icmp_signed(">=", iy, c64(0)), b.icmp_signed("<", iy, h))
+            with b.if_then(inside):
+                xrow = b.add(xci, b.add(b.mul(iy, wd), u0))
+                for i in range(half):
+                    taps = [(r, p, (r + 2 * j) * k + p + 2 * i) for r in range(2)
+                            for p in range(2) if r + 2 * j < k and p + 2 * i < k]
+                    wvs = [(r, p, vec.splat(b.load(vec.ptr(aty[4], w, b.add(wci, c64(t))))))
+                           for r, p, t in taps]
+                    for v in range(nvec):
+                        m = masks[i][v]
+                        xv = vec.load(vec.ptr(aty[0], x, b.add(xrow, c64(v * lanes - i))),
+                                      mask=m)
+                        for r, p, wv in wvs:
+                            acc = b.load(accs[r][p][v])
+                            b.store(b.select(m, vec.fma(xv, wv, acc), acc), accs[r][p][v])
+    inter = [i // 2 + (i % 2) * lanes for i in range(2 * lanes)]
+    for r in range(2):
+        oy = b.sub(b.add(b.mul(ip, c64(2)), c64(r)), pt)
+        inside = b.and_(b.icmp_signed(">=", oy, c64(0)), b.icmp_signed("<", oy, oh))
+        with b.if_then(inside):
+            orow = b.add(ob, b.mul(oy, ow))
+            for v in range(nvec):
+                ev, od = b.load(accs[r][0][v]), b.load(accs[r][1][v])
+                o = b.sub(b.mul(b.add(u0, c64(v * lanes)), c64(2)), pl)
+                for half_v, at in ((inter[:lanes], o), (inter[lanes:], b.add(o, c64(lanes)))):
+                    m = mask_bits(b, b.load(vec.ptr(aty[19], omtab, b.add(omoff, at))), lanes)
+                    vec.store(vec.shuffle(ev, od, half_v), vec.ptr(aty[13], out, b.add(orow, at)),
+                              m)
+
+
+@intrinsic
+def _cycle_step(typingctx, x, xb, xstep, cgin, w, wb, wstep, ip, h, wd, u0, mtab, moff, out, ob,
+                oh, ow, pt, pl, omtab, omoff, bias, nvec, k):
+    """Output rows ``oy = 2*ip + r - pt`` (``r`` 0, 1; rows outside ``[0, oh)`` not written),
+    columns ``ox = 2*u + p - pl`` (``p`` 0, 1) for ``u`` in ``[u0, u0 + nvec*lanes)`` of the
+    output plane at ``out[ob]`` (``oh x ow``), stride 2 both ways, no dilation, ``k x k``
+    kernel::
+
+        out[ob + oy*ow + ox] = bias + sum_ci sum_(j, i) w[wb + ci*wstep + ky*k + kx] *
+                               x[xb + ci*xstep + (ip - j)*wd + u - i]
+
+    with ``ky = r + 2*j < k``, ``kx = p + 2*i < k``, input row ``ip - j`` in ``[0, h)`` and
+    column ``u - i`` in ``[0, wd)`` (lane bits of ``mtab[moff + col]``); output lanes masked by
+    ``omtab[omoff + ox]`` (``0 <= ox < ow``). ``(nvec, k)`` must be one of
+    :data:`CYCLE_VARIANTS`."""
+    sig = types.void(x, xb, xstep, cgin, w, wb, wstep, ip, h, wd, u0, mtab, moff, out, ob, oh,
+                     ow, pt, pl, omtab, omoff, bias, nvec, k)
+
+    def codegen(context, builder, signature, args):
+        switch(builder, args[22:24], CYCLE_VARIANTS, "dwt_cycle",
+               lambda v, kk: _emit_cycle(context, builder, signature.args, args, v, kk))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@parallel_kernel
+def _cycle_driver(x4, w4, b_o, out4, prm, mtab_o, omtab_o, nthreads):
+    xf_o = x4.reshape(x4.size)
+    wf_o = w4.reshape(w4.size)
+    of_o = out4.reshape(out4.size)
+    cin, h, wd, cout, groups, oh, ow, k, pt, pl, nvec, moff, omoff = prm[0], prm[1], prm[2], \
+        prm[3], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10], prm[11], prm[12]
+    cg_in = cin // groups
+    cg_out = cout // groups
+    ip_lo = pt // 2
+    ncyc = (oh - 1 + pt) // 2 - ip_lo + 1          # row cycles of an output plane
+    u_lo = pl // 2
+    u_hi = (ow - 1 + pl) // 2 + 1
+    step_u = nvec * (_VBYTES // x4.itemsize)
+    nplanes = of_o.size // (oh * ow)
+    nsteps = nplanes * ncyc
+    for t in prange(nthreads):
+        xf = _unowned(xf_o)
+        wf = _unowned(wf_o)
+        bf = _unowned(b_o)
+        of = _unowned(of_o)
+        mtab = _unowned(mtab_o)
+        omtab = _unowned(omtab_o)
+        lo = t * nsteps // nthreads
+        hi = (t + 1) * nsteps // nthreads
+        plane = lo // ncyc
+        c = lo - plane * ncyc
+        s = lo
+        while s < hi:
+            # the cycles [c, c_end) of one output plane
+            c_end = min(ncyc, c + hi - s)
+            co = plane % cout
+            g = co // cg_out
+            xb = (plane // cout * cin + g * cg_in) * h * wd
+            wb = (g * cg_in * cg_out + co - g * cg_out) * k * k
+            bias = bf[co]
+            for ip in range(ip_lo + c, ip_lo + c_end):
+                for u0 in range(u_lo, u_hi, step_u):
+                    _cycle_step(xf, xb, h * wd, cg_in, wf, wb, cg_out * k * k, ip, h, wd, u0,
+                                mtab, moff, of, plane * oh * ow, oh, ow, pt, pl, omtab, omoff,
+                                bias, nvec, k)
+            s += c_end - c
+            c = 0
+            plane += 1
+
+
 def _tap_table(h, wd, kh, kw, sh, sw, pt, pl, dh, dwl, oh):
     """Taps of every (output row, column phase): flat arrays (input offset ``iy*wd + c``,
     shift ``c``, weight index ``ky*kw + kx``) and per (row, phase) the first entry and count
@@ -228,6 +378,16 @@ def conv_transpose2d_narrow(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
     oh, ow = out.shape[2], out.shape[3]
     key = (x.dtype, x.shape, w.shape, out.shape, stride_h, stride_w, pad_top, pad_left, dil_h,
            dil_w, groups)
+    if stride_h == stride_w == 2 and dil_h == dil_w == 1 and kh == kw and kh in CYCLE_KERNELS:
+        key = ("cycle",) + key
+        plan = _plans.get(key)
+        if plan is None:
+            plan = _cycle_plan(x.itemsize, wd, kh, out.shape, pad_top, pad_left, cin, h, groups)
+            _remember(key, plan)
+        ncyc = (oh - 1 + pad_top) // 2 - pad_top // 2 + 1
+        nsteps = out.shape[0] * out.shape[1] * ncyc
+        _cycle_driver(x, w, b, out, *plan, max(1, min(_threads.numba_count(), nsteps)))
+        return
     plan = _plans.get(key)
     if plan is None:
         lanes = _VBYTES // x.itemsize
@@ -243,11 +403,32 @@ def conv_transpose2d_narrow(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
         prm = np.array([cin, h, wd, out.shape[1], groups, oh, ow, kh * kw, stride_w, nvec, moff],
                        np.int64)
         plan = (prm,) + taps + (mtab,)
-        if len(_plans) >= 256:
-            _plans.clear()
-        _plans[key] = plan
+        _remember(key, plan)
     nrows = out.shape[0] * out.shape[1] * oh
     _driver(x, w, b, out, *plan, max(1, min(_threads.numba_count(), nrows)))
 
 
-_plans = {}  # per-geometry parameters and tap tables
+def _cycle_plan(itemsize, wd, k, out_shape, pad_top, pad_left, cin, h, groups):
+    """Parameters and lane-mask tables of the cycle step for one geometry."""
+    lanes = _VBYTES // itemsize
+    oh, ow = out_shape[2], out_shape[3]
+    u_lo = pad_left // 2
+    nu = (ow - 1 + pad_left) // 2 + 1 - u_lo          # column cycles of an output row
+    nvec = next((v for v in STEP_VECTORS if v * lanes >= nu), STEP_VECTORS[-1])
+    step = nvec * lanes
+    span = -(-nu // step) * step
+    mtab, moff = lane_mask_table(wd, lanes, u_lo - (k + 1) // 2 + 1, u_lo + span + 1)
+    omtab, omoff = lane_mask_table(ow, lanes, 2 * u_lo - pad_left,
+                                   2 * (u_lo + span) - pad_left + 1)
+    prm = np.array([cin, h, wd, out_shape[1], groups, oh, ow, k, pad_top, pad_left, nvec, moff,
+                    omoff], np.int64)
+    return prm, mtab, omtab
+
+
+def _remember(key, plan):
+    if len(_plans) >= 256:
+        _plans.clear()
+    _plans[key] = plan
+
+
+_plans = {}  # per-geometry parameters and tables
