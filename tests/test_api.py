@@ -349,6 +349,21 @@ def test_auto_takes_direct_on_small_maps_where_its_tiles_waste_few_lanes(x_shape
     assert dispatch.auto_choice(problem, exact=True) == expected
 
 
+@pytest.mark.parametrize("x_shape,w_shape,stride,expected", [
+    ((1, 1, 2048, 2048), (1, 1, 7, 7), 1, "depthwise"),  # 49 taps
+    ((1, 1, 512, 512), (4, 1, 3, 3), 1, "depthwise"),    # 36
+    ((1, 1, 1024, 1024), (1, 1, 5, 5), 2, "depthwise"),
+    ((1, 1, 512, 512), (4, 1, 5, 5), 1, "direct"),       # 100: the outputs share input loads
+    ((1, 1, 512, 512), (32, 1, 5, 5), 1, "direct"),
+    ((1, 1, 1024, 1024), (1, 1, 11, 11), 1, "direct"),   # 121
+    ((1, 2, 64, 64), (1, 2, 3, 3), 1, "direct"),         # two input channels: not depthwise
+])
+def test_auto_takes_depthwise_for_one_input_channel_and_few_output_taps(x_shape, w_shape, stride,
+                                                                         expected):
+    assert numbaconv.explain(x_shape, w_shape, stride=stride, padding=w_shape[-1] // 2).choice \
+        == expected
+
+
 def test_unknown_algorithm_and_unsupported_forcing(rng):
     x, w = _ints(rng, (1, 2, 5, 5)), _ints(rng, (2, 2, 3, 3))
     with pytest.raises(ValueError, match="algorithm must be 'auto', 'tune' or one of"):

@@ -423,7 +423,8 @@ def rule(problem, exact=False, prepared=False):
        DeepLab's dilated 33x33) when the call has at least 100 tiles in all, or 16 with
        ``prepared`` (weights transformed in advance, as a :class:`~numbaconv.plan.Conv2dPlan`
        does).
-    1. ``depthwise`` when ``groups == C_in > 1`` (one channel per group).
+    1. ``depthwise`` when ``groups == C_in > 1`` (one channel per group), and for one input
+       channel when ``C_out * kH * kW <= 64`` (see ``_SINGLE_CHANNEL_DEPTHWISE_TAPS``).
     2. ``direct`` for other grouped convolutions with narrow groups (``C_out / groups < 32``):
        a GEMM per group would be too small to run fast.
     3. ``gemm`` for 1x1 kernels (a plain matrix product), except stride-1 ones that at least
@@ -464,7 +465,9 @@ def rule(problem, exact=False, prepared=False):
         return "gemm" if w_in < 16 or (w_in < 32 and cin_g >= 256) else "direct"
     if not exact and _winograd_limits(problem) is None and _winograd_pays(problem, prepared):
         return "winograd"
-    if problem.is_depthwise and problem.groups > 1:
+    if problem.is_depthwise and (problem.groups > 1 or
+                                 problem.out_channels * math.prod(problem.kernel_size) <=
+                                 _SINGLE_CHANNEL_DEPTHWISE_TAPS):
         return "depthwise"
     if problem.groups > 1 and problem.out_channels // problem.groups < 32:
         return "direct"
@@ -477,6 +480,15 @@ def rule(problem, exact=False, prepared=False):
             return "direct"
         return "gemm"
     return "direct"
+
+
+# One input channel: the depthwise kernel (one stencil pass per output channel) against the
+# direct kernel (output channels share each input load), 2 threads, forced, ms: C1->1 2048^2
+# 7x7 2.73 vs 2.93, 3x3 0.71 vs 1.33; 512^2 5x5 0.12 vs 0.20, 3x3 0.04 vs 0.15; C1->2 5x5 0.25
+# vs 0.34; C1->4 3x3 0.20 vs 0.29; 1024^2 5x5 stride 2 0.18 vs 0.52. Direct wins once the
+# outputs' taps add up: C1->4 5x5 0.45 vs 0.40, C1->16 5x5 1.62 vs 1.16, C1->1 11x11 2.28 vs
+# 1.45 (C1->3 7x7, 147 taps, was 1.13x for depthwise: the bound is conservative).
+_SINGLE_CHANNEL_DEPTHWISE_TAPS = 64
 
 
 def auto_choice(problem, exact=False, prepared=False):
