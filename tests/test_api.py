@@ -317,10 +317,29 @@ def test_explain_reports_choice_and_reasons():
     ((8, 64, 56, 56), (256, 32, 1, 1), 1, np.float32, "gemm"),     # grouped (2 groups)
 ])
 def test_auto_moves_wide_1x1_layers_past_the_cache_to_direct(x_shape, w_shape, stride, dtype,
-                                                              expected):
+                                                              expected, monkeypatch):
+    """Thresholds of a 32 MiB last-level cache (the machine where the rule was measured)."""
+    monkeypatch.setattr(dispatch, "_WIDE_1X1_BYTES", 10 << 20)
     groups = x_shape[1] // w_shape[1]
     problem = numbaconv.explain(np.zeros(x_shape, dtype), np.zeros(w_shape, dtype),
                                 stride=stride, groups=groups).problem
+    assert dispatch.auto_choice(problem) == expected
+
+
+def test_the_wide_1x1_threshold_follows_the_reported_last_level_cache(tmp_path):
+    for index, level, size in [("index0", "1", "48K"), ("index2", "2", "2048K"),
+                               ("index3", "3", "491520K"), ("index4", "x", "1G")]:
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "level").write_text(level + "\n")
+        (tmp_path / index / "size").write_text(size + "\n")
+    assert dispatch._last_level_cache_bytes(str(tmp_path)) == 480 << 20
+    (tmp_path / "index3" / "size").write_text("32M\n")
+    assert dispatch._last_level_cache_bytes(str(tmp_path)) == 32 << 20
+    assert dispatch._last_level_cache_bytes(str(tmp_path / "absent")) == 32 << 20
+    assert dispatch._WIDE_1X1_BYTES == dispatch._last_level_cache_bytes() * 10 // 32
+    problem = numbaconv.explain((8, 64, 56, 56), (256, 64, 1, 1)).problem
+    data = 8 * (64 + 256) * 56 * 56 * 4                                        # 30.6 MiB
+    expected = "direct" if data >= dispatch._WIDE_1X1_BYTES else "gemm"
     assert dispatch.auto_choice(problem) == expected
 
 

@@ -8,6 +8,7 @@ reason. Tests iterate over this table, so a newly registered algorithm is tested
 """
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -355,14 +356,42 @@ def _dot_pays(problem):
 
 
 # A 1x1 stride-1 layer that widens the channels (C_out >= 2 C_in) writes a result larger than
-# its input; once input and result together pass _WIDE_1X1_BYTES they leave this machine's 32
-# MiB last-level cache (shared with other work), and the direct kernel outruns the GEMM there.
-# Measured on 2 cores, float32, GFLOP/s GEMM vs direct (4-5 of 5 rounds each way): C64->256
-# 56x56 batch 3 (12 MB) 153 vs 170, batch 4 144 vs 158, batch 8 135 vs 154, batch 16 127 vs 148;
-# C128->512 28x28 batch 8 161 vs 171; C32->128 112x112 batch 8 84 vs 136; but batch 4 of
-# C128->512 (8 MB) 207 vs 199, and layers that narrow the channels keep the GEMM ahead at any
-# size (C256->64 56x56 batch 8 173 vs 157, C512->128 28x28 178 vs 161).
-_WIDE_1X1_BYTES = 10 << 20
+# its input; once input and result together pass _WIDE_1X1_BYTES they leave a 32 MiB last-level
+# cache (shared with other work), and the direct kernel outruns the GEMM there. Measured on 2
+# cores of an AMD Zen 4 guest with that cache, float32, GFLOP/s GEMM vs direct (4-5 of 5 rounds
+# each way): C64->256 56x56 batch 3 (12 MB) 153 vs 170, batch 4 144 vs 158, batch 8 135 vs 154,
+# batch 16 127 vs 148; C128->512 28x28 batch 8 161 vs 171; C32->128 112x112 batch 8 84 vs 136;
+# but batch 4 of C128->512 (8 MB) 207 vs 199, and layers that narrow the channels keep the GEMM
+# ahead at any size (C256->64 56x56 batch 8 173 vs 157, C512->128 28x28 178 vs 161). On 2 cores
+# of an Intel guest reporting a 480 MiB last-level cache the GEMM stays ahead on all of these
+# (4-5 of 5 rounds): C64->256 batch 3 183 vs 173, batch 4 183 vs 134, batch 8 99 vs 84, batch 16
+# (61 MiB) 118 vs 78; C128->512 batch 8 217 vs 204; C32->128 112x112 batch 2 135 vs 117, batch 8
+# 77 vs 74. So the threshold scales with the cache the system reports (10 MiB per 32 MiB).
+
+
+def _last_level_cache_bytes(root="/sys/devices/system/cpu/cpu0/cache"):
+    """Size of the CPU's last-level cache as Linux reports it, or 32 MiB when it does not."""
+    best = (0, 32 << 20)
+    try:
+        entries = os.listdir(root)
+    except OSError:
+        return best[1]
+    for name in entries:
+        try:
+            with open(os.path.join(root, name, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(root, name, "size")) as f:
+                text = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+        digits = text[:-1] if scale > 1 else text
+        if digits.isdigit() and level > best[0]:
+            best = (level, int(digits) * scale)
+    return best[1]
+
+
+_WIDE_1X1_BYTES = _last_level_cache_bytes() * 10 // 32
 
 
 def _wide_1x1_outgrows_cache(problem):
@@ -428,8 +457,8 @@ def rule(problem, exact=False, prepared=False):
     2. ``direct`` for other grouped convolutions with narrow groups (``C_out / groups < 32``):
        a GEMM per group would be too small to run fast.
     3. ``gemm`` for 1x1 kernels (a plain matrix product), except stride-1 ones that at least
-       double the channels with input and result of 10 MiB or more (``direct``: see
-       ``_WIDE_1X1_BYTES``), and for small images
+       double the channels with input and result of 10 MiB or more per 32 MiB of last-level
+       cache (``direct``: see ``_WIDE_1X1_BYTES``), and for small images
        (``H_out * W_out < 256``, where direct tiles waste lanes on row padding), unless the
        direct kernel's tiles cover the pixels in at most 1.1 times the GEMM's lanes (3x3 on
        10x10, 12x12, 14x14 and 15x15 outputs, stride 2 onto 9x9 to 15x15 except 11x11; see
