@@ -33,7 +33,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from numbaconv import _threads
-from numbaconv._jit import parallel_kernel, vector_bytes
+from numbaconv._jit import kernel, parallel_kernel, vector_bytes
 from numbaconv.kernels.ir_vectors import Vectors, lane_mask_table, mask_bits, switch
 from numbaconv.kernels.unowned import unowned as _unowned
 
@@ -130,6 +130,18 @@ def _step(typingctx, x, xb, xstep, cgin, w, wb, wstep, toff, tsh, tw, s0, n0, s1
     return sig, codegen
 
 
+@kernel
+def _plane_bases(plane, cin, cout, groups, hw, khw):
+    """Output plane ``plane`` (image-major): its channel ``co``, the flat index of the first
+    input plane of its group and of its first weight (input channel 0 of the group)."""
+    cg_in = cin // groups
+    cg_out = cout // groups
+    co = plane % cout
+    g = co // cg_out
+    xb = (plane // cout * cin + g * cg_in) * hw
+    return co, xb, (g * cg_in * cg_out + co - g * cg_out) * khw
+
+
 @parallel_kernel
 def _driver(x4, w4, b_o, out4, prm, toff_o, tsh_o, tw_o, tstart_o, tcount_o, mtab_o, nthreads):
     xf_o = x4.reshape(x4.size)
@@ -161,10 +173,7 @@ def _driver(x4, w4, b_o, out4, prm, toff_o, tsh_o, tw_o, tstart_o, tcount_o, mta
         while r < hi:
             # the rows [oy, oy_end) of one output plane
             oy_end = min(oh, oy + hi - r)
-            co = plane % cout
-            g = co // cg_out
-            xb = (plane // cout * cin + g * cg_in) * h * wd
-            wb = (g * cg_in * cg_out + co - g * cg_out) * khw
+            co, xb, wb = _plane_bases(plane, cin, cout, groups, h * wd, khw)
             bias = bf[co]
             for y in range(oy, oy_end):
                 e0 = y * 2
@@ -309,10 +318,7 @@ def _cycle_driver(x4, w4, b_o, out4, prm, mtab_o, omtab_o, nthreads):
         while s < hi:
             # the cycles [c, c_end) of one output plane
             c_end = min(ncyc, c + hi - s)
-            co = plane % cout
-            g = co // cg_out
-            xb = (plane // cout * cin + g * cg_in) * h * wd
-            wb = (g * cg_in * cg_out + co - g * cg_out) * k * k
+            co, xb, wb = _plane_bases(plane, cin, cout, groups, h * wd, k * k)
             bias = bf[co]
             for ip in range(ip_lo + c, ip_lo + c_end):
                 for u0 in range(u_lo, u_hi, step_u):
