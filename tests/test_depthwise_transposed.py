@@ -5,7 +5,7 @@ Integer data in [-4, 4] make every sum exact, so each geometry must equal the re
 bit. Output widths cover one to several steps of 4 vectors (float32 and float64 lanes) and their
 partial last vectors; paddings beyond the kernel's reach give negative column shifts and rows
 with no taps at all; the two column phases of stride 2 start on either parity. Geometries with
-both strides 2, no dilation and a 3x3 or 5x5 kernel run on the cycle step (two output rows per
+both strides 2, no dilation and a 3x3, 4x4 or 5x5 kernel run on the cycle step (two output rows per
 step) and, forced, on the general step too: both must give the reference and the same bits.
 """
 
@@ -37,12 +37,14 @@ GEOMETRIES = [
     (1, 2, 1, 2, 3, 64, (3, 3), (2, 2), (1, 1, 0, 0), (1, 1)),     # steps end on the row end
     (1, 3, 1, 3, 6, 21, (5, 5), (2, 2), (6, 5, 7, 6), (1, 1)),     # 5x5, beyond the reach
     (2, 5, 1, 5, 7, 7, (5, 5), (2, 2), (2, 1, 2, 1), (1, 1)),      # EfficientNet's 7 -> 14
+    (1, 4, 1, 4, 5, 21, (4, 4), (2, 2), (2, 0, 1, 2), (1, 1)),     # 4x4, uneven padding
+    (1, 2, 1, 2, 4, 9, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1)),      # 2x2: rows by tap tables
 ]
 
 
 def _takes_cycle_step(geom):
     (kh, kw), (sh, sw), _, (dh, dw) = geom[6:]
-    return (sh, sw, dh, dw) == (2, 2, 1, 1) and kh == kw and kh in (3, 5)
+    return (sh, sw, dh, dw) == (2, 2, 1, 1) and kh == kw and kh in (3, 4, 5)
 
 
 # the general step also runs the geometries the cycle step takes, forced

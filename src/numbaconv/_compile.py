@@ -26,7 +26,7 @@ _WARMUP = (
     ("tconv", (1, 16, 4, 4), (16, 16, 4, 4), dict(stride=2, padding=1)),
     ("tconv", (1, 8, 6, 6), (8, 8, 1, 1), {}),
     ("tconv", (1, 8, 6, 6), (8, 1, 3, 3), dict(stride=2, groups=8)),    # row cycles
-    ("tconv", (1, 8, 6, 6), (8, 1, 4, 4), dict(stride=2, groups=8)),    # rows by tap tables
+    ("tconv", (1, 8, 6, 6), (8, 1, 2, 2), dict(stride=2, groups=8)),    # rows by tap tables
 )
 
 

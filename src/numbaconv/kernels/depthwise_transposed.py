@@ -18,7 +18,7 @@ a stride-2 depthwise layer costs the multiply-adds of the forward one plus the i
 Masked lanes keep their accumulator (a merge-masked FMA), so an Inf or NaN weight reaches
 exactly the outputs its tap reaches.
 
-With both strides 2, no dilation and a 3x3 or 5x5 kernel, a step covers the two output rows
+With both strides 2, no dilation and a 3x3, 4x4 or 5x5 kernel, a step covers the two output rows
 of a row cycle instead (see the cycle step below): one masked load then feeds up to four taps.
 
 Work is split into contiguous runs of (image, output channel, output row or row cycle), one per
@@ -197,7 +197,7 @@ def _driver(x4, w4, b_o, out4, prm, toff_o, tsh_o, tw_o, tstart_o, tcount_o, mta
 # come in (ky, kx) order, channel by channel: the same sums, in the same order, as the general
 # step above (same bits).
 
-CYCLE_KERNELS = (3, 5)                  # kernel sizes (square) the cycle step is compiled for
+CYCLE_KERNELS = (3, 4, 5)               # kernel sizes (square) the cycle step is compiled for
 CYCLE_VARIANTS = [(v, k) for v in STEP_VECTORS for k in CYCLE_KERNELS]
 
 
