@@ -292,12 +292,12 @@ def _cycle_driver(x4, w4, b_o, out4, prm, mtab_o, omtab_o, nthreads):
     xf_o = x4.reshape(x4.size)
     wf_o = w4.reshape(w4.size)
     of_o = out4.reshape(out4.size)
-    cin, h, wd, cout, groups, oh, ow, k, pt, pl, nvec, moff, omoff = prm[0], prm[1], prm[2], \
-        prm[3], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10], prm[11], prm[12]
+    cin, h, wd, cout, groups, oh, ow, k, pt, pl, nvec, moff, omoff, ncyc = prm[0], prm[1], \
+        prm[2], prm[3], prm[4], prm[5], prm[6], prm[7], prm[8], prm[9], prm[10], prm[11], \
+        prm[12], prm[13]
     cg_in = cin // groups
     cg_out = cout // groups
     ip_lo = pt // 2
-    ncyc = (oh - 1 + pt) // 2 - ip_lo + 1          # row cycles of an output plane
     u_lo = pl // 2
     u_hi = (ow - 1 + pl) // 2 + 1
     step_u = nvec * (_VBYTES // x4.itemsize)
@@ -390,8 +390,7 @@ def conv_transpose2d_narrow(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
         if plan is None:
             plan = _cycle_plan(x.itemsize, wd, kh, out.shape, pad_top, pad_left, cin, h, groups)
             _remember(key, plan)
-        ncyc = (oh - 1 + pad_top) // 2 - pad_top // 2 + 1
-        nsteps = out.shape[0] * out.shape[1] * ncyc
+        nsteps = out.shape[0] * out.shape[1] * plan[0][_NCYC]
         _cycle_driver(x, w, b, out, *plan, max(1, min(_threads.numba_count(), nsteps)))
         return
     plan = _plans.get(key)
@@ -426,9 +425,13 @@ def _cycle_plan(itemsize, wd, k, out_shape, pad_top, pad_left, cin, h, groups):
     mtab, moff = lane_mask_table(wd, lanes, u_lo - (k + 1) // 2 + 1, u_lo + span + 1)
     omtab, omoff = lane_mask_table(ow, lanes, 2 * u_lo - pad_left,
                                    2 * (u_lo + span) - pad_left + 1)
+    ncyc = (oh - 1 + pad_top) // 2 - pad_top // 2 + 1  # row cycles of an output plane
     prm = np.array([cin, h, wd, out_shape[1], groups, oh, ow, k, pad_top, pad_left, nvec, moff,
-                    omoff], np.int64)
+                    omoff, ncyc], np.int64)
     return prm, mtab, omtab
+
+
+_NCYC = 13  # index of the row-cycle count in the cycle step's parameters
 
 
 def _remember(key, plan):
