@@ -13,6 +13,7 @@ _WARMUP = (
     ("conv", (1, 16, 9, 9), (32, 16, 3, 3), dict(padding=1)),
     ("conv", (4, 16, 36, 9), (32, 16, 3, 3), dict(padding=1)),   # Winograd's pipelines
     ("conv", (1, 16, 9, 9), (32, 16, 1, 1), {}),
+    ("conv", (1, 16, 12, 12), (16, 16, 3, 3), dict(padding=2, dilation=2)),   # Winograd phases
     ("conv", (1, 3, 17, 17), (8, 3, 5, 5), dict(stride=2, dilation=2, padding=2)),
     ("conv", (1, 1, 20, 20), (1, 1, 7, 7), dict(padding=3)),
     ("conv", (1, 1, 20, 20), (16, 1, 5, 5), dict(padding=2)),

@@ -598,35 +598,62 @@ def conv2d_winograd_dilated(x, w, bias, out, pads, dil):
     :class:`WinogradWeights`.
     """
     dh, dw = dil
-    n, cin, h, wd = x.shape
+    n, cin = x.shape[:2]
     cout, oh, ow = out.shape[1:]
     if n == 0 or cout == 0 or oh == 0 or ow == 0:
         return True
-    (pt, pb), (pl, pr) = pads
+    (pt, _), (pl, _) = pads                      # the bottom and right padding follow from out
     sh, sw = -(-oh // dh), -(-ow // dw)             # largest phase output
-    # The padded copy, the phases and their result are kept between calls (scratch): fresh
+    # The phases and their result are kept between calls (scratch): fresh
     # arrays of this size come back as fresh pages, and their first touch made DeepLab's C256
     # 33x33 layer run at 139 GFLOP/s (direct kernel: 181) in one process and at 263 (direct: 192)
     # in another, where earlier frees had left the allocator holding such blocks; kept: 252.
-    shape = (n, cin, max(h + pt + pb, dh * (sh + 2)), max(wd + pl + pr, dw * (sw + 2)))
-    padded = buffer("winograd.padded", math.prod(shape), x.dtype).reshape(shape)
-    padded.fill(0)
-    rows, cols = slice(max(0, -pt), min(h, padded.shape[2] - pt)), \
-        slice(max(0, -pl), min(wd, padded.shape[3] - pl))
-    padded[:, :, rows.start + pt:rows.stop + pt, cols.start + pl:cols.stop + pl] = x[:, :, rows, cols]
     pshape = (dh, dw, n, cin, sh + 2, sw + 2)
     phases = buffer("winograd.phases", math.prod(pshape), x.dtype).reshape(pshape)
-    for a in range(dh):
-        for b in range(dw):
-            phases[a, b] = padded[:, :, a::dh, b::dw][:, :, :sh + 2, :sw + 2]
+    _split_phases(x, phases, pt, pl)
     rshape = (dh * dw * n, cout, sh, sw)
     result = buffer("winograd.phase_result", math.prod(rshape), x.dtype).reshape(rshape)
     if not conv2d_winograd(phases.reshape((dh * dw * n, cin, sh + 2, sw + 2)), w, bias, result,
                            0, 0):
         return False
-    result = result.reshape(dh, dw, n, cout, sh, sw)
-    for a in range(min(dh, oh)):
-        for b in range(min(dw, ow)):
-            part = out[:, :, a::dh, b::dw]
-            part[...] = result[a, b, :, :, :part.shape[2], :part.shape[3]]
+    _merge_phases(result.reshape(dh, dw, n, cout, sh, sw), out)
     return True
+
+
+@parallel_kernel
+def _split_phases(x, phases, pt, pl):
+    """``phases[a, b, n, c, i, j] = x[n, c, i*dh + a - pt, j*dw + b - pl]``, zero outside ``x``
+    (``phases`` shaped ``(dh, dw, N, C, rows, cols)``): the zero-padded input decimated into
+    its ``dh*dw`` phases, written in one pass per input plane."""
+    dh, dw, n, cin, ph, pw = phases.shape
+    h, wd = x.shape[2], x.shape[3]
+    for p in prange(n * cin):
+        ni = p // cin
+        c = p - ni * cin
+        for a in range(dh):
+            for b in range(dw):
+                for i in range(ph):
+                    iy = i * dh + a - pt
+                    for j in range(pw):
+                        ix = j * dw + b - pl
+                        if 0 <= iy < h and 0 <= ix < wd:
+                            phases[a, b, ni, c, i, j] = x[ni, c, iy, ix]
+                        else:
+                            phases[a, b, ni, c, i, j] = 0
+
+
+@parallel_kernel
+def _merge_phases(result, out):
+    """``out[n, k, i*dh + a, j*dw + b] = result[a, b, n, k, i, j]`` for every output pixel
+    (``result`` shaped ``(dh, dw, N, C_out, rows, cols)``, rows and columns past the output
+    unused): the phases' results interleaved back, one output plane per iteration."""
+    dh, dw, n, cout, sh, sw = result.shape
+    oh, ow = out.shape[2], out.shape[3]
+    for p in prange(n * cout):
+        ni = p // cout
+        k = p - ni * cout
+        for a in range(min(dh, oh)):
+            for i in range((oh - a + dh - 1) // dh):
+                for b in range(min(dw, ow)):
+                    for j in range((ow - b + dw - 1) // dw):
+                        out[ni, k, i * dh + a, j * dw + b] = result[a, b, ni, k, i, j]
