@@ -167,24 +167,17 @@ def _driver(x4, w4, b_o, out4, prm, toff_o, tsh_o, tw_o, tstart_o, tcount_o, mta
         mtab = _unowned(mtab_o)
         lo = t * nrows // nthreads
         hi = (t + 1) * nrows // nthreads
-        plane = lo // oh
-        oy = lo - plane * oh
-        r = lo
-        while r < hi:
-            # the rows [oy, oy_end) of one output plane
-            oy_end = min(oh, oy + hi - r)
+        for plane in range(lo // oh, -(-hi // oh)):
+            # the rows of this plane in [lo, hi)
             co, xb, wb = _plane_bases(plane, cin, cout, groups, h * wd, khw)
             bias = bf[co]
-            for y in range(oy, oy_end):
+            for y in range(max(0, lo - plane * oh), min(oh, hi - plane * oh)):
                 e0 = y * 2
-                ob = (r + y - oy) * ow
+                ob = (plane * oh + y) * ow
                 for u0 in range(0, nu, step_u):
                     _step(xf, xb, h * wd, cg_in, wf, wb, cg_out * khw, toff, tsh, tw,
                           tstart[e0], tcount[e0], tstart[e0 + 1], tcount[e0 + 1], mtab, moff,
                           u0, of, ob, ow, bias, nvec, sw)
-            r += oy_end - oy
-            oy = 0
-            plane += 1
 
 
 # --- both strides 2: a step computes the two output rows of one row cycle -----------------------
@@ -312,22 +305,16 @@ def _cycle_driver(x4, w4, b_o, out4, prm, mtab_o, omtab_o, nthreads):
         omtab = _unowned(omtab_o)
         lo = t * nsteps // nthreads
         hi = (t + 1) * nsteps // nthreads
-        plane = lo // ncyc
-        c = lo - plane * ncyc
-        s = lo
-        while s < hi:
-            # the cycles [c, c_end) of one output plane
-            c_end = min(ncyc, c + hi - s)
+        for plane in range(lo // ncyc, -(-hi // ncyc)):
+            # the cycles of this plane in [lo, hi)
             co, xb, wb = _plane_bases(plane, cin, cout, groups, h * wd, k * k)
             bias = bf[co]
-            for ip in range(ip_lo + c, ip_lo + c_end):
+            first = plane * ncyc - ip_lo                   # ip of the plane's first cycle
+            for ip in range(max(ip_lo, lo - first), min(ip_lo + ncyc, hi - first)):
                 for u0 in range(u_lo, u_hi, step_u):
                     _cycle_step(xf, xb, h * wd, cg_in, wf, wb, cg_out * k * k, ip, h, wd, u0,
                                 mtab, moff, of, plane * oh * ow, oh, ow, pt, pl, omtab, omoff,
                                 bias, nvec, k)
-            s += c_end - c
-            c = 0
-            plane += 1
 
 
 def _tap_table(h, wd, kh, kw, sh, sw, pt, pl, dh, dwl, oh):
