@@ -215,6 +215,50 @@ def test_transposed_direct_both_loop_orders_equal_the_reference(monkeypatch):
     assert checked >= 4
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_gemm_channel_blocks_and_packed_panels_equal_the_reference(dtype,
+                                                                            monkeypatch):
+    """The transposed GEMM runs its input channels in blocks whose partial sums wait in its
+    column buffer when the weights outgrow L2 (forced here on small arrays), and reads panels
+    packed once in plans: shifted last pixel and lane blocks (9 pixels, 5*3*2 = 30 and 90
+    columns), a last channel block of 4, two groups; the reference's bits for 1 and 2
+    threads, with real data the same bits in every mode."""
+    from numbaconv.kernels import transposed
+    blocks = []
+    real = transposed._gemm_kernel
+    monkeypatch.setattr(transposed, "_gemm_kernel",
+                        lambda *a: (lambda *b: blocks.append(b[-1]) or real(*a)(*b)))
+    rng = np.random.default_rng(12)
+    checked = 0
+    for cg_out, groups in [(5, 2), (15, 1)]:
+        kw = dict(stride=2, padding=1, groups=groups)
+        w = rng.integers(-4, 5, (20 * groups, cg_out, 3, 2)).astype(dtype)
+        b = rng.integers(-4, 5, cg_out * groups).astype(dtype)
+        x = rng.integers(-4, 5, (2, 20 * groups, 3, 3)).astype(dtype)
+        expected = reference.conv_transpose2d(x, w, b, **kw)
+        wr, xr = rng.standard_normal(w.shape).astype(dtype), rng.standard_normal(x.shape)
+        got = {}
+        for limit in (transposed._GEMM_BLOCK_BYTES, 1):
+            monkeypatch.setattr(transposed, "_GEMM_BLOCK_BYTES", limit)
+            plan = numbaconv.plan_conv_transpose2d(w, b, **kw, algorithm="gemm")
+            for threads in (1, 2):
+                with numbaconv.num_threads(threads):
+                    blocks.clear()
+                    assert np.array_equal(numbaconv.conv_transpose2d(
+                        x, w, b, **kw, algorithm="gemm"), expected)
+                    assert np.array_equal(plan(x), expected)
+                    assert blocks == ([20, 20] if limit > 1 else [8, 20])
+                    got[limit, threads] = (
+                        numbaconv.conv_transpose2d(xr.astype(dtype), wr, b, **kw,
+                                                   algorithm="gemm"),
+                        numbaconv.plan_conv_transpose2d(wr, b, **kw, algorithm="gemm")(
+                            xr.astype(dtype)))
+        first = got[transposed._GEMM_BLOCK_BYTES, 1][0]
+        assert all(np.array_equal(a, first) for pair in got.values() for a in pair)
+        checked += 1
+    assert checked == 2
+
+
 @pytest.mark.parametrize("m, n, k", [(128, 784, 1152), (1024, 196, 512), (32, 784, 192),
                                      (13, 70, 9), (256, 33, 600)])
 def test_gemm_blocks_share_the_work_evenly_and_keep_the_sum(m, n, k):

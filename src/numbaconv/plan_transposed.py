@@ -12,8 +12,9 @@ weights, the direct kernel's tile choice): a call neither flips nor transforms t
 ``'auto'`` takes Winograd on the layers a forward plan would (``prepared`` in
 :func:`numbaconv.dispatch.rule`). Other layers on the transposed ``direct`` kernel (strides
 above 1) read its weight blocks packed once (:class:`numbaconv.kernels.transposed.PackedWeights`)
-instead of copying them per call; transposed ``gemm`` runs ``conv_transpose2d`` on the plan's copy
-of the weights. The plan holds copies: changing the arrays it was made from does not change it.
+instead of copying them per call, and transposed ``gemm`` reads its weights as panels packed once,
+each tile's weights one contiguous stream. The plan holds copies: changing the arrays it was made
+from does not change it.
 """
 
 import numpy as np
@@ -29,6 +30,8 @@ __all__ = ["ConvTranspose2dPlan", "plan_conv_transpose2d"]
 
 # transposed algorithms that run a stride-1 layer as the forward algorithm of the same name
 _LOWERED = ("direct", "winograd", "depthwise")
+# transposed algorithms whose kernels read weights packed once (transposed.PackedWeights)
+_PACKED = ("direct", "gemm")
 
 
 class ConvTranspose2dPlan(_Plan):
@@ -131,17 +134,18 @@ class ConvTranspose2dPlan(_Plan):
                     flipped, self._bias, 1, self._forward_padding, self.dilation, self.groups,
                     algorithm=name, exact=self.exact)
             return lambda x, out=None: forward(x, out=out)
-        if name == "direct":
-            return self._packed_direct
+        if name in _PACKED:
+            return lambda x, out=None: self._run_packed(name, x, out)
         kwargs = dict(stride=self.stride, padding=self.padding,
                       output_padding=self.output_padding, groups=self.groups,
                       dilation=self.dilation, algorithm=name, exact=self.exact)
         return lambda x, out=None: conv_transpose2d(x, self._weight, self._bias, **kwargs,
                                                     out=out)
 
-    def _packed_direct(self, x, out=None):
-        """``conv_transpose2d(x, ..., algorithm='direct', out=out)`` for layers that do not run
-        as forward convolutions, on weight blocks packed once per computation dtype."""
+    def _run_packed(self, name, x, out=None):
+        """``conv_transpose2d(x, ..., algorithm=name, out=out)`` (``direct`` on layers that do
+        not run as forward convolutions, or ``gemm``) on weights packed once per computation
+        dtype for that kernel."""
         prepared = prepare("ConvTranspose2dPlan", 2, x, self._weight, self._bias,
                            transposed=True, stride=self.stride, padding=self.padding,
                            dilation=self.dilation, groups=self.groups,
@@ -153,7 +157,7 @@ class ConvTranspose2dPlan(_Plan):
             packed = self._packed.get(dt)
             if packed is None:
                 packed = self._packed[dt] = transposed.PackedWeights(prepared.w, self.groups)
-            _threads.call(dispatch.get("direct", problem, self.exact, prepared=True).run,
+            _threads.call(dispatch.get(name, problem, self.exact, prepared=True).run,
                           problem, prepared.x, packed, prepared.b, batched)
         return result
 
