@@ -759,15 +759,21 @@ def _col2im(cols, b, out, N, groups, Cg_out, H, W, HWc, J, kH, kW, sh, sw, pt, p
             for i in range(plane):
                 tile[c * plane + i] = bv
         cbase = (n * groups + g) * HWc
+        uplane = np.uint64(plane)
+        uKK = np.uint64(KK)
         for iy in range(H):
             for ix in range(W):
                 src = (cbase + iy * W + ix) * J + co0 * KK
-                for c in range(nc):
-                    for ky in range(kylo[iy], kyhi[iy]):
-                        trow = c * plane + (iy * sh - pt + ky * dh) * OW + ix * sw - pl
-                        srow = src + c * KK + ky * kW
-                        for kx in range(kxlo[ix], kxhi[ix]):
-                            tile[trow + kx * dw] += cols[srow + kx]
+                for ky in range(kylo[iy], kyhi[iy]):
+                    trow = (iy * sh - pt + ky * dh) * OW + ix * sw - pl
+                    for kx in range(kxlo[ix], kxhi[ix]):
+                        # channels innermost: a long loop where the taps' are 1-4 long
+                        t = np.uint64(trow + kx * dw)
+                        k = np.uint64(src + ky * kW + kx)
+                        for c in range(nc):
+                            tile[t] += cols[k]
+                            t += uplane
+                            k += uKK
         ob = ((n * Cout + g * Cg_out + co0) * OH) * OW
         for i in range(nc * plane):
             out[ob + i] = tile[i]
