@@ -475,10 +475,9 @@ def rule(problem, exact=False, prepared=False):
     forward rule would; strided layers with one input or one output channel per group and a
     column stride of 1 or 2 take ``depthwise`` (depthwise input gradients, single-channel
     up-sampling: faster than ``direct`` on every such layer measured, 1.5-13x); otherwise
-    ``gemm`` for narrow inputs (``W < 16``, or ``W < 32`` with at
-    least 256 input channels per group: the weights dominate and a GEMM reads them once), else
+    ``gemm`` for narrow inputs (``W < 16``: the weights dominate and a GEMM reads them once), else
     ``direct`` (on stride-1 layers itself the forward direct kernel). These thresholds come from
-    ``numbaconv bench`` sweeps on a 2-core AVX-512 machine.
+    ``numbaconv bench`` sweeps on 2-core AVX-512 machines (see :data:`_TRANSPOSED_GEMM_BELOW`).
     """
     oh, ow = problem.out_size[-2:]
     if problem.transposed:
@@ -489,9 +488,7 @@ def rule(problem, exact=False, prepared=False):
                 return choice
         if forward is None and _transposed_depthwise_limits(problem) is None:
             return "depthwise"   # strided, one input or one output channel per group
-        w_in = problem.in_size[-1]
-        cin_g = problem.in_channels // problem.groups
-        return "gemm" if w_in < 16 or (w_in < 32 and cin_g >= 256) else "direct"
+        return "gemm" if problem.in_size[-1] < _TRANSPOSED_GEMM_BELOW else "direct"
     if not exact and _winograd_limits(problem) is None and _winograd_pays(problem, prepared):
         return "winograd"
     if problem.is_depthwise and (problem.groups > 1 or
@@ -509,6 +506,16 @@ def rule(problem, exact=False, prepared=False):
             return "direct"
         return "gemm"
     return "direct"
+
+
+# Input width below which strided transposed layers take the GEMM. On an AMD Zen 4 guest the
+# GEMM also led from 16 to 31 columns with >= 256 input channels per group; on an Intel AVX-512
+# guest (2 MB L2 per core), after the GEMM's channel blocks, the direct kernel led on all 23
+# layers measured from 16 columns on (k 2-4, stride 2, 128-512 input channels, batch 1-8; up to
+# 2x: 4x4 C256->128 on 16x16 1.54 against 2.62 ms, at batch 8 11.3 against 23.0), the GEMM on
+# 18 of the 19 below (8 and 12 columns; 1.1-2.2x; 4x4 C256->128 on 12x12 at batch 8 a tie,
+# 8.45 against 8.54 ms).
+_TRANSPOSED_GEMM_BELOW = 16
 
 
 # One input channel: the depthwise kernel (one stencil pass per output channel) against the

@@ -47,13 +47,18 @@ in :func:`conv_transpose2d_direct` and never build a zero-stuffed input.
     weights in torch's own layout, then a col2im that scatter-adds the columns of a block of
     output channels into a cache-resident tile. Meant for small spatial sizes with many
     channels (DCGAN-style 4x4 inputs), where the weights dominate the memory traffic and a
-    repacking pass would cost more than the arithmetic.
+    repacking pass would cost more than the arithmetic. A tile reads one 128-byte run per
+    input channel, ``J`` elements apart: the prefetchers do not follow such runs, and for ``J``
+    a power of two they share cache sets, so large weights go through in blocks of input
+    channels that stay in L2 (see ``_GEMM_BLOCK_BYTES``). Plans pass :class:`PackedWeights`,
+    whose panels make each tile's weights one contiguous stream (DCGAN t4x4 C512->256 on 4x4:
+    GEMM 0.53 -> 0.36 ms).
 
-Choosing between them (measured float32, 2 threads, k in {2, 3, 4}, stride 2; see the sweep in
-the helper report): use ``gemm`` when the input is narrow, ``W < 16``, or when
-``W < 32 and C_in // groups >= 256``; use ``direct`` otherwise. ``direct`` loses up to ~10x on
-4x4 inputs (most vector lanes idle, weight repacking dominates); ``gemm`` loses 1.3-4x from
-32x32 inputs on (col2im and its temporary dominate).
+Choosing between them (measured float32, 2 threads, k in {2, 3, 4}, stride 2; the rule lives in
+:func:`numbaconv.dispatch.rule`): ``gemm`` when the input is narrow, ``W < 16``, ``direct``
+otherwise. ``direct`` loses up to ~10x on 4x4 inputs (most vector lanes idle, weight repacking
+dominates); ``gemm`` loses up to 2x from 16 columns on and 1.3-4x from 32 (col2im and its
+temporary dominate).
 
 Performance notes that shaped the code (Numba 0.68 / LLVM, znver5):
 
