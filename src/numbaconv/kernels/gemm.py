@@ -22,8 +22,10 @@ per FMA. (12 rows, 24 accumulators, measured slower here: 1x1 layers 0.54-0.62 m
 ms, ResNet 3x3 C128 0.75-0.87 against 0.70, since small channel counts leave partial tiles.) Written as Numba loops, LLVM keeps such a tile in memory (3-8 GFLOP/s measured); as IR the
 accumulators are SSA values, and the kernel runs at ~230 GFLOP/s on one core (float32). Partial
 tiles use AVX-512 masked loads/stores, so edge tiles need no copies and never touch memory outside
-the valid rows and columns. B loads are masked too (free on this CPU), which lets the 1x1 path read
-B straight from the input image. Full tiles of packed A (its ``MR`` values of a ``k`` adjacent) run
+the valid rows and columns. B loads of partial column tiles are masked too, which lets the 1x1 path
+read B straight from the input image; full ones are plain loads (free on the Zen 4 guest, a masked
+load costs Intel cores a uop on the FMA ports: one core, 256^3 113 -> 120 GFLOP/s, 1x1 C64->256
+56x56 1.15-1.21 -> 1.02-1.09 ms, Winograd C128 28x28 1.35-1.40 -> 1.27-1.32 ms). Full tiles of packed A (its ``MR`` values of a ``k`` adjacent) run
 a copy of the K loop that addresses them from one pointer; the general loop keeps ``MR`` row
 addresses, more than the integer registers hold, and spends about 40 integer instructions per 16
 FMAs recomputing them. Old and new code side by side in one process, same bits: 1x1 C192->32
@@ -224,11 +226,13 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
             start.append(p)
 
         # The K loop: accumulators are loop-carried SSA values, i.e. registers.
-        def k_loop(entry, packed, join):
+        def k_loop(entry, packed, full, join):
             """The loop from block ``entry``, leaving to ``join``; returns the (block, final
             accumulators) pairs that reach ``join``. With ``packed`` (A rows adjacent, all
             ``mr`` valid) the A values of step ``k`` are ``mr`` consecutive elements: one
-            address, constant offsets (see the module docstring)."""
+            address, constant offsets (see the module docstring). With ``full`` (all columns
+            valid) B is read by plain loads: on Intel cores a masked load also takes a uop on
+            the FMA ports (256^3 on one core 113 -> 120 GFLOP/s, 1024^3 92 -> 99)."""
             builder.position_at_end(entry)
             loop = builder.append_basic_block("mk.loop")
             builder.cbranch(builder.icmp_signed(">", kc, k64(0)), loop, join)
@@ -242,8 +246,12 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
                 acc.append(p)
             row = as64(builder.load(builder.gep(tptr, [kphi]), typ=tty)) if tab else None
             bk = builder.gep(bptr, [row if tab == 1 else builder.mul(kphi, ldb)])
-            bv = [builder.call(mload, [vaddr(bk, k64(v * lanes)), align, colmask[v], zero])
-                  for v in range(nv)]
+            if full:
+                bv = [builder.load(vaddr(bk, k64(v * lanes)), align=isz, typ=vty)
+                      for v in range(nv)]
+            else:
+                bv = [builder.call(mload, [vaddr(bk, k64(v * lanes)), align, colmask[v], zero])
+                      for v in range(nv)]
             if ahead:
                 i8p = ir.IntType(8).as_pointer()
                 prefetch = cgutils.get_or_insert_function(
@@ -272,11 +280,18 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
 
         packed_ok = builder.and_(builder.icmp_signed("==", sia, k64(1)),
                                  builder.icmp_signed("==", mvalid, k64(mr)))
+        full_ok = builder.icmp_signed(">=", nvalid, ir.Constant(i32, nv * lanes))
+        join = builder.append_basic_block("mk.join")
+        arrivals = []
         e_packed = builder.append_basic_block("mk.packed")
         e_rows = builder.append_basic_block("mk.rows")
-        join = builder.append_basic_block("mk.join")
         builder.cbranch(packed_ok, e_packed, e_rows)
-        arrivals = k_loop(e_packed, True, join) + k_loop(e_rows, False, join)
+        for entry, packed in ((e_packed, True), (e_rows, False)):
+            builder.position_at_end(entry)
+            e_full = builder.append_basic_block("mk.full")
+            e_part = builder.append_basic_block("mk.part")
+            builder.cbranch(full_ok, e_full, e_part)
+            arrivals += k_loop(e_full, packed, True, join) + k_loop(e_part, packed, False, join)
         builder.position_at_end(join)
         res = []
         for t in range(mr * nv):
