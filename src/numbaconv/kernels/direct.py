@@ -674,6 +674,15 @@ def _fill_band(xf, xs, n, g, cin, cin_g, h, w, oy0, nrows, wq, plane,
 # Planning and the public functions
 # ---------------------------------------------------------------------------------------------
 
+# Estimated cycles per element of a band copy. 0.5 (Zen 4 guest) let the planner copy a whole
+# input per channel chunk where half-image bands read it once; on the Intel guest, with 2.0
+# (2 threads, float32, 3 rounds, forced direct, ms): 3x3 s2 C128 56 1.40 -> 1.20-1.23, s2 C512 14
+# 1.69 -> 1.44, AlexNet conv1 0.70 -> 0.65; the 12 other layers measured kept their plans.
+_COPY_CYCLES = 2.0
+# Bands past this size, if their traffic matters, run two tiles for all channel blocks at a time.
+_TCHUNK_BAND_BYTES = 512 << 10
+
+
 def _plan_work(n_img, groups, oh, ow, wq, halo, cin_g, nphase, n_cob, tile_c, rows, ntap,
                lanes, itemsize, nthreads):
     """Choose the prange work items: band height, output-channel chunks per band, tile chunk.
@@ -702,7 +711,7 @@ def _plan_work(n_img, groups, oh, ow, wq, halo, cin_g, nphase, n_cob, tile_c, ro
         else:
             lanes_done = -(-(band * wq) // tq) * tq
         fma_cost = lanes_done * ntap * tile_c / 32.0          # 2 FMAs of 16 lanes per cycle
-        copy_cost = cin_g * nphase * (band + halo) * wq * 0.5
+        copy_cost = cin_g * nphase * (band + halo) * wq * _COPY_CYCLES
         for n_cc in range(1, n_cob + 1):
             cob_per = -(-n_cob // n_cc)
             if -(-n_cob // cob_per) != n_cc:
@@ -721,7 +730,7 @@ def _plan_work(n_img, groups, oh, ow, wq, halo, cin_g, nphase, n_cob, tile_c, ro
     # traffic is not negligible next to a block's FMAs, do two tiles for all blocks before
     # moving on, which keeps their input window in L2 (the weights then stream instead).
     band_bytes = (band + halo) * row_bytes
-    tchunk = 2 if band_bytes > (512 << 10) and band_bytes / 16.0 > 0.05 * block_cycles else 0
+    tchunk = 2 if band_bytes > _TCHUNK_BAND_BYTES and band_bytes / 16.0 > 0.05 * block_cycles else 0
     return band, n_cc, tchunk
 
 
