@@ -674,10 +674,10 @@ def _fill_band(xf, xs, n, g, cin, cin_g, h, w, oy0, nrows, wq, plane,
 # Planning and the public functions
 # ---------------------------------------------------------------------------------------------
 
-# Estimated cycles per element of a band copy. 0.5 (Zen 4 guest) let the planner copy a whole
-# input per channel chunk where half-image bands read it once; on the Intel guest, with 2.0
-# (2 threads, float32, 3 rounds, forced direct, ms): 3x3 s2 C128 56 1.40 -> 1.20-1.23, s2 C512 14
-# 1.69 -> 1.44, AlexNet conv1 0.70 -> 0.65; the 12 other layers measured kept their plans.
+# Estimated cycles per element of a band copy. The earlier estimate, 0.5, let the planner copy
+# a whole input per channel chunk where half-image bands read it once; on an Intel AVX-512 guest,
+# with 2.0 (2 threads, float32, 3 rounds, forced direct, ms): 3x3 s2 C128 56 1.40 -> 1.20-1.23,
+# s2 C512 14 1.69 -> 1.44, AlexNet conv1 0.70 -> 0.65; 12 other layers measured kept their plans.
 _COPY_CYCLES = 2.0
 # Bands past this size, if their traffic matters, run two tiles for all channel blocks at a time.
 _TCHUNK_BAND_BYTES = 512 << 10
