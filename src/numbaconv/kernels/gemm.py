@@ -25,8 +25,8 @@ tiles use AVX-512 masked loads/stores, so edge tiles need no copies and never to
 the valid rows and columns. B loads of partial column tiles are masked too, which lets the 1x1 path
 read B straight from the input image; full ones are plain loads (free on the Zen 4 guest, a masked
 load costs Intel cores a uop on the FMA ports: one core, 256^3 113 -> 120 GFLOP/s, 1x1 C64->256
-56x56 1.15-1.21 -> 1.02-1.09 ms, Winograd C128 28x28 1.35-1.40 -> 1.27-1.32 ms). Full tiles of packed A (its ``MR`` values of a ``k`` adjacent) run
-a copy of the K loop that addresses them from one pointer; the general loop keeps ``MR`` row
+56x56 1.15-1.21 -> 1.02-1.09 ms, Winograd C128 28x28 1.35-1.40 -> 1.27-1.32 ms).
+Full tiles of packed A (its ``MR`` values of a ``k`` adjacent) run a copy of the K loop that addresses them from one pointer; the general loop keeps ``MR`` row
 addresses, more than the integer registers hold, and spends about 40 integer instructions per 16
 FMAs recomputing them. Old and new code side by side in one process, same bits: 1x1 C192->32
 28x28 148 -> 153 and 138 -> 151 GFLOP/s (6/7 and 9/9 rounds faster), Winograd's GEMMs on C128
