@@ -26,9 +26,9 @@ the valid rows and columns. B loads of partial column tiles are masked too, whic
 read B straight from the input image; full ones are plain loads (free on the Zen 4 guest, a masked
 load costs Intel cores a uop on the FMA ports: one core, 256^3 113 -> 120 GFLOP/s, 1x1 C64->256
 56x56 1.15-1.21 -> 1.02-1.09 ms, Winograd C128 28x28 1.35-1.40 -> 1.27-1.32 ms).
-Full tiles of packed A (its ``MR`` values of a ``k`` adjacent) run a copy of the K loop that addresses them from one pointer; the general loop keeps ``MR`` row
-addresses, more than the integer registers hold, and spends about 40 integer instructions per 16
-FMAs recomputing them. Old and new code side by side in one process, same bits: 1x1 C192->32
+Full tiles of packed A (its ``MR`` values of a ``k`` adjacent) run a copy of the K loop that
+addresses them from one pointer; the general loop keeps ``MR`` row addresses, more than the
+integer registers hold, and spends about 40 integer instructions per 16 FMAs recomputing them. Old and new code side by side in one process, same bits: 1x1 C192->32
 28x28 148 -> 153 and 138 -> 151 GFLOP/s (6/7 and 9/9 rounds faster), Winograd's GEMMs on C128
 28x28 357 -> 377 and 340 -> 385, 3x3 C128 28x28 through the GEMM 181 -> 180 and 177 -> 174; the
 same comparison of two identical copies differed by up to 6% (it favoured the second copy 7/7 on
