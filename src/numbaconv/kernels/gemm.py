@@ -29,7 +29,8 @@ load costs Intel cores a uop on the FMA ports: one core, 256^3 113 -> 120 GFLOP/
 Full tiles of packed A (its ``MR`` values of a ``k`` adjacent) run a copy of the K loop that
 addresses them from one pointer; the general loop keeps ``MR`` row addresses, more than the
 integer registers hold, and spends about 40 integer instructions per 16 FMAs recomputing them.
-Old and new code side by side in one process, same bits: 1x1 C192->32 28x28 148 -> 153 and 138 -> 151 GFLOP/s (6/7 and 9/9 rounds faster), Winograd's GEMMs on C128
+Old and new code side by side in one process, same bits: 1x1 C192->32 28x28 148 -> 153 and
+138 -> 151 GFLOP/s (6/7 and 9/9 rounds faster), Winograd's GEMMs on C128
 28x28 357 -> 377 and 340 -> 385, 3x3 C128 28x28 through the GEMM 181 -> 180 and 177 -> 174; the
 same comparison of two identical copies differed by up to 6% (it favoured the second copy 7/7 on
 one layer), so only the larger of these are clear. Convolutions pass their weights unpacked
