@@ -772,7 +772,7 @@ def _col2im(cols, b, out, N, groups, Cg_out, H, W, HWc, J, kH, kW, sh, sw, pt, p
                 for ky in range(kylo[iy], kyhi[iy]):
                     trow = (iy * sh - pt + ky * dh) * OW + ix * sw - pl
                     for kx in range(kxlo[ix], kxhi[ix]):
-                        # channels innermost: a long loop where the taps' are 1-4 long
+                        # channels innermost: nc steps per tap, where the tap loops run 1-4
                         t = np.uint64(trow + kx * dw)
                         k = np.uint64(src + ky * kW + kx)
                         for c in range(nc):
