@@ -730,7 +730,8 @@ def _plan_work(n_img, groups, oh, ow, wq, halo, cin_g, nphase, n_cob, tile_c, ro
     # traffic is not negligible next to a block's FMAs, do two tiles for all blocks before
     # moving on, which keeps their input window in L2 (the weights then stream instead).
     band_bytes = (band + halo) * row_bytes
-    tchunk = 2 if band_bytes > _TCHUNK_BAND_BYTES and band_bytes / 16.0 > 0.05 * block_cycles else 0
+    big = band_bytes > _TCHUNK_BAND_BYTES
+    tchunk = 2 if big and band_bytes / 16.0 > 0.05 * block_cycles else 0
     return band, n_cc, tchunk
 
 
