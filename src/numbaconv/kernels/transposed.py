@@ -237,12 +237,9 @@ class PackedWeights:
         shorter), so a tile's weights are one contiguous stream."""
         panels = self._panels.get(JW)
         if panels is None:
-            w = self.weight
-            Cin = w.shape[0]
-            J = w[0].size
-            Jc = max(J, JW)
-            w2 = np.zeros((self.groups, Cin // self.groups, Jc), w.dtype)
-            w2[:, :, :J] = w.reshape(self.groups, Cin // self.groups, J)
+            w2 = _gemm_columns(self.weight, JW)
+            Jc = w2.shape[1]
+            w2 = w2.reshape(self.groups, -1, Jc)
             starts = np.minimum(np.arange(-(-Jc // JW)) * JW, Jc - JW)
             columns = starts[:, None] + np.arange(JW)
             panels = np.ascontiguousarray(w2[:, :, columns].transpose(0, 2, 1, 3)).reshape(-1)
@@ -784,6 +781,18 @@ def _col2im(cols, b, out, N, groups, Cg_out, H, W, HWc, J, kH, kW, sh, sw, pt, p
             out[ob + i] = tile[i]
 
 
+def _gemm_columns(w, JW):
+    """The GEMM's weight matrix (C_in, J = C_out/groups*kH*kW): ``w`` itself, or a copy zero
+    padded to ``JW`` columns when J is shorter (tiny kernels; cheap)."""
+    Cin = w.shape[0]
+    J = w[0].size
+    if J >= JW:
+        return w.reshape(Cin, J)
+    padded = np.zeros((Cin, JW), w.dtype)
+    padded[:, :J] = w.reshape(Cin, J)
+    return padded
+
+
 @functools.lru_cache(maxsize=64)
 def _krange(k, s, p, d, n_in, n_out):
     """For each input index i: the kernel indices [lo, hi) with 0 <= i*s - p + k*d < n_out
@@ -833,14 +842,7 @@ def conv_transpose2d_gemm(x, w, b, out, stride_h, stride_w, pad_top, pad_left, d
         xx[:, :, :HW] = x.reshape(N, Cin, HW)
         x2 = xx.reshape(-1)
     Jc = max(J, JW)
-    if packed is not None:
-        w2 = packed.gemm_panels(JW)
-    elif J >= JW:
-        w2 = w.reshape(-1)
-    else:                                   # tiny kernels: pad the (co, ky, kx) axis (cheap)
-        ww = np.zeros((Cin, JW), dt)
-        ww[:, :J] = w.reshape(Cin, J)
-        w2 = ww.reshape(-1)
+    w2 = (packed.gemm_panels(JW) if packed is not None else _gemm_columns(w, JW)).reshape(-1)
     cols = buffer("transposed.cols", N * groups * HWc * Jc, dt)
     nitems = N * groups * -(-Jc // JW)
     nruns = max(1, min(nitems, _threads.numba_count()))
