@@ -78,6 +78,21 @@ def test_results_beyond_the_limit_are_ordinary_arrays():
         np.testing.assert_array_equal(y, reference.conv2d(x, w, padding=1))
 
 
+def test_a_result_of_exactly_the_limit_is_kept():
+    # the limit counts results' bytes; the block's alignment slack does not push it over
+    x, w = _problem()
+    output_pool.set_limit(16 * 64 * 64 * 4)
+    y = numbaconv.conv2d(x, w, padding=1)
+    assert not y.flags.owndata
+    address = y.ctypes.data
+    del y
+    z = numbaconv.conv2d(x, w, padding=1)
+    assert z.ctypes.data == address
+    output_pool.set_limit(16 * 64 * 64 * 4 - 1)
+    assert numbaconv.conv2d(x, w, padding=1).flags.owndata
+    np.testing.assert_array_equal(z, reference.conv2d(x, w, padding=1))
+
+
 @pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
 def test_set_limit_rejects_bad_values(bad):
     with pytest.raises(ValueError, match="nbytes"):

@@ -7,9 +7,10 @@ So results of at least :data:`MIN_BYTES` are views of blocks this module keeps: 
 out again only when nothing refers to it any more (the caller dropped the result and every view
 of it; checked by reference count under a lock), so a live result is never overwritten.
 
-At most :func:`limit` bytes of blocks are kept (256 MiB by default); when a result does not fit
-in a free block, the least recently used free blocks are dropped to make room, and a result
-that would still exceed the limit is an ordinary new array. ``set_limit(0)`` turns the pool off;
+Blocks serving at most :func:`limit` bytes of results are kept (256 MiB by default; each block
+also holds up to 64 bytes of alignment slack, not counted); when a result does not fit in a free
+block, the least recently used free blocks are dropped to make room, and a result that would
+still exceed the limit is an ordinary new array. ``set_limit(0)`` turns the pool off;
 :func:`release` drops every free block. A result's ``base`` is its block (a uint8 array), so
 ``result.flags.owndata`` is False.
 """
@@ -29,12 +30,13 @@ _limit = 256 << 20
 
 
 def limit():
-    """Bytes of blocks the pool may keep."""
+    """Bytes of results the pool's blocks may serve."""
     return _limit
 
 
 def set_limit(nbytes):
-    """Keep at most ``nbytes`` of blocks (0: no pool; every result is a new array)."""
+    """Keep blocks for at most ``nbytes`` of results (0: no pool; every result is a new
+    array)."""
     global _limit
     if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
         raise ValueError(f"nbytes must be an int >= 0, got {nbytes!r}")
@@ -50,7 +52,7 @@ def release():
 
 
 def kept_bytes():
-    """Bytes of blocks held now, free or in use."""
+    """Bytes of blocks held now, free or in use (alignment slack included)."""
     with _lock:
         return sum(b.nbytes for b in _blocks)
 
@@ -72,12 +74,13 @@ def _free(blocks, i):
 
 
 def _trim(extra):
-    """Drop free blocks, oldest first, until ``extra`` more bytes fit under the limit."""
-    total = sum(b.nbytes for b in _blocks)
+    """Drop free blocks, oldest first, until a result of ``extra`` more bytes fits under the
+    limit (blocks counted without their alignment slack)."""
+    total = sum(b.nbytes - _ALIGN for b in _blocks)
     i = 0
     while total + extra > _limit and i < len(_blocks):
         if _free(_blocks, i):
-            total -= _blocks.pop(i).nbytes
+            total -= _blocks.pop(i).nbytes - _ALIGN
         else:
             i += 1
     return total + extra <= _limit
@@ -96,7 +99,7 @@ def empty(shape, dtype):
                 block = _blocks.pop(i)
                 _blocks.append(block)  # most recently used last
                 return _view(block, shape, dtype, nbytes)
-        if _limit == 0 or not _trim(need):
+        if _limit == 0 or not _trim(nbytes):
             return np.empty(shape, dtype=dtype)
         block = np.empty(need, dtype=np.uint8)
         _blocks.append(block)
