@@ -216,6 +216,26 @@ def test_transposed_direct_both_loop_orders_equal_the_reference(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_direct_output_prefetch_changes_no_bits(dtype, monkeypatch):
+    """The transposed direct kernel prefetches its output rows for writing when the result is
+    large (forced here for every size): the reference's bits, for 1 and 2 threads, with two
+    groups, a partial channel block and stride 3."""
+    from numbaconv.kernels import transposed
+    monkeypatch.setattr(transposed, "_PREFETCH_OUT_BYTES", 0)
+    rng = np.random.default_rng(13)
+    for cg_out, groups, k, stride in [(5, 2, 3, 2), (24, 1, 2, 2), (16, 1, 4, 3)]:
+        kw = dict(stride=stride, padding=1 if k > 2 else 0, groups=groups)
+        w = rng.integers(-4, 5, (6 * groups, cg_out, k, k)).astype(dtype)
+        b = rng.integers(-4, 5, cg_out * groups).astype(dtype)
+        x = rng.integers(-4, 5, (2, 6 * groups, 19, 21)).astype(dtype)
+        expected = reference.conv_transpose2d(x, w, b, **kw)
+        for threads in (1, 2):
+            with numbaconv.num_threads(threads):
+                got = numbaconv.conv_transpose2d(x, w, b, **kw, algorithm="direct")
+                assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_transposed_gemm_channel_blocks_and_packed_panels_equal_the_reference(dtype,
                                                                             monkeypatch):
     """The transposed GEMM runs its input channels in blocks whose partial sums wait in its
