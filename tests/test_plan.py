@@ -53,6 +53,29 @@ def test_every_exact_algorithm_prepared_or_not(name, rng):
 
 
 @pytest.mark.parametrize("case", [
+    Case((2, 5, 12, 23), (13, 5, 3, 3), padding=1),                       # 8 per tile, overlap
+    Case((1, 6, 15, 9), (20, 3, 3, 2), stride=2, padding=(1, 0), groups=2),  # 4 per tile
+    Case((1, 4, 16, 20), (16, 4, 5, 5), padding=4, dilation=2, dtype="float64"),
+], ids=str)
+def test_direct_plans_blocked_weights_give_the_call_bits(case, rng):
+    """Direct plans copy their weights into blocks of a tile's channels (a group's last block
+    overlapping the previous one): the plain call's bits on real data, the reference's on
+    integer data, for 1 and 2 threads."""
+    from numbaconv.kernels import direct
+    x, w, b = case.arrays(rng)
+    conv = _plan(case, w, b, algorithm="direct")
+    assert direct.pack_weights_direct(w, case.kwargs.get("groups", 1)).blocks is not None
+    xr = rng.standard_normal(x.shape).astype(x.dtype)
+    wr = rng.standard_normal(w.shape).astype(w.dtype)
+    real = _plan(case, wr, b, algorithm="direct")
+    for threads in (1, 2):
+        with numbaconv.num_threads(threads):
+            assert np.array_equal(conv(x), reference.conv2d(x, w, b, **case.kwargs))
+            assert np.array_equal(real(xr), numbaconv.conv2d(xr, wr, b, **case.kwargs,
+                                                             algorithm="direct"))
+
+
+@pytest.mark.parametrize("case", [
     Case((1, 64, 14, 14), (64, 64, 3, 3), padding=1),
     Case((2, 32, 17, 19), (48, 32, 3, 3), padding=2, dilation=2),
     Case((1, 40, 30, 30), (24, 40, 3, 3), padding=1, dtype="float64", bias=False),

@@ -48,7 +48,8 @@ def precompile(dtypes=("float32", "float64")):
     >>> sorted(numbaconv.precompile(dtypes=("float32",)))
     ['depthwise', 'depthwise (transposed)', 'direct', 'direct (transposed)', 'dot', 'gemm', 'gemm (NHWC)', 'gemm (transposed)', 'grouped (NHWC)', 'im2col', 'weight gradient', 'winograd']
     """
-    from .kernels import conv_nhwc, grouped_nhwc, transpose, weight_grad, weight_grad_rows
+    from .kernels import (conv_nhwc, direct, grouped_nhwc, transpose, weight_grad,
+                          weight_grad_rows)
 
     spent = {}
     rng = np.random.default_rng(0)
@@ -73,6 +74,13 @@ def precompile(dtypes=("float32", "float64")):
                     problem.groups)
                 spent["weight gradient"] = spent.get("weight gradient", 0.0) + \
                     time.perf_counter() - start
+        # the direct kernel with blocked weights (plans)
+        start = time.perf_counter()
+        direct.conv2d_direct_packed(np.ones((1, 4, 6, 6), dtype),
+                                    direct.pack_weights_direct(np.ones((8, 4, 3, 3), dtype), 1),
+                                    np.ones(8, dtype), np.empty((1, 8, 6, 6), dtype), 1, 1, 1, 1,
+                                    1, 1)
+        spent["direct"] += time.perf_counter() - start
         # the stride-1 weight gradient that reads its input in place (the warm-up shapes are
         # too small for its rule)
         start = time.perf_counter()
