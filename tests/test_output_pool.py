@@ -54,6 +54,19 @@ def test_dropped_results_give_their_memory_back():
     assert output_pool.kept_bytes() < 2 * (16 * 64 * 64 * 4) + 1024
 
 
+def test_the_most_recently_used_free_block_comes_first():
+    # its memory is the likeliest to be in cache; two free blocks must not take turns
+    x, w = _problem()
+    first = numbaconv.conv2d(x, w, padding=1)
+    second = numbaconv.conv2d(x, w, padding=1)
+    a, b = first.ctypes.data, second.ctypes.data
+    del first, second                      # both free; the second block was used last
+    for _ in range(3):
+        y = numbaconv.conv2d(x, w, padding=1)
+        assert y.ctypes.data == b
+        del y
+
+
 def test_limit_zero_gives_ordinary_arrays_and_release_drops_free_blocks():
     x, w = _problem()
     kept = numbaconv.conv2d(x, w, padding=1)

@@ -94,7 +94,11 @@ def empty(shape, dtype):
         return np.empty(shape, dtype=dtype)
     need = nbytes + _ALIGN
     with _lock:
-        for i in range(len(_blocks)):
+        # the most recently used fitting block first: its lines are likeliest still in cache
+        # (taking the least recently used made two free blocks alternate, each call writing
+        # memory the last one had not touched: 1x1 C64->256 at batch 8, 26 MB results, 4.7-5.0
+        # against 3.0-3.3 ms a call)
+        for i in range(len(_blocks) - 1, -1, -1):
             if need <= _blocks[i].nbytes <= 2 * need and _free(_blocks, i):
                 block = _blocks.pop(i)
                 _blocks.append(block)  # most recently used last
