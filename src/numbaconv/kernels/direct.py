@@ -57,6 +57,7 @@ from numba.extending import intrinsic
 
 from numbaconv import _threads
 from numbaconv._jit import kernel, parallel_kernel, vector_bytes
+from numbaconv.kernels.prefetch import emit_prefetch_for_write
 from numbaconv.kernels.scratch import buffer
 
 
@@ -192,18 +193,12 @@ class _Gen:
         for writing (``prefetchw``). Approximate where they cross a row end; prefetches do not
         fault, so addresses past the array are harmless."""
         b = self.b
-        i8p = ir.IntType(8).as_pointer()
-        prefetch = cgutils.get_or_insert_function(
-            b.module, ir.FunctionType(ir.VoidType(), [i8p, self.i32, self.i32, self.i32]),
-            "llvm.prefetch.p0")
         row = b.sdiv(q, wq)
         first = b.add(obase, b.add(b.mul(row, ow), b.sub(q, b.mul(row, wq))))
         for c in range(nc):
             at = b.add(first, b.mul(self.const(c), ostride))
             for l in range(0, span + self.lanes, self.lanes):  # a span of n lines may touch n+1
-                line = b.bitcast(self.gep(optr, b.add(at, self.const(l)), False), i8p)
-                b.call(prefetch, [line, ir.Constant(self.i32, 1), ir.Constant(self.i32, 3),
-                                  ir.Constant(self.i32, 1)])
+                emit_prefetch_for_write(b, self.gep(optr, b.add(at, self.const(l)), False))
 
     def store_tile(self, res, nc, nrow, nv, q0, q1, wq, ow, optr, obase, ostride):
         """Store a tile of ``nc`` channels x ``nrow`` rows x ``nv`` vectors.
@@ -358,7 +353,7 @@ def _microkernel(typingctx, xs, offs, w, wbase, b, boff, out, obase, ostride, q0
         wptr = g.gep(g.data(at[2], w_v), g.int64(wbase_v))
         bptr = g.gep(g.data(at[4], b_v), g.int64(boff_v))
         # Weight row c of the tile (the C rows are C sequential streams), unless blocked.
-        wrow = [g.gep(wptr, builder.mul(g.const(c), ntap)) for c in range(nc)]
+        wrow = [] if blocked else [g.gep(wptr, builder.mul(g.const(c), ntap)) for c in range(nc)]
 
         # Accumulators start at the bias; index c*nv + v.
         init = []
@@ -493,8 +488,8 @@ the number of output channels per register tile. ``blocks`` is None (the micro-k
 address arithmetic). Plans block them: float32, 2 threads, 8 alternating rounds, blocks against
 rows 2-10% faster (median 4%) on 3x3 C64 56, C128 28, C256 14, 5x5 C1->32 512 and 7x7 s2
 C3->64 224. Calls do not: a fresh copy per call, cold in the caches and read by both threads,
-made the latter two 3-4% slower (7x7 s2 C3->64 224, 11x11 s4 C3->64 227) even where the copy
-itself took 1-2% of the call."""
+made 7x7 s2 C3->64 224 and 11x11 s4 C3->64 227 3-4% slower, though the copy itself took 1-2% of
+the call."""
 
 
 def _block_weights(w, groups, tile_c):
@@ -587,16 +582,16 @@ def _make_driver(blocked):
     PK = int(blocked)   # a compile-time constant for the micro-kernels
 
     @parallel_kernel
-    def driver(x, w, wk, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
-                   groups, tile_c, rows, band, n_cc, tchunk, scratch):
+    def driver(x, w, wf, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
+               groups, tile_c, rows, band, n_cc, tchunk, scratch):
         """Parallel driver; see the module docstring.
 
         A work item is (image, group, band of ``band`` output rows, chunk of output-channel
         blocks). With ``tchunk > 0`` it does ``tchunk`` tiles for all its channel blocks before
-        moving on (input reuse in cache). ``rows`` selects the row-reuse kernel (``band`` is then a
-        multiple of _ROWS). ``scratch`` holds one band buffer per thread; items on other thread ids
-        allocate their own. The micro-kernels read the flat weights ``wk``: ``w`` raveled, or its
-        blocks (``blocked``); ``w`` gives the shape.
+        moving on (input reuse in cache). ``rows`` selects the row-reuse kernel (``band`` is
+        then a multiple of _ROWS). ``scratch`` holds one band buffer per thread; items on other
+        thread ids allocate their own. The micro-kernels read the flat weights ``wf``: ``w``
+        raveled, or its blocks (``blocked``); ``w`` gives the shape.
         """
         n_img, cin, h, wd = x.shape
         cout, cin_g, kh, kw = w.shape
@@ -614,7 +609,8 @@ def _make_driver(blocked):
         n_slots = scratch.size // slot
 
         # Generic kernel: tap k = (ci, ky, kx) reads the scratch at q + offs[k].
-        # Row kernel: column tap i = (ci, kx) reads at q + offs[i] + ky*wq, weight wofs[i] + ky*kw.
+        # Row kernel: column tap i = (ci, kx) reads at q + offs[i] + ky*wq, weight wofs[i] +
+        # ky*kw.
         nt = cin_g * kw if rows else ntap
         offs = np.empty(nt, dtype=np.int64)
         wofs = np.empty(nt, dtype=np.int64)
@@ -632,7 +628,6 @@ def _make_driver(blocked):
         n_bands = -(-oh // band)
         cob_per = -(-n_cob // n_cc)
         xf = x.ravel()
-        wf = wk
         of = out.ravel()
         n_items = n_img * groups * n_bands * n_cc
         for item in prange(n_items):
@@ -655,8 +650,9 @@ def _make_driver(blocked):
                 _fill_band(xf, xs, n, g, cin, cin_g, h, wd, oy0, nb + halo, wq, plane,
                            stride_h, stride_w, pad_top, pad_left)
                 obase_n = n * cout * oh * ow
-                # The micro-kernels are expanded right here, one copy per tile shape (compile-time
-                # constants): a call per tile would cost ~100 cycles of argument passing.
+                # The micro-kernels are expanded right here, one copy per tile shape
+                # (compile-time constants): a call per tile would cost ~100 cycles of argument
+                # passing.
                 if rows:
                     ncc = -(-ow // tq)
                     for cob in range(cob0, cob1):
@@ -664,16 +660,18 @@ def _make_driver(blocked):
                         obase = obase_n + (co0 * oh + oy0) * ow
                         for rg in range(-(-nb // _ROWS)):
                             for ccol in range(ncc):
-                                _microkernel_rows(xs, offs, wofs, wf, co0 * ntap, kh, kw, b, co0,
-                                                  of, obase, oh * ow, rg * _ROWS * wq + ccol * tq,
-                                                  nb * wq, wq, ow, _ROWS, _RV)
+                                _microkernel_rows(xs, offs, wofs, wf, co0 * ntap, kh, kw, b,
+                                                  co0, of, obase, oh * ow,
+                                                  rg * _ROWS * wq + ccol * tq, nb * wq, wq, ow,
+                                                  _ROWS, _RV)
                 else:
                     nq = nb * wq
                     ntiles = -(-nq // tq)
                     tch = ntiles if tchunk <= 0 else tchunk
                     for t0 in range(0, ntiles, tch):
                         for cob in range(cob0, cob1):
-                            # The last block of a group overlaps the previous one (same values).
+                            # The last block of a group overlaps the previous one (same
+                            # values).
                             co0 = g * cout_g + min(cob * tile_c, cout_g - tile_c)
                             obase = obase_n + (co0 * oh + oy0) * ow
                             wb = (g * n_cob + cob) * ntap * tile_c if PK else co0 * ntap

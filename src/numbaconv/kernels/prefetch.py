@@ -11,9 +11,20 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["prefetch_for_write"]
+__all__ = ["prefetch_for_write", "emit_prefetch_for_write"]
 
 _LINE = 64
+
+
+def emit_prefetch_for_write(builder, ptr):
+    """IR: ask for the cache line holding the address ``ptr`` (any pointer type) in L1, for
+    writing."""
+    i8p = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    prefetch = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+    builder.call(prefetch, [builder.bitcast(ptr, i8p), ir.Constant(i32, 1), ir.Constant(i32, 3),
+                            ir.Constant(i32, 1)])
 
 
 @intrinsic
@@ -29,7 +40,6 @@ def prefetch_for_write(typingctx, arr, start, n):
         aty = signature.args[0]
         arr_v, start_v, n_v = args
         i64 = ir.IntType(64)
-        i32 = ir.IntType(32)
         i8p = ir.IntType(8).as_pointer()
 
         def as64(v):
@@ -42,14 +52,10 @@ def prefetch_for_write(typingctx, arr, start, n):
         last = builder.add(first, builder.mul(builder.sub(as64(n_v), ir.Constant(i64, 1)),
                                               ir.Constant(i64, isz)))
         first = builder.and_(first, ir.Constant(i64, -_LINE))
-        prefetch = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-            "llvm.prefetch.p0")
         with builder.if_then(builder.icmp_signed(">", as64(n_v), ir.Constant(i64, 0))):
             with cgutils.for_range_slice(builder, first, builder.add(last, ir.Constant(i64, 1)),
                                          ir.Constant(i64, _LINE), i64) as (addr, _):
-                builder.call(prefetch, [builder.inttoptr(addr, i8p), ir.Constant(i32, 1),
-                                        ir.Constant(i32, 3), ir.Constant(i32, 1)])
+                emit_prefetch_for_write(builder, builder.inttoptr(addr, i8p))
         return context.get_dummy_value()
 
     return sig, codegen
