@@ -18,8 +18,10 @@ in :func:`conv_transpose2d_direct` and never build a zero-stuffed input.
     interleaved into the output row with contiguous stores. Those rows (one per output channel
     of the item, each on its own page) get little from the hardware prefetchers, so with results
     of 2 MiB or more an item first prefetches them for writing (float32, 2 threads, alternating
-    rounds: 2x2 s2 C256->128 64 at batch 8 211 -> 235 GFLOP/s, at batch 1 231 -> 236; leaving
-    the interleave out altogether, results wrong, had gained 15-20% on one thread).
+    rounds: 2x2 s2 C256->128 64 at batch 8 211 -> 235 GFLOP/s, at batch 1 231 -> 236). With the
+    interleave left out altogether (results wrong) the kernel had run 15-20% faster on one
+    thread before that, and still runs 4-8% faster on two after it (3x3 s2 C32->16 128 174 ->
+    188 GFLOP/s): what writing tiles straight into the output could still win.
 
     To make that loop branch-free, the input rows a thread's run of work items reads are
     copied into a zero-padded "NHCW" buffer (rows of all channels of one image row adjacent, so a
