@@ -57,7 +57,7 @@ from numba.extending import intrinsic
 
 from numbaconv import _threads
 from numbaconv._jit import kernel, parallel_kernel, vector_bytes
-from numbaconv.kernels.prefetch import emit_prefetch_for_write
+from numbaconv.kernels.prefetch import emit_prefetch
 from numbaconv.kernels.scratch import buffer
 
 
@@ -198,7 +198,7 @@ class _Gen:
         for c in range(nc):
             at = b.add(first, b.mul(self.const(c), ostride))
             for l in range(0, span + self.lanes, self.lanes):  # a span of n lines may touch n+1
-                emit_prefetch_for_write(b, self.gep(optr, b.add(at, self.const(l)), False))
+                emit_prefetch(b, self.gep(optr, b.add(at, self.const(l)), False), write=True)
 
     def store_tile(self, res, nc, nrow, nv, q0, q1, wq, ow, optr, obase, ostride):
         """Store a tile of ``nc`` channels x ``nrow`` rows x ``nv`` vectors.

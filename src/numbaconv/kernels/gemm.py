@@ -64,6 +64,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from numbaconv._jit import FASTMATH, kernel, parallel_kernel, vector_bytes
+from numbaconv.kernels.prefetch import emit_prefetch
 from numbaconv.kernels.scratch import buffer
 
 
@@ -254,15 +255,8 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
                 bv = [builder.call(mload, [vaddr(bk, k64(v * lanes)), align, colmask[v], zero])
                       for v in range(nv)]
             if ahead:
-                i8p = ir.IntType(8).as_pointer()
-                prefetch = cgutils.get_or_insert_function(
-                    mod, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-                    "llvm.prefetch.p0")
                 for v in range(nv):  # one 64-byte line per vector: read, keep in all caches
-                    line = builder.bitcast(builder.gep(bk, [k64((ahead * nv + v) * lanes)]),
-                                           i8p)
-                    builder.call(prefetch, [line, ir.Constant(i32, 0), ir.Constant(i32, 3),
-                                            ir.Constant(i32, 1)])
+                    emit_prefetch(builder, builder.gep(bk, [k64((ahead * nv + v) * lanes)]))
             ka = row if tab == 2 else builder.mul(kphi, lda)
             arow_k = builder.gep(aptr, [ka]) if packed else None
             new = [None] * (mr * nv)

@@ -1,4 +1,4 @@
-"""Write-intent prefetch of an array range, callable from compiled kernels.
+"""Prefetches for compiled kernels: an IR helper, and a write-intent prefetch of an array range.
 
 A store to a line that is not in L1 has to fetch the line first (read for ownership). Kernels
 that write their results in short runs spread over many pages (one output row per channel, say)
@@ -11,20 +11,20 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["prefetch_for_write", "emit_prefetch_for_write"]
+__all__ = ["prefetch_for_write", "emit_prefetch"]
 
 _LINE = 64
 
 
-def emit_prefetch_for_write(builder, ptr):
-    """IR: ask for the cache line holding the address ``ptr`` (any pointer type) in L1, for
-    writing."""
+def emit_prefetch(builder, ptr, write=False):
+    """IR: ask for the cache line holding the address ``ptr`` (any pointer type) in every cache
+    level, for reading or (``write``, ``prefetchw``) for writing."""
     i8p = ir.IntType(8).as_pointer()
     i32 = ir.IntType(32)
     prefetch = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
-    builder.call(prefetch, [builder.bitcast(ptr, i8p), ir.Constant(i32, 1), ir.Constant(i32, 3),
-                            ir.Constant(i32, 1)])
+    builder.call(prefetch, [builder.bitcast(ptr, i8p), ir.Constant(i32, int(write)),
+                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
 @intrinsic
@@ -55,7 +55,7 @@ def prefetch_for_write(typingctx, arr, start, n):
         with builder.if_then(builder.icmp_signed(">", as64(n_v), ir.Constant(i64, 0))):
             with cgutils.for_range_slice(builder, first, builder.add(last, ir.Constant(i64, 1)),
                                          ir.Constant(i64, _LINE), i64) as (addr, _):
-                emit_prefetch_for_write(builder, builder.inttoptr(addr, i8p))
+                emit_prefetch(builder, builder.inttoptr(addr, i8p), write=True)
         return context.get_dummy_value()
 
     return sig, codegen
