@@ -240,9 +240,10 @@ def test_transposed_gemm_channel_blocks_and_packed_panels_equal_the_reference(dt
                                                                             monkeypatch):
     """The transposed GEMM runs its input channels in blocks whose partial sums wait in its
     column buffer when the weights outgrow L2 (forced here on small arrays), and reads panels
-    packed once in plans: shifted last pixel and lane blocks (9 pixels, 5*3*2 = 30 and 90
-    columns), a last channel block of 4, two groups; the reference's bits for 1 and 2
-    threads, with real data the same bits in every mode."""
+    packed once in plans: masked last pixel and lane blocks (9 pixels, 5*3*2 = 30 and 90
+    columns; 2 pixels and 6 columns, less than one block), a last channel block of 4, two
+    groups; the reference's bits for 1 and 2 threads, with real data the same bits in every
+    mode."""
     from numbaconv.kernels import transposed
     blocks = []
     real = transposed._gemm_kernel
@@ -250,11 +251,11 @@ def test_transposed_gemm_channel_blocks_and_packed_panels_equal_the_reference(dt
                         lambda *a: (lambda *b: blocks.append(b[-1]) or real(*a)(*b)))
     rng = np.random.default_rng(12)
     checked = 0
-    for cg_out, groups in [(5, 2), (15, 1)]:
+    for cg_out, groups, hw in [(5, 2, (3, 3)), (15, 1, (3, 3)), (1, 1, (1, 2))]:
         kw = dict(stride=2, padding=1, groups=groups)
         w = rng.integers(-4, 5, (20 * groups, cg_out, 3, 2)).astype(dtype)
         b = rng.integers(-4, 5, cg_out * groups).astype(dtype)
-        x = rng.integers(-4, 5, (2, 20 * groups, 3, 3)).astype(dtype)
+        x = rng.integers(-4, 5, (2, 20 * groups) + hw).astype(dtype)
         expected = reference.conv_transpose2d(x, w, b, **kw)
         wr, xr = rng.standard_normal(w.shape).astype(dtype), rng.standard_normal(x.shape)
         got = {}
@@ -276,7 +277,7 @@ def test_transposed_gemm_channel_blocks_and_packed_panels_equal_the_reference(dt
         first = got[transposed._GEMM_BLOCK_BYTES, 1][0]
         assert all(np.array_equal(a, first) for pair in got.values() for a in pair)
         checked += 1
-    assert checked == 2
+    assert checked == 3
 
 
 @pytest.mark.parametrize("m, n, k", [(128, 784, 1152), (1024, 196, 512), (32, 784, 192),

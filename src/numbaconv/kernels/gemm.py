@@ -107,7 +107,8 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
     ``init == 0``: ``C`` itself; ``init == 1``: ``bias[bias_off + i]`` (per row); ``init == 3``:
     ``bias[bias_off + j]`` (per column); else 0. Then one FMA per
     ``k`` ascending. With ``ahead_ > 0`` each ``k`` step also prefetches row ``k`` of the B
-    panel ``ahead_`` panels (of ``nv_`` vectors) to the right. ``mr_``, ``nv_``, ``btab_``,
+    panel ``ahead_`` panels (of ``nv_`` vectors) to the right, with ``ahead_ < 0`` row
+    ``k - ahead_`` of the same panel (``btab_ == 0``). ``mr_``, ``nv_``, ``btab_``,
     ``ahead_`` are compile-time constants. B columns ``>= n_valid`` and C rows/columns outside
     the valid part are never read or written (masked vector accesses; prefetches do not fault).
     """
@@ -254,9 +255,13 @@ def _mk(typingctx, kc, a, aoff, lda, sia, b, boff, ldb, boffs, bk0, c, coff, ldc
             else:
                 bv = [builder.call(mload, [vaddr(bk, k64(v * lanes)), align, colmask[v], zero])
                       for v in range(nv)]
-            if ahead:
+            if ahead > 0:
                 for v in range(nv):  # one 64-byte line per vector: read, keep in all caches
                     emit_prefetch(builder, builder.gep(bk, [k64((ahead * nv + v) * lanes)]))
+            elif ahead < 0:     # the same panel -ahead rows down
+                down = builder.mul(ldb, k64(-ahead))
+                for v in range(nv):
+                    emit_prefetch(builder, builder.gep(bk, [builder.add(down, k64(v * lanes))]))
             ka = row if tab == 2 else builder.mul(kphi, lda)
             arow_k = builder.gep(aptr, [ka]) if packed else None
             new = [None] * (mr * nv)

@@ -93,8 +93,8 @@ import numpy as np
 from numba import prange
 
 from numbaconv import _threads
-from numbaconv._jit import kernel, prefer_wide_vectors, parallel_kernel
-from numbaconv.kernels.gemm import _lanes, _vcopy, _vzero
+from numbaconv._jit import kernel, prefer_wide_vectors, parallel_kernel, vector_bytes
+from numbaconv.kernels.gemm import MR, NV, _lanes, _make_strip, _strip, _vcopy, _vzero
 from numbaconv.kernels.prefetch import prefetch_for_write
 from numbaconv.kernels.scratch import aligned, buffer
 
@@ -242,17 +242,18 @@ class PackedWeights:
 
     def gemm_panels(self, JW):
         """The GEMM's weights as panels of JW columns: flat (groups, nj, C_in / groups, JW)
-        where panel ``jc`` holds columns ``min(jc*JW, J - JW) + [0, JW)`` of the group's
-        (C_in / groups, J) matrix (``J = C_out / groups * kH * kW``, zero padded to JW if
-        shorter), so a tile's weights are one contiguous stream."""
+        where panel ``jc`` holds columns ``jc*JW + [0, JW)`` of the group's (C_in / groups, J)
+        matrix (``J = C_out / groups * kH * kW``; zeros past J), so a tile's weights are one
+        contiguous stream."""
         panels = self._panels.get(JW)
         if panels is None:
-            w2 = _gemm_columns(self.weight, JW)
-            Jc = w2.shape[1]
-            w2 = w2.reshape(self.groups, -1, Jc)
-            starts = np.minimum(np.arange(-(-Jc // JW)) * JW, Jc - JW)
-            columns = starts[:, None] + np.arange(JW)
-            panels = np.ascontiguousarray(w2[:, :, columns].transpose(0, 2, 1, 3)).reshape(-1)
+            Cin = self.weight.shape[0]
+            J = self.weight[0].size
+            nj = -(-J // JW)
+            w2 = np.zeros((Cin, nj * JW), self.weight.dtype)
+            w2[:, :J] = self.weight.reshape(Cin, J)
+            w2 = w2.reshape(self.groups, Cin // self.groups, nj, JW)
+            panels = np.ascontiguousarray(w2.transpose(0, 2, 1, 3)).reshape(-1)
             self._panels[JW] = panels
         return panels
 
@@ -645,38 +646,34 @@ def conv_transpose2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
 # ----------------------------------------------------------------------------------------------
 
 _GEMM_BLOCK_BYTES = 512 * 1024   # weight rows of one input-channel block of the GEMM, per run
-_GP = 8   # pixels per GEMM register tile (rows of the tile; 8 broadcasts per input channel)
+_PANEL_BYTES = NV * vector_bytes()   # one row of a GEMM column panel (the micro-kernel's width)
 
 
-def _make_gemm(JW):
-    """GEMM micro-kernel with JW lanes (two vectors) of the (co, ky, kx) axis per tile."""
-    UJW = np.uint64(JW)
+def _make_gemm(ahead):
+    """The GEMM kernel; its micro-kernels prefetch the weight row ``ahead`` rows down (0: no
+    prefetch)."""
+    strip_ahead = _make_strip(-ahead)
 
     @parallel_kernel
-    def _gemm(x2, w2, cols, N, groups, Cg_in, HWc, J, nruns, packed, KC):
+    def _gemm(x2, w2, cols, N, groups, Cg_in, HW, J, nruns, packed, KC):
         """cols[(n*groups + g), p, j] = sum_ci x2[n, g*Cg_in + ci, p] * w2[g*Cg_in + ci, j].
 
-        x2: (N, C_in, HWc) flat, HWc >= 8. w2: (C_in, J) flat, J >= JW, or with ``packed`` the
-        panels of :meth:`PackedWeights.gemm_panels`. The last pixel block and the last lane
-        block are shifted back to stay in range; a block stores only the entries no earlier
-        block owns, so each entry has one writer. The input channels run in blocks of
-        KC, each block over all of a run's items before the next (its weights stay in L2);
-        between blocks a tile's partial sums wait in ``cols``, so every sum still runs over ci
-        in ascending order."""
+        x2: (N, C_in, HW) flat. w2: (C_in, J) flat, or with ``packed`` the panels of
+        :meth:`PackedWeights.gemm_panels`. A work item is one column panel (``NV`` vectors of
+        the (co, ky, kx) axis) of one image and group, all its pixels (``MR`` at a time, masked
+        at the edges). The input channels run in blocks of KC, each block over all of a run's
+        items before the next (its weights stay in L2); between blocks a tile's partial sums
+        wait in ``cols``, so every sum still runs over ci in ascending order."""
         Cin = Cg_in * groups
+        JW = NV * _lanes(cols)
         nj = (J + JW - 1) // JW
-        npb = (HWc + _GP - 1) // _GP
-        ustep_x = np.uint64(HWc)
-        ustep_j = np.uint64(J)
-        wrow = UJW if packed else ustep_j
         nitems = N * groups * nj
-        # nruns contiguous runs of items, one per thread, each allocating its tile once
+        # nruns contiguous runs of items, one per thread
         for run in prange(nruns):
             prefer_wide_vectors()
-            acc = np.empty(_GP * JW, cols.dtype)
-            lanes = _lanes(cols)
             for k0 in range(0, Cg_in, KC):
-                k1 = min(Cg_in, k0 + KC)
+                kc = min(Cg_in, k0 + KC) - k0
+                init = 2 if k0 == 0 else 0     # zeros, then the partial sums so far
                 # images innermost: one column block of the weights serves every image while
                 # it is in cache (batch-8 DCGAN 4x4 C512->256: 180 against 173 GFLOP/s)
                 for item in range(run * nitems // nruns, (run + 1) * nitems // nruns):
@@ -684,57 +681,21 @@ def _make_gemm(JW):
                     rest = item // N
                     jc = rest % nj
                     g = rest // nj
-                    j0 = min(jc * JW, J - JW)
-                    tskip = jc * JW - j0
+                    j0 = jc * JW
                     if packed:
-                        wb0 = np.uint64(((g * nj + jc) * Cg_in + k0) * JW)
+                        wb = ((g * nj + jc) * Cg_in + k0) * JW
+                        ldb = JW
                     else:
-                        wb0 = np.uint64((g * Cg_in + k0) * J + j0)
-                    for pb in range(npb):
-                        p0 = min(pb * _GP, HWc - _GP)
-                        pskip = pb * _GP - p0
-                        cb = np.uint64(((n * groups + g) * HWc + p0) * J + j0)
-                        if k0 == 0:
-                            for p in range(_GP):
-                                for t in range(JW):
-                                    acc[p * JW + t] = 0
-                        else:   # entries other blocks own are loaded too, never stored
-                            c = cb
-                            for p in range(_GP):
-                                for v in range(0, JW, lanes):
-                                    _vcopy(cols, c + np.uint64(v), acc, p * JW + v, lanes)
-                                c += ustep_j
-                        xb = np.uint64((n * Cin + g * Cg_in + k0) * HWc + p0)
-                        wb = wb0
-                        for ci in range(k0, k1):
-                            x0 = x2[xb]; x1 = x2[xb + np.uint64(1)]
-                            x2_ = x2[xb + np.uint64(2)]; x3 = x2[xb + np.uint64(3)]
-                            x4 = x2[xb + np.uint64(4)]; x5 = x2[xb + np.uint64(5)]
-                            x6 = x2[xb + np.uint64(6)]; x7 = x2[xb + np.uint64(7)]
-                            for t in range(JW):
-                                wv = w2[wb + np.uint64(t)]
-                                acc[0 * JW + t] += x0 * wv
-                                acc[1 * JW + t] += x1 * wv
-                                acc[2 * JW + t] += x2_ * wv
-                                acc[3 * JW + t] += x3 * wv
-                                acc[4 * JW + t] += x4 * wv
-                                acc[5 * JW + t] += x5 * wv
-                                acc[6 * JW + t] += x6 * wv
-                                acc[7 * JW + t] += x7 * wv
-                            xb += ustep_x
-                            wb += wrow
-                        if pskip == 0 and tskip == 0:
-                            for p in range(_GP):
-                                for v in range(0, JW, lanes):
-                                    _vcopy(acc, p * JW + v, cols, cb + np.uint64(v), lanes)
-                                cb += ustep_j
-                        else:
-                            for p in range(_GP):
-                                if p >= pskip:
-                                    for t in range(JW):
-                                        if t >= tskip:
-                                            cols[cb + np.uint64(t)] = acc[p * JW + t]
-                                cb += ustep_j
+                        wb = (g * Cg_in + k0) * J + j0
+                        ldb = J
+                    xb = (n * Cin + g * Cg_in + k0) * HW
+                    cb = ((n * groups + g) * HW) * J + j0
+                    if n == 0 and not packed:
+                        strip_ahead(kc, x2, xb, MR, HW, 1, w2, wb, ldb, cols, cb, J, HW,
+                                    min(JW, J - j0), cols, 0, init)
+                    else:
+                        _strip(kc, x2, xb, MR, HW, 1, w2, wb, ldb, cols, cb, J, HW,
+                               min(JW, J - j0), cols, 0, init)
 
     return _gemm
 
@@ -742,11 +703,13 @@ def _make_gemm(JW):
 _GEMM = {}
 
 
-def _gemm_kernel(itemsize, JW):
-    key = (itemsize, JW)
-    k = _GEMM.get(key)
+_GEMM_AHEAD = 8
+
+
+def _gemm_kernel(ahead):
+    k = _GEMM.get(ahead)
     if k is None:
-        k = _GEMM[key] = _make_gemm(JW)
+        k = _GEMM[ahead] = _make_gemm(ahead)
     return k
 
 
@@ -796,18 +759,6 @@ def _col2im(cols, b, out, N, groups, Cg_out, H, W, HWc, J, kH, kW, sh, sw, pt, p
             out[ob + i] = tile[i]
 
 
-def _gemm_columns(w, JW):
-    """The GEMM's weight matrix (C_in, J = C_out/groups*kH*kW): ``w`` itself, or a copy zero
-    padded to ``JW`` columns when J is shorter (tiny kernels; cheap)."""
-    Cin = w.shape[0]
-    J = w[0].size
-    if J >= JW:
-        return w.reshape(Cin, J)
-    padded = np.zeros((Cin, JW), w.dtype)
-    padded[:, :J] = w.reshape(Cin, J)
-    return padded
-
-
 @functools.lru_cache(maxsize=64)
 def _krange(k, s, p, d, n_in, n_out):
     """For each input index i: the kernel indices [lo, hi) with 0 <= i*s - p + k*d < n_out
@@ -840,7 +791,7 @@ def conv_transpose2d_gemm(x, w, b, out, stride_h, stride_w, pad_top, pad_left, d
     OH, OW = out.shape[2], out.shape[3]
     Cg_in = Cin // groups
     dt = x.dtype
-    JW = 128 // dt.itemsize
+    JW = _PANEL_BYTES // dt.itemsize
     if out.size == 0:
         return
     if x.size == 0 or w.size == 0:
@@ -848,33 +799,25 @@ def conv_transpose2d_gemm(x, w, b, out, stride_h, stride_w, pad_top, pad_left, d
         return
     HW = H * W
     J = Cg_out * kH * kW
-    if HW >= _GP:
-        HWc = HW
-        x2 = x.reshape(-1)
-    else:                                   # tiny images: pad the pixel axis (cheap)
-        HWc = _GP
-        xx = np.zeros((N, Cin, _GP), dt)
-        xx[:, :, :HW] = x.reshape(N, Cin, HW)
-        x2 = xx.reshape(-1)
-    Jc = max(J, JW)
-    w2 = (packed.gemm_panels(JW) if packed is not None else _gemm_columns(w, JW)).reshape(-1)
-    cols = buffer("transposed.cols", N * groups * HWc * Jc, dt)
-    nitems = N * groups * -(-Jc // JW)
+    x2 = x.reshape(-1)
+    w2 = packed.gemm_panels(JW) if packed is not None else w.reshape(-1)
+    cols = buffer("transposed.cols", N * groups * HW * J, dt)
+    nitems = N * groups * -(-J // JW)
     nruns = max(1, min(nitems, _threads.numba_count()))
     # Input channels per block: the weight rows of a block, over a run's columns, fill at
     # most _GEMM_BLOCK_BYTES. Rows J apart in memory defeat the prefetchers and, for J a
     # power of two, share cache sets: blocks kept in L2 took DCGAN's t4x4 C512->256 on 4x4
     # from 0.70 to 0.53 ms, C1024->512 from 4.8 to 2.0. Packed panels are one stream: no blocks.
-    run_cols = -(-groups * Jc // nruns)
-    KC = max(_GP, min(Cg_in, _GEMM_BLOCK_BYTES // (run_cols * dt.itemsize)))
+    run_cols = -(-groups * J // nruns)
+    KC = max(8, min(Cg_in, _GEMM_BLOCK_BYTES // (run_cols * dt.itemsize)))
     if packed is not None:
         KC = Cg_in
-    _gemm_kernel(dt.itemsize, JW)(x2, w2, cols, N, groups, Cg_in, HWc, Jc, nruns,
-                                  packed is not None, KC)
+    _gemm_kernel(_GEMM_AHEAD)(x2, w2, cols, N, groups, Cg_in, HW, J, nruns,
+                              packed is not None, KC)
     kylo, kyhi = _krange(kH, stride_h, pad_top, dil_h, H, OH)
     kxlo, kxhi = _krange(kW, stride_w, pad_left, dil_w, W, OW)
     # Channels per col2im item: tile of <= 32K elements, and at least ~8 items per group.
     CBc = max(1, min(32768 // (OH * OW), -(-Cg_out // 8)))
-    _col2im(cols, b, out.reshape(-1), N, groups, Cg_out, H, W, HWc, Jc, kH, kW,
+    _col2im(cols, b, out.reshape(-1), N, groups, Cg_out, H, W, HW, J, kH, kW,
             stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, OH, OW, CBc,
             kylo, kyhi, kxlo, kxhi)
