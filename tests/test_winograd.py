@@ -6,6 +6,7 @@ case of the grid, NaN-prefilled outputs, 1 vs 2 threads and concurrent calls.
 
 from dataclasses import replace
 
+import numba
 import numpy as np
 import pytest
 
@@ -80,6 +81,40 @@ def test_pipeline_and_stages_give_the_same_bits(shape, monkeypatch, rng):
     assert np.isnan(got).sum() == (c + 4) * 9
 
 
+def test_wide_weights_go_stage_by_stage_with_the_same_bits(monkeypatch, rng):
+    """A pipeline reads all the transformed weights once per chunk in each thread; where that
+    outweighs handing the chunks between threads, the stages run instead. Which way a call goes
+    never changes its bits."""
+    def row_and_weight_bytes(cin, cout, out_w):
+        ntp = -(-out_w // winograd.TILE) + 1
+        return 36 * (cin + cout) * ntp * 4, 36 * cin * cout * 4
+
+    def stages(n, cin, cout, out_h, out_w):
+        rows = winograd.tile_rows_per_chunk(n, out_h, out_w, cin, cout, 4)
+        staged = winograd.tile_rows_per_chunk(n, out_h, out_w, cin, cout, 4,
+                                              winograd._STAGE_CHUNK_BYTES)
+        total = n * -(-out_h // winograd.TILE)
+        return winograd._stages_pay(total, rows, staged, 2,
+                                    *row_and_weight_bytes(cin, cout, out_w))
+
+    assert stages(4, 256, 256, 17, 17)        # DeepLab's C256 33x33 dilation 2: 4 phases
+    assert stages(8, 256, 256, 14, 14) and stages(8, 512, 512, 7, 7)
+    assert not stages(1, 64, 64, 224, 224) and not stages(8, 64, 64, 56, 56)
+    x = rng.standard_normal((1, 96, 64, 4)).astype(np.float32)
+    w = rng.standard_normal((96, 96, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(96).astype(np.float32)
+    ran = []
+    real = winograd._by_stages
+    monkeypatch.setattr(winograd, "_by_stages", lambda *a: ran.append(1) or real(*a))
+    got = {}
+    for staged in (True, False):
+        monkeypatch.setattr(winograd, "_stages_pay", lambda *a, staged=staged: staged)
+        ran.clear()
+        got[staged] = numbaconv.conv2d(x, w, b, padding=1, algorithm="winograd")
+        assert bool(ran) == (staged or numba.config.NUMBA_NUM_THREADS * 8 > 16)
+    assert np.array_equal(got[True], got[False])
+
+
 def test_exact_true_excludes_it(rng):
     x = rng.integers(-4, 5, (1, 64, 48, 48)).astype(np.float32)
     w = rng.integers(-4, 5, (64, 64, 3, 3)).astype(np.float32)
@@ -129,11 +164,22 @@ def test_auto_uses_it_only_where_it_pays():
     assert dispatch.auto_choice(dilated) == "winograd"
     assert dispatch.auto_choice(Case((1, 256, 33, 33), (256, 256, 3, 3), padding=4,
                                      dilation=4).problem) != "winograd"
-    # 14x14 maps (61%): from 100 tiles (batch 5), 16 with prepared weights
-    c256 = Case((5, 256, 14, 14), (256, 256, 3, 3), padding=1).problem
+    # 14x14 maps (61%): from 48 tiles (batch 3) with 192 to 512 channels, else from 100
+    # (batch 5); 16 with prepared weights
+    c256 = Case((3, 256, 14, 14), (256, 256, 3, 3), padding=1).problem
     assert dispatch.auto_choice(c256) == "winograd"
-    assert dispatch.auto_choice(replace(c256, batch=4)) != "winograd"
+    assert dispatch.auto_choice(replace(c256, batch=2)) != "winograd"
     assert dispatch.auto_choice(replace(c256, batch=1), prepared=True) == "winograd"
+    c128 = Case((4, 128, 14, 14), (128, 128, 3, 3), padding=1).problem
+    assert dispatch.auto_choice(c128) != "winograd"
+    assert dispatch.auto_choice(replace(c128, batch=5)) == "winograd"
+    # 7x7 maps (51%): C512 from batch 8 (48 tiles); C1024's transformed weights (151 MB)
+    # outweigh them
+    c512 = Case((8, 512, 7, 7), (512, 512, 3, 3), padding=1).problem
+    assert dispatch.auto_choice(c512) == "winograd"
+    assert dispatch.auto_choice(replace(c512, batch=7)) != "winograd"
+    assert dispatch.auto_choice(Case((8, 1024, 7, 7), (1024, 1024, 3, 3),
+                                     padding=1).problem) != "winograd"
     assert dispatch.auto_choice(Case((1, 64, 56, 56), (64, 64, 3, 3), padding=2,
                                      dilation=2).problem) != "winograd"
     assert dispatch.auto_choice(Case((1, 128, 56, 56), (128, 128, 3, 3), padding=2,

@@ -310,6 +310,16 @@ _WINOGRAD_PREPARED_MIN_TILES = 16
 # 8 (160 tiles) 188 vs 174, at batch 1 (20 tiles) even; dilation 4 (phases 9 wide, 42% of the
 # tile outputs) 145 vs 171.
 _WINOGRAD_PLAIN_MIN_TILES = 100
+# Since large transformed weights are read once per chunk in all (winograd._STAGE_CHUNK_BYTES)
+# wide layers pay from fewer tiles. Plain calls against the exact kernel the rule picks,
+# float32, 2 threads, 4 interleaved rounds, GFLOP/s: 48 tiles (7x7 at batch 8) C192 208 vs 180,
+# C256 209 vs 173, C512 242 vs 173, but C128 176 vs 183 and C1024 (U of 151 MB) 169 vs 173;
+# 80 tiles (14x14 at batch 4) C256 332 vs 265, C384 372 vs 272, C512 343 vs 274; 40 tiles
+# (14x14 at batch 2) C256 247 vs 275, C512 250 vs 277; 24 tiles C512 7x7 216 vs 171, C256 161
+# vs 150, C1024 111 vs 176.
+_WINOGRAD_WIDE_MIN_TILES = 48
+_WINOGRAD_WIDE_MIN_CHANNELS = 192
+_WINOGRAD_WIDE_MAX_WEIGHTS = 512 * 512   # C_in * C_out: U (36 of them) of at most 38 MB
 
 
 def _winograd_pays(problem, prepared=False):
@@ -318,12 +328,20 @@ def _winograd_pays(problem, prepared=False):
     t = winograd.TILE
     tiles = -(-ph // t) * (-(-pw // t) + 1)
     used = ph * pw / (t * t * tiles)
+    cin, cout = problem.in_channels, problem.out_channels
     if not (problem.macs / (dh * dw) >= _WINOGRAD_MIN_MACS
-            and min(problem.in_channels, problem.out_channels) >= _WINOGRAD_MIN_CHANNELS):
+            and min(cin, cout) >= _WINOGRAD_MIN_CHANNELS):
         return False
-    enough = _WINOGRAD_PREPARED_MIN_TILES if prepared else _WINOGRAD_PLAIN_MIN_TILES
-    return used >= _WINOGRAD_MIN_TILE_USE or (used >= _WINOGRAD_MANY_TILES_MIN_TILE_USE and
-                                             problem.batch * dh * dw * tiles >= enough)
+    if used >= _WINOGRAD_MIN_TILE_USE:
+        return True
+    if used < _WINOGRAD_MANY_TILES_MIN_TILE_USE:
+        return False
+    calls_tiles = problem.batch * dh * dw * tiles
+    if prepared:
+        return calls_tiles >= _WINOGRAD_PREPARED_MIN_TILES
+    return calls_tiles >= _WINOGRAD_PLAIN_MIN_TILES or (
+        calls_tiles >= _WINOGRAD_WIDE_MIN_TILES and min(cin, cout) >= _WINOGRAD_WIDE_MIN_CHANNELS
+        and cin * cout <= _WINOGRAD_WIDE_MAX_WEIGHTS)
 
 
 # The dot-product kernel covers output pixels in steps of 5 (7 when these were measured), the
@@ -449,9 +467,9 @@ def rule(problem, exact=False, prepared=False):
        and output channels, and outputs that use 75% of the 4x4 tiles covering them (maps of
        about 28 pixels and wider), unless ``exact``; for dilated layers the multiply-adds and the
        map of one stride-1 phase count. 50% of the tiles' outputs suffice (14x14 maps,
-       DeepLab's dilated 33x33) when the call has at least 100 tiles in all, or 16 with
-       ``prepared`` (weights transformed in advance, as a :class:`~numbaconv.plan.Conv2dPlan`
-       does).
+       DeepLab's dilated 33x33) when the call has at least 100 tiles in all, or 48 with 192
+       to 512 channels (``C_in * C_out <= 512*512``), or 16 with ``prepared`` (weights
+       transformed in advance, as a :class:`~numbaconv.plan.Conv2dPlan` does).
     1. ``depthwise`` when ``groups == C_in > 1`` (one channel per group), and for one input
        channel when ``C_out * kH * kW <= 64`` (see ``_SINGLE_CHANNEL_DEPTHWISE_TAPS``).
     2. ``direct`` for other grouped convolutions with narrow groups (``C_out / groups < 32``):
