@@ -216,6 +216,52 @@ def test_transposed_direct_both_loop_orders_equal_the_reference(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_streaming_stores_change_no_bits(dtype, monkeypatch):
+    """The direct kernel stores large results non-temporally, on flat pixel rows padded to whole
+    vectors (forced here for small results and any padding): the reference's bits for 1 and 2
+    threads, with 8 and 4 channels per tile, groups, column stride 2, dilation, bands that end
+    inside a vector row; widths that are not whole vectors and results that do not start on a
+    vector boundary store as usual, with the same bits. Unforced, rows that the padding would
+    lengthen by more than 5% store as usual too."""
+    from numbaconv.kernels import direct
+    lanes = 64 // np.dtype(dtype).itemsize
+    pad = direct._STREAM_PAD
+    monkeypatch.setattr(direct, "_STREAM_BYTES", 0)
+    big = np.empty(16 * 512 + 64, dtype)
+    row = big[(-big.ctypes.data % 64) // big.itemsize:][:16 * 512].reshape(1, 16, 1, 512)
+    assert direct._streams(row, False, lanes, 516)            # 5x5 on 512 wide: 528, 2.3% more
+    # conv1's 7x7 s2 (float32: 115 -> 128, 11% more; float64: 59 -> 64)
+    assert not direct._streams(row[..., :7 * lanes], False, lanes, 7 * lanes + 3)
+    assert not direct._streams(row, True, lanes, 516)          # the row-reuse kernel: never
+    monkeypatch.setattr(direct, "_STREAM_PAD", 4.0)
+    streamed = []
+    real = direct._streams
+    monkeypatch.setattr(direct, "_streams", lambda *a: streamed.append(real(*a)) or real(*a))
+    rng = np.random.default_rng(14)
+    for x_shape, w_shape, kw, streams in [
+            ((2, 6, 13, 2 * lanes), (16, 6, 5, 5), dict(padding=2), True),
+            ((1, 8, 9, 2 * lanes), (8, 4, 3, 3), dict(padding=1, groups=2), True),
+            ((1, 3, 11, 4 * lanes + 2), (8, 3, 3, 3), dict(padding=(1, 0), stride=(1, 2)), True),
+            ((1, 4, 10, lanes), (6, 4, 3, 3), dict(padding=2, dilation=2), True),
+            ((1, 4, 7, lanes + 3), (8, 4, 3, 3), dict(padding=1), False)]:
+        x = rng.integers(-4, 5, x_shape).astype(dtype)
+        w = rng.integers(-4, 5, w_shape).astype(dtype)
+        b = rng.integers(-4, 5, w_shape[0]).astype(dtype)
+        expected = reference.conv2d(x, w, b, **kw)
+        raw = np.empty(expected.size + 64, dtype)
+        first = (-raw.ctypes.data % 64) // raw.itemsize
+        for skip, threads in [(0, 1), (0, 2), (1, 2)]:     # aligned twice, then misaligned
+            out = raw[first + skip:first + skip + expected.size].reshape(expected.shape)
+            out[...] = np.nan
+            with numbaconv.num_threads(threads):
+                streamed.clear()
+                got = numbaconv.conv2d(x, w, b, **kw, algorithm="direct", out=out)
+            assert got is out and np.array_equal(out, expected)
+            assert streamed == [streams and skip == 0]
+    assert pad == 1.05
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_transposed_direct_output_prefetch_changes_no_bits(dtype, monkeypatch):
     """The transposed direct kernel prefetches its output rows for writing when the result is
     large (forced here for every size): the reference's bits, for 1 and 2 threads, with two

@@ -43,6 +43,9 @@ about 0.4 loads per FMA for a 7x7 kernel.
 Tiles are stored straight from the registers when a vector lies inside one output row, and with
 one masked store per row segment otherwise (vectors crossing a row end or the band end). While a
 tile of ``_microkernel`` runs, the output lines of the next one are prefetched for writing.
+Results too large to stay in the last-level cache are instead stored non-temporally, without
+reading the lines first, on flat pixel rows padded to whole vectors so that every such store is
+aligned (see ``_STREAM_BYTES``).
 """
 
 import collections
@@ -114,9 +117,15 @@ class _Gen:
         self._mstore = cgutils.get_or_insert_function(
             mod, ir.FunctionType(ir.VoidType(), [self.vty, self.vty.as_pointer(), self.i32, mty]),
             "llvm.masked.store.%s.p0" % sfx)
+        self._nontemporal = mod.add_metadata([ir.Constant(self.i32, 1)])
 
     def const(self, n):
         return ir.Constant(self.i64, n)
+
+    def store_streaming(self, val, ptr):
+        """Store vector ``val`` at ``ptr`` (vector aligned) around the caches (``vmovntps``;
+        a plain store where the target has no such instruction)."""
+        self.b.store(val, ptr, align=_VBYTES).set_metadata("nontemporal", self._nontemporal)
 
     def int64(self, v):
         return self.b.sext(v, self.i64) if v.type != self.i64 else v
@@ -200,7 +209,7 @@ class _Gen:
             for l in range(0, span + self.lanes, self.lanes):  # a span of n lines may touch n+1
                 emit_prefetch(b, self.gep(optr, b.add(at, self.const(l)), False), write=True)
 
-    def store_tile(self, res, nc, nrow, nv, q0, q1, wq, ow, optr, obase, ostride):
+    def store_tile(self, res, nc, nrow, nv, q0, q1, wq, ow, optr, obase, ostride, nt=None):
         """Store a tile of ``nc`` channels x ``nrow`` rows x ``nv`` vectors.
 
         ``res[(c*nrow + r)*nv + v]`` holds flat pixels ``qa .. qa+L-1`` of channel ``c`` with
@@ -209,7 +218,9 @@ class _Gen:
         Vectors inside one output row are stored straight from the registers; the others are
         marked in a bit mask and stored afterwards, by one loop (not an unrolled copy per
         vector: that would double the compile time) that reads the tile back from a stack
-        buffer and issues one masked store per row segment.
+        buffer and issues one masked store per row segment. Where ``nt`` (an i1) is true the
+        vectors inside a row are stored non-temporally (``vmovntps``), which needs their
+        addresses 64-byte aligned: the caller guarantees it.
         """
         b = self.b
         L = self.lanes
@@ -228,10 +239,20 @@ class _Gen:
                 slowmask = b.or_(slowmask, b.shl(b.zext(slow, self.i64), self.const(r * nv + v)))
                 with b.if_then(fast):
                     orow = b.add(obase, b.add(b.mul(row, ow), col))
-                    for c in range(nc):
-                        idx = b.add(orow, b.mul(self.const(c), ostride))
-                        b.store(res[c * nvec + r * nv + v], self.vptr(self.gep(optr, idx)),
-                                align=self.isz)
+                    ptrs = [self.vptr(self.gep(optr, b.add(orow, b.mul(self.const(c), ostride))))
+                            for c in range(nc)]
+                    vals = [res[c * nvec + r * nv + v] for c in range(nc)]
+                    if nt is None:
+                        for val, ptr in zip(vals, ptrs):
+                            b.store(val, ptr, align=self.isz)
+                    else:
+                        with b.if_else(nt) as (streaming, cached):
+                            with streaming:
+                                for val, ptr in zip(vals, ptrs):
+                                    self.store_streaming(val, ptr)
+                            with cached:
+                                for val, ptr in zip(vals, ptrs):
+                                    b.store(val, ptr, align=self.isz)
 
         with b.if_then(b.icmp_signed("!=", slowmask, self.const(0)), likely=False):
             buf = cgutils.alloca_once(b, ir.ArrayType(self.vty, nc * nvec))
@@ -307,6 +328,17 @@ def _no_inline(typingctx):
 
 
 @intrinsic
+def _store_fence(typingctx):
+    """A full memory fence (``mfence`` on x86): non-temporal stores are weakly ordered, and the
+    thread that reads the result must see them."""
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@intrinsic
 def _lanes_of(typingctx, arr):
     """Number of lanes of the micro-kernels' vectors for ``arr``'s dtype (a compile-time int)."""
     lanes = _VBYTES // (arr.dtype.bitwidth // 8)
@@ -323,7 +355,7 @@ def _lanes_of(typingctx, arr):
 
 @intrinsic
 def _microkernel(typingctx, xs, offs, w, wbase, b, boff, out, obase, ostride, q0, q1, wq, ow,
-                 V, C, P):
+                 stream, V, C, P):
     """Compute and store one tile of ``C`` output channels x ``V`` vectors (``V*L`` pixels).
 
     For channel ``c < C`` and tile pixel ``j < V*L``, with ``K = offs.size`` taps::
@@ -332,19 +364,23 @@ def _microkernel(typingctx, xs, offs, w, wbase, b, boff, out, obase, ostride, q0
 
     (one fused multiply-add per k, k ascending) is stored as pixel ``q = q0 + j`` (see
     ``_Gen.store_tile``). With ``P`` the weights are blocked: ``w[wbase + k*C + c]`` in place
-    of ``w[wbase + c*K + k]``. ``V``, ``C`` and ``P`` are compile-time ints.
+    of ``w[wbase + c*K + k]``. ``V``, ``C`` and ``P`` are compile-time ints. With ``stream`` the
+    stores inside output rows are non-temporal (their addresses must be vector aligned) and
+    the next tile's lines are not prefetched.
     """
     if not all(isinstance(v, (types.IntegerLiteral, types.BooleanLiteral)) for v in (V, C, P)):
         return None
     nv, nc, blocked = V.literal_value, C.literal_value, bool(P.literal_value)
-    sig = types.void(xs, offs, w, wbase, b, boff, out, obase, ostride, q0, q1, wq, ow, V, C, P)
+    sig = types.void(xs, offs, w, wbase, b, boff, out, obase, ostride, q0, q1, wq, ow, stream, V,
+                     C, P)
 
     def codegen(context, builder, signature, args):
         g = _Gen(context, builder, signature.args[0].dtype)
         at = signature.args
         (xs_v, offs_v, w_v, wbase_v, b_v, boff_v, out_v, obase_v, ostride_v,
-         q0_v, q1_v, wq_v, ow_v) = args[:13]
+         q0_v, q1_v, wq_v, ow_v, stream_v) = args[:14]
         q0_v = g.int64(q0_v)
+        streaming = builder.icmp_signed("!=", g.int64(stream_v), g.const(0))
         xptr = g.gep(g.data(at[0], xs_v), q0_v)
         offs_a = context.make_array(at[1])(context, builder, offs_v)
         optr = offs_a.data
@@ -379,12 +415,13 @@ def _microkernel(typingctx, xs, offs, w, wbase, b, boff, out, obase, ostride, q0
         # float32, 2 threads, 6 alternating rounds: that layer at batch 8 (268 MB of output)
         # 198-207 -> 231-247 GFLOP/s, batch 1 235-244 -> 231-252, 3x3 layers and 7x7 s2 conv1
         # unchanged.
-        g.prefetch_for_write(builder.add(q0_v, g.const(nv * g.lanes)), nv * g.lanes, nc,
-                             g.int64(wq_v), g.int64(ow_v), g.data(at[6], out_v),
-                             g.int64(obase_v), g.int64(ostride_v))
+        with builder.if_then(builder.not_(streaming)):
+            g.prefetch_for_write(builder.add(q0_v, g.const(nv * g.lanes)), nv * g.lanes, nc,
+                                 g.int64(wq_v), g.int64(ow_v), g.data(at[6], out_v),
+                                 g.int64(obase_v), g.int64(ostride_v))
         res = g.loop(g.const(0), ntap, init, tap)
         g.store_tile(res, nc, 1, nv, q0_v, g.int64(q1_v), g.int64(wq_v), g.int64(ow_v),
-                     g.data(at[6], out_v), g.int64(obase_v), g.int64(ostride_v))
+                     g.data(at[6], out_v), g.int64(obase_v), g.int64(ostride_v), streaming)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -570,6 +607,14 @@ def _use_rows(tile_c, stride_h, dil_h, kh, ow, wq, lanes):
 # ---------------------------------------------------------------------------------------------
 
 @kernel
+def _q_pitch(ow, kw, dil_w, stride_w, align):
+    """Row pitch ``Wq`` of the flat pixel space: the output row plus the kernel's reach, rounded
+    up to a multiple of ``align``."""
+    wq = ow + ((kw - 1) * dil_w) // stride_w
+    return -(-wq // align) * align
+
+
+@kernel
 def _scratch_len(cin_g, nphase, band, halo, wq, tq, lanes):
     """Elements of one band buffer: the phase planes, then slack so that the last tile's
     vector loads stay inside it (those lanes only feed pixels that are never stored)."""
@@ -583,7 +628,7 @@ def _make_driver(blocked):
 
     @parallel_kernel
     def driver(x, w, wf, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
-               groups, tile_c, rows, band, n_cc, tchunk, scratch):
+               groups, tile_c, rows, band, n_cc, tchunk, scratch, stream):
         """Parallel driver; see the module docstring.
 
         A work item is (image, group, band of ``band`` output rows, chunk of output-channel
@@ -591,7 +636,9 @@ def _make_driver(blocked):
         moving on (input reuse in cache). ``rows`` selects the row-reuse kernel (``band`` is
         then a multiple of _ROWS). ``scratch`` holds one band buffer per thread; items on other
         thread ids allocate their own. The micro-kernels read the flat weights ``wf``: ``w``
-        raveled, or its blocks (``blocked``); ``w`` gives the shape.
+        raveled, or its blocks (``blocked``); ``w`` gives the shape. With ``stream`` (see
+        :func:`_streams`) the rows of the flat pixel space are padded to whole vectors and the
+        generic kernel's stores go around the caches.
         """
         n_img, cin, h, wd = x.shape
         cout, cin_g, kh, kw = w.shape
@@ -600,7 +647,7 @@ def _make_driver(blocked):
         cout_g = cout // groups
         lanes = _lanes_of(x)
         halo = ((kh - 1) * dil_h) // stride_h
-        wq = ow + ((kw - 1) * dil_w) // stride_w
+        wq = _q_pitch(ow, kw, dil_w, stride_w, lanes if stream else 1)
         plane = (band + halo) * wq
         nphase = stride_h * stride_w
         ntap = cin_g * kh * kw
@@ -678,16 +725,18 @@ def _make_driver(blocked):
                             for t in range(t0, min(t0 + tch, ntiles)):
                                 if tile_c == 8 and nq - t * tq <= _V8_TAIL * lanes:
                                     _microkernel(xs, offs, wf, wb, b, co0, of, obase, oh * ow,
-                                                 t * tq, nq, wq, ow, _V8_TAIL, 8, PK)
+                                                 t * tq, nq, wq, ow, stream, _V8_TAIL, 8, PK)
                                 elif tile_c == 8:
                                     _microkernel(xs, offs, wf, wb, b, co0, of, obase, oh * ow,
-                                                 t * tq, nq, wq, ow, _V8, 8, PK)
+                                                 t * tq, nq, wq, ow, stream, _V8, 8, PK)
                                 elif tile_c == 4:
                                     _microkernel(xs, offs, wf, wb, b, co0, of, obase, oh * ow,
-                                                 t * tq, nq, wq, ow, _V4, 4, PK)
+                                                 t * tq, nq, wq, ow, stream, _V4, 4, PK)
                                 else:
                                     _microkernel(xs, offs, wf, wb, b, co0, of, obase, oh * ow,
-                                                 t * tq, nq, wq, ow, _V1, 1, PK)
+                                                 t * tq, nq, wq, ow, stream, _V1, 1, PK)
+                    if stream:
+                        _store_fence()
 
     return driver
 
@@ -803,6 +852,24 @@ def _plan_work(n_img, groups, oh, ow, wq, halo, cin_g, nphase, n_cob, tile_c, ro
     return band, n_cc, tchunk
 
 
+# Results of at least this many bytes are stored non-temporally (past the caches, without
+# first reading each line for ownership), as they would not stay in a 32 MiB last-level cache
+# for the next layer anyway. Needs whole-vector output rows and a vector-aligned result; the
+# flat pixel rows are then padded to whole vectors too, so that every stored vector is aligned,
+# which must not add more than _STREAM_PAD of lanes. Float32, 2 threads, alternating rounds,
+# GFLOP/s: 5x5 C1->32 512x512 (32 MiB; rows 516 -> 528) 219-236 -> 255, at batch 8 218-234 ->
+# 252-265; 7x7 s2 conv1 at batch 8 (26 MB; rows 115 -> 128) 271-293 -> 254-281, hence the limit.
+_STREAM_BYTES = 16 << 20
+_STREAM_PAD = 1.05
+
+
+def _streams(out, rows, lanes, wq):
+    """Whether the direct kernel stores ``out`` non-temporally (see ``_STREAM_BYTES``); ``wq``
+    is the unpadded row pitch of the flat pixel space."""
+    return (not rows and out.nbytes >= _STREAM_BYTES and out.shape[3] % lanes == 0
+            and out.ctypes.data % _VBYTES == 0 and -(-wq // lanes) * lanes <= _STREAM_PAD * wq)
+
+
 def conv2d_direct_packed(x, packed, b, out, stride_h, stride_w, pad_top, pad_left,
                          dil_h, dil_w):
     """Direct convolution with weights prepared by :func:`pack_weights_direct`.
@@ -831,8 +898,10 @@ def conv2d_direct_packed(x, packed, b, out, stride_h, stride_w, pad_top, pad_lef
     p = packed
     lanes = _VBYTES // x.dtype.itemsize
     halo = ((p.kh - 1) * dil_h) // stride_h
-    wq = ow + ((p.kw - 1) * dil_w) // stride_w
+    wq = _q_pitch(ow, p.kw, dil_w, stride_w, 1)
     rows = _use_rows(p.tile_c, stride_h, dil_h, p.kh, ow, wq, lanes)
+    stream = _streams(out, rows, lanes, wq)
+    wq = _q_pitch(ow, p.kw, dil_w, stride_w, lanes if stream else 1)
     nthreads = _threads.get_num_threads()
     nphase = stride_h * stride_w
     band, n_cc, tchunk = _plan_work(n_img, p.groups, oh, ow, wq, halo, p.cin_g, nphase,
@@ -845,7 +914,7 @@ def conv2d_direct_packed(x, packed, b, out, stride_h, stride_w, pad_top, pad_lef
     with _threads.launch():
         _DRIVERS[blocked](x, p.data, p.blocks if blocked else p.data.reshape(-1), b, out,
                           stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, p.groups,
-                          p.tile_c, rows, band, n_cc, tchunk, scratch)
+                          p.tile_c, rows, band, n_cc, tchunk, scratch, stream)
 
 
 def conv2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
