@@ -649,36 +649,69 @@ def conv2d_winograd_dilated(x, w, bias, out, pads, dil):
 def _split_phases(x, phases, pt, pl):
     """``phases[a, b, n, c, i, j] = x[n, c, i*dh + a - pt, j*dw + b - pl]``, zero outside ``x``
     (``phases`` shaped ``(dh, dw, N, C, rows, cols)``): the zero-padded input decimated into
-    its ``dh*dw`` phases, written in one pass per input plane."""
+    its ``dh*dw`` phases, written in one pass per input plane; each phase row is zeros, a
+    strided copy, zeros (flat unsigned indices, and a constant stride for dilation 2, so the
+    copy vectorises: 0.11 -> 0.06 ms on DeepLab's C256 33x33)."""
     dh, dw, n, cin, ph, pw = phases.shape
     h, wd = x.shape[2], x.shape[3]
+    xf = x.reshape(-1)
+    pf = phases.reshape(-1)
+    u = np.uintp
+    zero = pf.dtype.type(0)
     for p in prange(n * cin):
-        ni = p // cin
-        c = p - ni * cin
+        src0 = p * h * wd
         for a in range(dh):
             for b in range(dw):
+                # columns j with 0 <= j*dw + b - pl < wd
+                jlo = min(pw, max(0, -(-(pl - b) // dw)))
+                jhi = max(jlo, min(pw, -(-(wd + pl - b) // dw)))
                 for i in range(ph):
+                    dst = (((a * dw + b) * n * cin + p) * ph + i) * pw
                     iy = i * dh + a - pt
-                    for j in range(pw):
-                        ix = j * dw + b - pl
-                        if 0 <= iy < h and 0 <= ix < wd:
-                            phases[a, b, ni, c, i, j] = x[ni, c, iy, ix]
-                        else:
-                            phases[a, b, ni, c, i, j] = 0
+                    if iy < 0 or iy >= h:
+                        for j in range(pw):
+                            pf[u(dst + j)] = zero
+                        continue
+                    for j in range(jlo):
+                        pf[u(dst + j)] = zero
+                    src = src0 + iy * wd + b - pl
+                    if dw == 2:     # a constant stride: vector loads and shuffles
+                        for j in range(jlo, jhi):
+                            pf[u(dst + j)] = xf[u(src + 2 * j)]
+                    else:
+                        for j in range(jlo, jhi):
+                            pf[u(dst + j)] = xf[u(src + j * dw)]
+                    for j in range(jhi, pw):
+                        pf[u(dst + j)] = zero
 
 
 @parallel_kernel
 def _merge_phases(result, out):
     """``out[n, k, i*dh + a, j*dw + b] = result[a, b, n, k, i, j]`` for every output pixel
     (``result`` shaped ``(dh, dw, N, C_out, rows, cols)``, rows and columns past the output
-    unused): the phases' results interleaved back, one output plane per iteration."""
+    unused): the phases' results interleaved back, one output plane per iteration, row by row
+    (flat unsigned indices, both phases of a row at once for dilation 2: 0.07 -> 0.02 ms on
+    DeepLab's C256 33x33)."""
     dh, dw, n, cout, sh, sw = result.shape
     oh, ow = out.shape[2], out.shape[3]
+    rf = result.reshape(-1)
+    of = out.reshape(-1)
+    u = np.uintp
     for p in prange(n * cout):
-        ni = p // cout
-        k = p - ni * cout
-        for a in range(min(dh, oh)):
-            for i in range((oh - a + dh - 1) // dh):
-                for b in range(min(dw, ow)):
-                    for j in range((ow - b + dw - 1) // dw):
-                        out[ni, k, i * dh + a, j * dw + b] = result[a, b, ni, k, i, j]
+        for oy in range(oh):
+            a = oy % dh
+            i = oy // dh
+            dst = (p * oh + oy) * ow
+            if dw == 2 and ow >= 2:   # both phases of the row at once: shuffles, stores
+                s0 = ((a * dw * n * cout + p) * sh + i) * sw
+                s1 = (((a * dw + 1) * n * cout + p) * sh + i) * sw
+                for j in range(ow // 2):
+                    of[u(dst + 2 * j)] = rf[u(s0 + j)]
+                    of[u(dst + 2 * j + 1)] = rf[u(s1 + j)]
+                if ow % 2:
+                    of[u(dst + ow - 1)] = rf[u(s0 + ow // 2)]
+                continue
+            for b in range(min(dw, ow)):
+                src = (((a * dw + b) * n * cout + p) * sh + i) * sw
+                for j in range((ow - b + dw - 1) // dw):
+                    of[u(dst + j * dw + b)] = rf[u(src + j)]
