@@ -182,6 +182,38 @@ def test_gemm_1x1_prefetching_path_equals_the_reference(dtype, monkeypatch):
     assert plain == [1, 2]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_1x1_panels_shifted_to_vector_boundaries_equal_the_reference(dtype, monkeypatch):
+    """A 1x1 layer's input read in place at every offset from a vector boundary: a narrower
+    first panel aligns the others (the shift each offset gets is checked), where the image
+    planes are whole vectors; the reference's bits, with the prefetching path too, two images,
+    two groups, 1 and 2 threads."""
+    from numbaconv.kernels import gemm
+    lanes = 64 // np.dtype(dtype).itemsize
+    shifts = []
+    real = gemm._conv_driver
+    monkeypatch.setattr(gemm, "_conv_driver", lambda *a: shifts.append(int(a[5][31])) or real(*a))
+    rng = np.random.default_rng(6)
+    for hw, groups in [((4, 2 * lanes), 1), ((3, lanes + 5), 2)]:
+        x = rng.integers(-4, 5, (2, 12) + hw).astype(dtype)
+        w = rng.integers(-4, 5, (20, 12 // groups, 1, 1)).astype(dtype)
+        b = rng.integers(-4, 5, 20).astype(dtype)
+        expected = reference.conv2d(x, w, b, groups=groups)
+        raw = np.empty(x.size + 2 * lanes, dtype)
+        first = (-raw.ctypes.data % 64) // raw.itemsize
+        for off in range(lanes):
+            xs = raw[first + off:first + off + x.size].reshape(x.shape)
+            xs[...] = x
+            for ahead_from, threads in [(gemm._AHEAD_FROM, 1), (0, 2)]:
+                monkeypatch.setattr(gemm, "_AHEAD_FROM", ahead_from)
+                shifts.clear()
+                with numbaconv.num_threads(threads):
+                    got = numbaconv.conv2d(xs, w, b, groups=groups, algorithm="gemm")
+                assert np.array_equal(got, expected), (hw, off)
+                whole = hw[0] * hw[1] % lanes == 0
+                assert shifts == [(lanes - off) % lanes if whole else 0]
+
+
 def test_transposed_direct_both_loop_orders_equal_the_reference(monkeypatch):
     """The strided transposed direct kernel runs its channel blocks innermost when a run's input
     rows outgrow L2 (reached here on a real size, and forced on every corner case): integer
