@@ -117,6 +117,12 @@ def test_the_plan_holds_copies(name, rng):
     with pytest.raises(ValueError):
         conv.weight[0, 0, 0, 0] = 5
     assert np.array_equal(conv(x), want)
+    # its copies start on a cache line (vector loads along its rows stay within lines), in the
+    # computation dtype of every call too
+    assert conv.weight.ctypes.data % 64 == 0 and conv.weight.flags.c_contiguous
+    assert np.array_equal(conv(x.astype(np.float64)), numbaconv.conv2d(
+        x.astype(np.float64), conv.weight, conv.bias, padding=1, algorithm=name))
+    assert all(a.ctypes.data % 64 == 0 for a in conv._weights.values())
 
 
 def test_computation_dtype_follows_conv2d(rng):
