@@ -326,7 +326,7 @@ def test_transposed_gemm_channel_blocks_and_packed_panels_equal_the_reference(dt
     blocks = []
     real = transposed._gemm_kernel
     monkeypatch.setattr(transposed, "_gemm_kernel",
-                        lambda *a: (lambda *b: blocks.append(b[-1]) or real(*a)(*b)))
+                        lambda *a: (lambda *b: blocks.append(b[-2]) or real(*a)(*b)))
     rng = np.random.default_rng(12)
     checked = 0
     for cg_out, groups, hw in [(5, 2, (3, 3)), (15, 1, (3, 3)), (1, 1, (1, 2))]:
@@ -356,6 +356,40 @@ def test_transposed_gemm_channel_blocks_and_packed_panels_equal_the_reference(dt
         assert all(np.array_equal(a, first) for pair in got.values() for a in pair)
         checked += 1
     assert checked == 3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transposed_gemm_panels_shifted_to_vector_boundaries_equal_the_reference(dtype,
+                                                                                monkeypatch):
+    """Weights read in place at every offset from a vector boundary: a narrower first column
+    panel aligns the others (the shift each offset gets is checked) where the weight rows are
+    whole vectors; the reference's bits, with channel blocks, two images, 1 and 2 threads."""
+    from numbaconv.kernels import transposed
+    lanes = 64 // np.dtype(dtype).itemsize
+    shifts = []
+    real = transposed._gemm_kernel
+    monkeypatch.setattr(transposed, "_gemm_kernel",
+                        lambda *a: (lambda *b: shifts.append(b[-1]) or real(*a)(*b)))
+    monkeypatch.setattr(transposed, "_GEMM_BLOCK_BYTES", 1)
+    rng = np.random.default_rng(15)
+    for cg_out, k in [(2 * lanes // 4, 2), (5, 2)]:         # J = 2 lanes, then 20 columns
+        kw = dict(stride=2, padding=0)
+        w = rng.integers(-4, 5, (20, cg_out, k, k)).astype(dtype)
+        b = rng.integers(-4, 5, cg_out).astype(dtype)
+        x = rng.integers(-4, 5, (2, 20, 3, 5)).astype(dtype)
+        expected = reference.conv_transpose2d(x, w, b, **kw)
+        raw = np.empty(w.size + 2 * lanes, dtype)
+        first = (-raw.ctypes.data % 64) // raw.itemsize
+        for off in range(lanes):
+            ws = raw[first + off:first + off + w.size].reshape(w.shape)
+            ws[...] = w
+            for threads in (1, 2):
+                shifts.clear()
+                with numbaconv.num_threads(threads):
+                    got = numbaconv.conv_transpose2d(x, ws, b, **kw, algorithm="gemm")
+                assert np.array_equal(got, expected), (cg_out, off)
+                whole = cg_out * k * k % lanes == 0
+                assert shifts == [(lanes - off) % lanes if whole else 0]
 
 
 @pytest.mark.parametrize("m, n, k", [(128, 784, 1152), (1024, 196, 512), (32, 784, 192),

@@ -26,6 +26,7 @@ one pass over the weights more than later ones.
 import numpy as np
 
 from . import _args, _threads, dispatch, output_pool, padding_modes, tuning
+from ._aligned import copy_aligned
 from ._front import as_array, compute_dtype, output_array, prepare
 from .dispatch import _geometry
 from .functional import _padded
@@ -103,7 +104,10 @@ class _Plan:
         """The plan's own C-contiguous copies of ``w`` and ``b`` in ``dtype``; users see them as
         the read-only ``weight`` and ``bias`` (the kernels take writeable arrays: a read-only
         one is a separate Numba type, and the front end would copy it per call)."""
-        w = _aligned_copy(w, dtype)
+        # from a cache line: NumPy puts large arrays 16 bytes past one, and every vector load
+        # along a weight row would straddle two lines (ResNet-50's 3x3 C512 7x7 through `dot`,
+        # 2 threads, float32: 200 GFLOP/s on such weights, 233 on aligned ones)
+        w = copy_aligned(w, dtype)
         b = None if b is None else np.array(b, dtype=dtype, copy=True)
         self.weight = _read_only(w)
         self.bias = None if b is None else _read_only(b)
@@ -179,7 +183,7 @@ class Conv2dPlan(_Plan):
         """The weight and bias in the computation dtype of a call with input ``x``."""
         dtype = compute_dtype((("input", x), ("weight", self.weight), ("bias", self.bias)))
         if dtype not in self._weights:
-            self._weights[dtype] = _aligned_copy(self.weight, dtype)
+            self._weights[dtype] = copy_aligned(self.weight, dtype)
             self._biases[dtype] = None if self.bias is None else self.bias.astype(dtype)
         return self._weights[dtype], self._biases[dtype]
 
@@ -316,15 +320,3 @@ def _read_only(a):
     view.flags.writeable = False
     return view
 
-
-def _aligned_copy(a, dtype):
-    """A C-contiguous copy of ``a`` in ``dtype`` that starts on a 64-byte boundary. NumPy puts
-    large arrays 16 bytes past one, so every vector load along a weight row would straddle two
-    cache lines: ResNet-50's 3x3 C512 7x7 through ``dot`` (2 threads, float32) ran 200 GFLOP/s
-    on such weights and 233 on aligned ones."""
-    dtype = np.dtype(dtype)
-    raw = np.empty(np.size(a) * dtype.itemsize + 64, np.uint8)
-    skip = -raw.ctypes.data % 64
-    copy = raw[skip:skip + np.size(a) * dtype.itemsize].view(dtype).reshape(np.shape(a))
-    copy[...] = a
-    return copy
