@@ -60,7 +60,7 @@ from numbaconv.kernels import gemm
 from numbaconv.kernels.gemm import _lanes
 from numbaconv.kernels.ir_vectors import Vectors
 from numbaconv.kernels.unowned import unowned
-from numbaconv.kernels.scratch import buffer
+from numbaconv.kernels.scratch import aligned
 
 # Transform matrices (float64; cast to the compute dtype where used as GEMM operands).
 B_T = np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
@@ -524,15 +524,15 @@ def _by_stages(x, u, up, bias, out, pt, pl, w_scale, limit, nty, ntx, rows):
     ntp = ntx + 1
     lanes = gemm._VBYTES // isz
     pitch = row_pitch(rows * ntp, lanes)
-    ws_in = buffer("winograd.in", nthreads * ALPHA * pitch, dt).reshape(nthreads, -1)
-    ws_out = buffer("winograd.out", nthreads * TILE * pitch, dt).reshape(nthreads, -1)
+    ws_in = aligned("winograd.in", nthreads * ALPHA * pitch, dt).reshape(nthreads, -1)
+    ws_out = aligned("winograd.out", nthreads * TILE * pitch, dt).reshape(nthreads, -1)
     total = n * nty
     for r0 in range(0, total, rows):
         r1 = min(total, r0 + rows)
         nf = (r1 - r0) * ntp
         vp, mp = plane_stride(cin * nf, isz), plane_stride(cout * nf, isz)
-        v = buffer("winograd.v", sq * vp, dt).reshape(sq, vp)
-        m = buffer("winograd.m", sq * mp, dt).reshape(sq, mp)
+        v = aligned("winograd.v", sq * vp, dt).reshape(sq, vp)
+        m = aligned("winograd.m", sq * mp, dt).reshape(sq, mp)
         largest = _input_transform(x, r0, r1, nty, ntx, pt, pl, v, ws_in)
         if not largest * w_scale <= limit:      # NaN/Inf in the input, or possible overflow
             return False
@@ -565,7 +565,7 @@ def conv2d_winograd(x, w, bias, out, pt, pl):
         u, up, w_max = w.u, w.plane, w.largest
     else:
         up = plane_stride(cout * cin, isz)
-        u, w_max = transform_weights(w, buffer("winograd.u", sq * up, dt).reshape(sq, up))
+        u, w_max = transform_weights(w, aligned("winograd.u", sq * up, dt).reshape(sq, up))
     if not math.isfinite(w_max):
         return False
     # Every intermediate is at most 10^2 |x| (input transform), |w| (weight transform), a sum of
@@ -597,12 +597,12 @@ def conv2d_winograd(x, w, bias, out, pt, pl):
     nf_max = int(sizes.max())
     vp, mp = (int(v) for v in strides.max(axis=0))
     pitch = row_pitch(nf_max, lanes)
-    vws = buffer("winograd.v", nthreads * sq * vp, dt).reshape(nthreads, -1)
-    mws = buffer("winograd.m", nthreads * sq * mp, dt).reshape(nthreads, -1)
-    ins = buffer("winograd.in", nthreads * ALPHA * pitch, dt).reshape(nthreads, -1)
-    outs = buffer("winograd.out", nthreads * TILE * pitch, dt).reshape(nthreads, -1)
+    vws = aligned("winograd.v", nthreads * sq * vp, dt).reshape(nthreads, -1)
+    mws = aligned("winograd.m", nthreads * sq * mp, dt).reshape(nthreads, -1)
+    ins = aligned("winograd.in", nthreads * ALPHA * pitch, dt).reshape(nthreads, -1)
+    outs = aligned("winograd.out", nthreads * TILE * pitch, dt).reshape(nthreads, -1)
     mc, nc, kc = gemm._gemm_blocks(cout, nf_max, cin, isz, ALPHA * ALPHA)
-    bws = buffer("winograd.b", nthreads * (-(-nc // nr) * nr * kc), dt).reshape(nthreads, -1)
+    bws = aligned("winograd.b", nthreads * (-(-nc // nr) * nr * kc), dt).reshape(nthreads, -1)
     largest = _pipeline(x, u.reshape(-1), up, bias, out, nty, ntx, pt, pl, edges, parts, strides,
                         vws, mws, ins, outs, bws, mc, nc, kc, pack)
     # NaN/Inf in the input, or possible overflow: out is partly wrong, the caller recomputes
@@ -634,10 +634,10 @@ def conv2d_winograd_dilated(x, w, bias, out, pads, dil):
     # 33x33 layer run at 139 GFLOP/s (direct kernel: 181) in one process and at 263 (direct: 192)
     # in another, where earlier frees had left the allocator holding such blocks; kept: 252.
     pshape = (dh, dw, n, cin, sh + 2, sw + 2)
-    phases = buffer("winograd.phases", math.prod(pshape), x.dtype).reshape(pshape)
+    phases = aligned("winograd.phases", math.prod(pshape), x.dtype).reshape(pshape)
     _split_phases(x, phases, pt, pl)
     rshape = (dh * dw * n, cout, sh, sw)
-    result = buffer("winograd.phase_result", math.prod(rshape), x.dtype).reshape(rshape)
+    result = aligned("winograd.phase_result", math.prod(rshape), x.dtype).reshape(rshape)
     if not conv2d_winograd(phases.reshape((dh * dw * n, cin, sh + 2, sw + 2)), w, bias, result,
                            0, 0):
         return False
