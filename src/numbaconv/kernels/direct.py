@@ -209,7 +209,8 @@ class _Gen:
             for l in range(0, span + self.lanes, self.lanes):  # a span of n lines may touch n+1
                 emit_prefetch(b, self.gep(optr, b.add(at, self.const(l)), False), write=True)
 
-    def store_tile(self, res, nc, nrow, nv, q0, q1, wq, ow, optr, obase, ostride, nt=None):
+    def store_tile(self, res, nc, nrow, nv, q0, q1, wq, ow, optr, obase, ostride,
+                   streaming=None):
         """Store a tile of ``nc`` channels x ``nrow`` rows x ``nv`` vectors.
 
         ``res[(c*nrow + r)*nv + v]`` holds flat pixels ``qa .. qa+L-1`` of channel ``c`` with
@@ -218,9 +219,9 @@ class _Gen:
         Vectors inside one output row are stored straight from the registers; the others are
         marked in a bit mask and stored afterwards, by one loop (not an unrolled copy per
         vector: that would double the compile time) that reads the tile back from a stack
-        buffer and issues one masked store per row segment. Where ``nt`` (an i1) is true the
-        vectors inside a row are stored non-temporally (``vmovntps``), which needs their
-        addresses 64-byte aligned: the caller guarantees it.
+        buffer and issues one masked store per row segment. Where ``streaming`` (an i1) is true
+        the vectors inside a row are stored non-temporally (``vmovntps``), which needs their
+        addresses vector aligned: the caller guarantees it.
         """
         b = self.b
         L = self.lanes
@@ -242,12 +243,12 @@ class _Gen:
                     ptrs = [self.vptr(self.gep(optr, b.add(orow, b.mul(self.const(c), ostride))))
                             for c in range(nc)]
                     vals = [res[c * nvec + r * nv + v] for c in range(nc)]
-                    if nt is None:
+                    if streaming is None:
                         for val, ptr in zip(vals, ptrs):
                             b.store(val, ptr, align=self.isz)
                     else:
-                        with b.if_else(nt) as (streaming, cached):
-                            with streaming:
+                        with b.if_else(streaming) as (around, cached):
+                            with around:
                                 for val, ptr in zip(vals, ptrs):
                                     self.store_streaming(val, ptr)
                             with cached:
