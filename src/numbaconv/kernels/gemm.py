@@ -1205,7 +1205,8 @@ def _panel_shift(plain, xf, npix):
     vectors, so that no one shift aligns every channel). The panels partition the pixels, whose
     sums do not depend on it. A vector load across a cache line boundary costs two: float32, 2
     threads, ResNet-50's 1x1 C64->256 on 56x56 read 16 bytes past a line boundary ran 259
-    GFLOP/s, aligned 275-281, MobileNetV2's 1x1 C192->32 on 28x28 174 against 199."""
+    GFLOP/s, aligned 275-281, MobileNetV2's 1x1 C192->32 on 28x28 174 against 199. With the
+    shift (alternating): C256->64 56 175 -> 201, C64->256 225 -> 234, C192->32 even."""
     lanes = _VBYTES // xf.itemsize
     if not plain or npix % lanes or xf.ctypes.data % xf.itemsize:
         return 0
