@@ -63,6 +63,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from numbaconv._aligned import row_shift
 from numbaconv._jit import FASTMATH, kernel, parallel_kernel, vector_bytes
 from numbaconv.kernels.prefetch import emit_prefetch
 from numbaconv.kernels.scratch import aligned
@@ -1207,10 +1208,7 @@ def _panel_shift(plain, xf, npix):
     threads, ResNet-50's 1x1 C64->256 on 56x56 read 16 bytes past a line boundary ran 259
     GFLOP/s, aligned 275-281, MobileNetV2's 1x1 C192->32 on 28x28 174 against 199. With the
     shift (alternating): C256->64 56 175 -> 201, C64->256 225 -> 234, C192->32 even."""
-    lanes = _VBYTES // xf.itemsize
-    if not plain or npix % lanes or xf.ctypes.data % xf.itemsize:
-        return 0
-    return (-(xf.ctypes.data // xf.itemsize)) % lanes
+    return row_shift(xf, npix, _VBYTES // xf.itemsize) if plain else 0
 
 
 def conv2d_implicit_gemm(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,

@@ -97,7 +97,7 @@ import numpy as np
 from numba import prange
 
 from numbaconv import _threads
-from numbaconv._aligned import copy_aligned
+from numbaconv._aligned import copy_aligned, row_shift
 from numbaconv._jit import kernel, prefer_wide_vectors, parallel_kernel, vector_bytes
 from numbaconv.kernels.gemm import MR, NV, _lanes, _make_strip, _strip, _vcopy, _vzero
 from numbaconv.kernels.prefetch import prefetch_for_write
@@ -780,10 +780,7 @@ def _panel_shift(w2, J):
     a line: DCGAN t4x4 C512->256 on 4x4 0.42 -> 0.37 (0.52 -> 0.46 with the weights evicted
     from the caches before each call), at batch 8 2.98 -> 2.60, C1024->512 1.75 -> 1.50; with
     aligned weights unchanged."""
-    lanes = _PANEL_BYTES // NV // w2.itemsize
-    if J % lanes or w2.ctypes.data % w2.itemsize:
-        return 0
-    return (-(w2.ctypes.data // w2.itemsize)) % lanes
+    return row_shift(w2, J, _PANEL_BYTES // NV // w2.itemsize)
 
 
 @functools.lru_cache(maxsize=64)
