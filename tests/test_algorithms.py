@@ -294,6 +294,54 @@ def test_direct_streaming_stores_change_no_bits(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_tap_blocks_change_no_bits(dtype, monkeypatch):
+    """The direct kernel runs a tile's taps in blocks of input channels, for all its channel
+    blocks at a time, with partial sums kept between blocks (forced here for small layers, a
+    block of one channel or of a few, stride 1 too): the reference's bits for 1 and 2
+    threads, through calls and plans (blocked weights), with 8, 4 and 1 channels per tile,
+    groups, stride 2 and 3, dilation and uneven last blocks. Unforced, strided layers whose
+    channels' input segments outgrow L1 get blocks while their weights stay small."""
+    from numbaconv.kernels import direct
+    real = direct._tap_block
+    lanes = 64 // np.dtype(dtype).itemsize
+    tq = direct._V8 * lanes
+    blocks = []
+    s2_c128 = real(128, 3, 3, 2, 2, 1, 1, 29, tq, 16, 8, lanes, 4)
+    assert 0 < s2_c128 < 128 * 9 and s2_c128 % 9 == 0
+    assert real(128, 3, 3, 1, 1, 1, 1, 30, tq, 16, 8, lanes, 4) == 0       # stride 1
+    assert real(512, 3, 3, 2, 2, 1, 1, 8, tq, 32, 8, lanes, 4) == 0        # 4.7 MB of weights
+    assert real(4, 3, 3, 2, 2, 1, 1, 29, tq, 16, 8, lanes, 4) == 0         # fits L1 as it is
+    monkeypatch.setattr(direct, "_TAP_BLOCK_PHASES", 1)
+    monkeypatch.setattr(direct, "_tap_block", lambda *a: blocks.append(real(*a)) or blocks[-1])
+    rng = np.random.default_rng(15)
+    for budget in (1, 700):
+        monkeypatch.setattr(direct, "_TAP_BLOCK_BYTES", budget)
+        blocked = 0
+        for x_shape, w_shape, kw in [
+                ((2, 7, 12, 2 * lanes + 3), (24, 7, 3, 3), dict(padding=1, stride=2)),
+                ((1, 5, 9, lanes + 5), (16, 5, 3, 3), dict(padding=1)),
+                ((1, 6, 13, 17), (12, 3, 3, 3), dict(padding=2, dilation=2, groups=2)),
+                ((1, 4, 15, 2 * lanes), (10, 4, 5, 5), dict(padding=2, stride=(2, 3))),
+                ((1, 6, 11, 19), (6, 2, 3, 3), dict(padding=1, stride=2, groups=3))]:
+            x = rng.integers(-4, 5, x_shape).astype(dtype)
+            w = rng.integers(-4, 5, w_shape).astype(dtype)
+            b = rng.integers(-4, 5, w_shape[0]).astype(dtype)
+            expected = reference.conv2d(x, w, b, **kw)
+            plan = numbaconv.plan_conv2d(w, b, **kw, algorithm="direct")
+            for threads in (1, 2):
+                with numbaconv.num_threads(threads):
+                    blocks.clear()
+                    got = numbaconv.conv2d(x, w, b, **kw, algorithm="direct")
+                    assert np.array_equal(got, expected)
+                    assert np.array_equal(plan(x), expected)
+                taps = w_shape[1] * w_shape[2] * w_shape[3]
+                assert blocks and all(k == 0 or (k < taps and k % (w_shape[2] * w_shape[3]) == 0)
+                                      for k in blocks), (blocks, w_shape)
+                blocked += any(blocks)
+        assert blocked >= 8, blocked     # a work item with one channel block runs unblocked
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_transposed_direct_output_prefetch_changes_no_bits(dtype, monkeypatch):
     """The transposed direct kernel prefetches its output rows for writing when the result is
     large (forced here for every size): the reference's bits, for 1 and 2 threads, with two

@@ -35,6 +35,14 @@ place (the ``C`` rows of ``w`` are ``C`` sequential streams); plans copy them on
 with the ``C`` weights of a tap adjacent, which saves the broadcasts' address arithmetic (about
 4% on Intel cores; on the Zen 4 guest the rows had been as fast as a packed copy).
 
+A tile's taps read, per input channel, a segment of its pixels in every phase plane and row
+the kernel touches; with strides these segments of all channels outgrow the L1 data cache, and
+each channel block of a work item would fetch them again from L2 (one thread, 3x3 s2 C128 56:
+the tile loop ran at 131 GFLOP/s, at 167 with every channel's taps pointed at one channel's
+segments). Strided layers with few weights therefore run a tile's taps in blocks of input
+channels, each block for all channel blocks, keeping partial sums in a small buffer between
+blocks (see ``_tap_block``).
+
 With one output channel per tile each tap costs a vector load per FMA, and loads become the
 limit. For stride_h = dil_h = 1 and kH >= 3, ``_microkernel_rows`` holds 4 output rows x 6 vectors
 instead and loads each input row once for the up to 4 output rows it feeds (with different ky),
@@ -61,7 +69,7 @@ from numba.extending import intrinsic
 from numbaconv import _threads
 from numbaconv._jit import kernel, parallel_kernel, vector_bytes
 from numbaconv.kernels.prefetch import emit_prefetch
-from numbaconv.kernels.scratch import buffer
+from numbaconv.kernels.scratch import aligned, buffer
 
 
 _VBYTES = vector_bytes()
@@ -356,14 +364,18 @@ def _lanes_of(typingctx, arr):
 
 @intrinsic
 def _microkernel(typingctx, xs, offs, w, wbase, b, boff, out, obase, ostride, q0, q1, wq, ow,
-                 stream, V, C, P):
-    """Compute and store one tile of ``C`` output channels x ``V`` vectors (``V*L`` pixels).
+                 stream, k0, k1, part, acc, aoff, V, C, P):
+    """Compute one tile of ``C`` output channels x ``V`` vectors (``V*L`` pixels) over the taps
+    ``k0 <= k < k1``.
 
     For channel ``c < C`` and tile pixel ``j < V*L``, with ``K = offs.size`` taps::
 
-        b[boff + c] + sum_{k < K} w[wbase + c*K + k] * xs[q0 + offs[k] + j]
+        start + sum_{k0 <= k < k1} w[wbase + c*K + k] * xs[q0 + offs[k] + j]
 
-    (one fused multiply-add per k, k ascending) is stored as pixel ``q = q0 + j`` (see
+    (one fused multiply-add per k, k ascending). ``part`` says where the tile's sum stands:
+    0 (all taps) and 1 (the first block of taps) start at ``b[boff + c]``, 2 (a middle block)
+    and 3 (the last block) at the partial sums ``acc[aoff + c*V*L + j]`` that blocks 1 and 2
+    store there (``acc`` vector aligned); 0 and 3 store pixel ``q = q0 + j`` to ``out`` (see
     ``_Gen.store_tile``). With ``P`` the weights are blocked: ``w[wbase + k*C + c]`` in place
     of ``w[wbase + c*K + k]``. ``V``, ``C`` and ``P`` are compile-time ints. With ``stream`` the
     stores inside output rows are non-temporal (their addresses must be vector aligned) and
@@ -372,16 +384,21 @@ def _microkernel(typingctx, xs, offs, w, wbase, b, boff, out, obase, ostride, q0
     if not all(isinstance(v, (types.IntegerLiteral, types.BooleanLiteral)) for v in (V, C, P)):
         return None
     nv, nc, blocked = V.literal_value, C.literal_value, bool(P.literal_value)
-    sig = types.void(xs, offs, w, wbase, b, boff, out, obase, ostride, q0, q1, wq, ow, stream, V,
-                     C, P)
+    sig = types.void(xs, offs, w, wbase, b, boff, out, obase, ostride, q0, q1, wq, ow, stream,
+                     k0, k1, part, acc, aoff, V, C, P)
 
     def codegen(context, builder, signature, args):
         g = _Gen(context, builder, signature.args[0].dtype)
         at = signature.args
         (xs_v, offs_v, w_v, wbase_v, b_v, boff_v, out_v, obase_v, ostride_v,
-         q0_v, q1_v, wq_v, ow_v, stream_v) = args[:14]
+         q0_v, q1_v, wq_v, ow_v, stream_v, k0_v, k1_v, part_v, acc_v, aoff_v) = args[:19]
         q0_v = g.int64(q0_v)
         streaming = builder.icmp_signed("!=", g.int64(stream_v), g.const(0))
+        part_v = g.int64(part_v)
+        from_bias = builder.icmp_signed("<", part_v, g.const(2))
+        to_out = builder.or_(builder.icmp_signed("==", part_v, g.const(0)),
+                             builder.icmp_signed("==", part_v, g.const(3)))
+        aptr = g.gep(g.data(at[17], acc_v), g.int64(aoff_v))
         xptr = g.gep(g.data(at[0], xs_v), q0_v)
         offs_a = context.make_array(at[1])(context, builder, offs_v)
         optr = offs_a.data
@@ -392,10 +409,23 @@ def _microkernel(typingctx, xs, offs, w, wbase, b, boff, out, obase, ostride, q0
         # Weight row c of the tile (the C rows are C sequential streams), unless blocked.
         wrow = [] if blocked else [g.gep(wptr, builder.mul(g.const(c), ntap)) for c in range(nc)]
 
-        # Accumulators start at the bias; index c*nv + v.
+        # Accumulators (index c*nv + v) start at the bias or at the stored partial sums.
+        with builder.if_else(from_bias) as (bias_start, partial_start):
+            with bias_start:
+                b_bias = builder.block
+                init_b = []
+                for c in range(nc):
+                    init_b.extend([g.bcast(g.gep(bptr, g.const(c)))] * nv)
+            with partial_start:
+                b_part = builder.block
+                init_p = [builder.load(g.vptr(g.gep(aptr, g.const(t * g.lanes))), align=_VBYTES,
+                                       typ=g.vty) for t in range(nc * nv)]
         init = []
-        for c in range(nc):
-            init.extend([g.bcast(g.gep(bptr, g.const(c)))] * nv)
+        for vb, vp in zip(init_b, init_p):
+            phi = builder.phi(g.vty)
+            phi.add_incoming(vb, b_bias)
+            phi.add_incoming(vp, b_part)
+            init.append(phi)
 
         def tap(k, acc):
             off = g.int64(builder.load(g.gep(optr, k), typ=oty))
@@ -416,13 +446,19 @@ def _microkernel(typingctx, xs, offs, w, wbase, b, boff, out, obase, ostride, q0
         # float32, 2 threads, 6 alternating rounds: that layer at batch 8 (268 MB of output)
         # 198-207 -> 231-247 GFLOP/s, batch 1 235-244 -> 231-252, 3x3 layers and 7x7 s2 conv1
         # unchanged.
-        with builder.if_then(builder.not_(streaming)):
+        with builder.if_then(builder.and_(to_out, builder.not_(streaming))):
             g.prefetch_for_write(builder.add(q0_v, g.const(nv * g.lanes)), nv * g.lanes, nc,
                                  g.int64(wq_v), g.int64(ow_v), g.data(at[6], out_v),
                                  g.int64(obase_v), g.int64(ostride_v))
-        res = g.loop(g.const(0), ntap, init, tap)
-        g.store_tile(res, nc, 1, nv, q0_v, g.int64(q1_v), g.int64(wq_v), g.int64(ow_v),
-                     g.data(at[6], out_v), g.int64(obase_v), g.int64(ostride_v), streaming)
+        res = g.loop(g.int64(k0_v), g.int64(k1_v), init, tap)
+        with builder.if_else(to_out) as (final, partial):
+            with final:
+                g.store_tile(res, nc, 1, nv, q0_v, g.int64(q1_v), g.int64(wq_v),
+                             g.int64(ow_v), g.data(at[6], out_v), g.int64(obase_v),
+                             g.int64(ostride_v), streaming)
+            with partial:
+                for t, r in enumerate(res):
+                    builder.store(r, g.vptr(g.gep(aptr, g.const(t * g.lanes))), align=_VBYTES)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -616,6 +652,22 @@ def _q_pitch(ow, kw, dil_w, stride_w, align):
 
 
 @kernel
+def _acc_len(n_cc, n_cob, tile_c, tq, blocked):
+    """Elements of one thread's partial-sum buffer: a tile of every channel block of a work
+    item when the taps are blocked (see the driver), else one vector (unused)."""
+    return (-(-n_cob // n_cc)) * tile_c * tq if blocked else tq
+
+
+@kernel
+def _aligned_empty(n, like, lanes):
+    """An uninitialised array of ``n`` elements of ``like``'s dtype whose first one is
+    vector aligned (``lanes`` elements per vector)."""
+    raw = np.empty(n + lanes, dtype=like.dtype)
+    skip = ((-raw.ctypes.data) % (lanes * raw.itemsize)) // raw.itemsize
+    return raw[skip:skip + n]
+
+
+@kernel
 def _scratch_len(cin_g, nphase, band, halo, wq, tq, lanes):
     """Elements of one band buffer: the phase planes, then slack so that the last tile's
     vector loads stay inside it (those lanes only feed pixels that are never stored)."""
@@ -629,14 +681,17 @@ def _make_driver(blocked):
 
     @parallel_kernel
     def driver(x, w, wf, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w,
-               groups, tile_c, rows, band, n_cc, tchunk, scratch, stream):
+               groups, tile_c, rows, band, n_cc, tchunk, kblock, scratch, acc, stream):
         """Parallel driver; see the module docstring.
 
         A work item is (image, group, band of ``band`` output rows, chunk of output-channel
         blocks). With ``tchunk > 0`` it does ``tchunk`` tiles for all its channel blocks before
-        moving on (input reuse in cache). ``rows`` selects the row-reuse kernel (``band`` is
-        then a multiple of _ROWS). ``scratch`` holds one band buffer per thread; items on other
-        thread ids allocate their own. The micro-kernels read the flat weights ``wf``: ``w``
+        moving on (input reuse in cache). With ``0 < kblock < taps`` the generic kernel runs
+        ``kblock`` taps for all the tile's channel blocks at a time, with partial sums in
+        ``acc`` (``tchunk`` is then 1): the input those taps read stays in L1 for all blocks.
+        ``rows`` selects the row-reuse kernel (``band`` is then a multiple of _ROWS).
+        ``scratch`` holds one band buffer per thread, ``acc`` one partial-sum buffer per
+        thread (vector aligned); items on other thread ids allocate their own. The micro-kernels read the flat weights ``wf``: ``w``
         raveled, or its blocks (``blocked``); ``w`` gives the shape. With ``stream`` (see
         :func:`_streams`) the rows of the flat pixel space are padded to whole vectors and the
         generic kernel's stores go around the caches.
@@ -655,6 +710,10 @@ def _make_driver(blocked):
         tq = (_RV if rows else _NACC // tile_c) * lanes
         slot = _scratch_len(cin_g, nphase, band, halo, wq, tq, lanes)
         n_slots = scratch.size // slot
+        kb = ntap if kblock <= 0 or rows else min(kblock, ntap)
+        tch_k = 1 if kb < ntap else tchunk
+        acc_slot = _acc_len(n_cc, -(-cout_g // tile_c), tile_c, tq, kb < ntap)
+        n_acc = acc.size // max(1, acc_slot)
 
         # Generic kernel: tap k = (ci, ky, kx) reads the scratch at q + offs[k].
         # Row kernel: column tap i = (ci, kx) reads at q + offs[i] + ky*wq, weight wofs[i] +
@@ -695,6 +754,10 @@ def _make_driver(blocked):
                     xs = scratch[tid * slot:(tid + 1) * slot]
                 else:
                     xs = np.empty(slot, dtype=x.dtype)
+                if tid < n_acc:
+                    pacc = acc[tid * acc_slot:(tid + 1) * acc_slot]
+                else:
+                    pacc = _aligned_empty(acc_slot, x, lanes)
                 _fill_band(xf, xs, n, g, cin, cin_g, h, wd, oy0, nb + halo, wq, plane,
                            stride_h, stride_w, pad_top, pad_left)
                 obase_n = n * cout * oh * ow
@@ -715,27 +778,36 @@ def _make_driver(blocked):
                 else:
                     nq = nb * wq
                     ntiles = -(-nq // tq)
-                    tch = ntiles if tchunk <= 0 else tchunk
+                    tch = ntiles if tch_k <= 0 else tch_k
                     for t0 in range(0, ntiles, tch):
-                        for cob in range(cob0, cob1):
-                            # The last block of a group overlaps the previous one (same
-                            # values).
-                            co0 = g * cout_g + min(cob * tile_c, cout_g - tile_c)
-                            obase = obase_n + (co0 * oh + oy0) * ow
-                            wb = (g * n_cob + cob) * ntap * tile_c if PK else co0 * ntap
-                            for t in range(t0, min(t0 + tch, ntiles)):
-                                if tile_c == 8 and nq - t * tq <= _V8_TAIL * lanes:
-                                    _microkernel(xs, offs, wf, wb, b, co0, of, obase, oh * ow,
-                                                 t * tq, nq, wq, ow, stream, _V8_TAIL, 8, PK)
-                                elif tile_c == 8:
-                                    _microkernel(xs, offs, wf, wb, b, co0, of, obase, oh * ow,
-                                                 t * tq, nq, wq, ow, stream, _V8, 8, PK)
-                                elif tile_c == 4:
-                                    _microkernel(xs, offs, wf, wb, b, co0, of, obase, oh * ow,
-                                                 t * tq, nq, wq, ow, stream, _V4, 4, PK)
-                                else:
-                                    _microkernel(xs, offs, wf, wb, b, co0, of, obase, oh * ow,
-                                                 t * tq, nq, wq, ow, stream, _V1, 1, PK)
+                        for k0 in range(0, ntap, kb):
+                            k1 = min(ntap, k0 + kb)
+                            part = (0 if k1 == ntap else 1) if k0 == 0 else (
+                                3 if k1 == ntap else 2)
+                            for cob in range(cob0, cob1):
+                                # The last block of a group overlaps the previous one (same
+                                # values).
+                                co0 = g * cout_g + min(cob * tile_c, cout_g - tile_c)
+                                obase = obase_n + (co0 * oh + oy0) * ow
+                                wb = (g * n_cob + cob) * ntap * tile_c if PK else co0 * ntap
+                                aoff = (cob - cob0) * tile_c * tq
+                                for t in range(t0, min(t0 + tch, ntiles)):
+                                    if tile_c == 8 and nq - t * tq <= _V8_TAIL * lanes:
+                                        _microkernel(xs, offs, wf, wb, b, co0, of, obase,
+                                                     oh * ow, t * tq, nq, wq, ow, stream, k0,
+                                                     k1, part, pacc, aoff, _V8_TAIL, 8, PK)
+                                    elif tile_c == 8:
+                                        _microkernel(xs, offs, wf, wb, b, co0, of, obase,
+                                                     oh * ow, t * tq, nq, wq, ow, stream, k0,
+                                                     k1, part, pacc, aoff, _V8, 8, PK)
+                                    elif tile_c == 4:
+                                        _microkernel(xs, offs, wf, wb, b, co0, of, obase,
+                                                     oh * ow, t * tq, nq, wq, ow, stream, k0,
+                                                     k1, part, pacc, aoff, _V4, 4, PK)
+                                    else:
+                                        _microkernel(xs, offs, wf, wb, b, co0, of, obase,
+                                                     oh * ow, t * tq, nq, wq, ow, stream, k0,
+                                                     k1, part, pacc, aoff, _V1, 1, PK)
                     if stream:
                         _store_fence()
 
@@ -853,6 +925,64 @@ def _plan_work(n_img, groups, oh, ow, wq, halo, cin_g, nphase, n_cob, tile_c, ro
     return band, n_cc, tchunk
 
 
+# Input bytes the taps of one block may read for one tile (see _tap_block): with the partial
+# sums and the weights that stream past, they stay in a 48 KiB L1 data cache.
+_TAP_BLOCK_BYTES = 24 << 10
+# Weights of a work item's channel blocks up to which tap blocks are used: a tile then reads
+# all of them, which must stay in a core's L2 for the next tile.
+_TAP_BLOCK_WEIGHT_BYTES = 1 << 20
+# Phase planes (stride_h * stride_w) from which tap blocks are used: with one plane (stride 1)
+# a channel's segments overlap and L2 served them as fast.
+_TAP_BLOCK_PHASES = 2
+
+
+def _tap_block(cin_g, kh, kw, stride_h, stride_w, dil_h, dil_w, wq, tq, cob_item, tile_c,
+               lanes, itemsize):
+    """Taps per block of the generic kernel (0: all of them, unblocked).
+
+    A tile reads, for each input channel, a segment of ``tq`` flat pixels plus the kernel's
+    horizontal reach in each (phase plane, row) its taps fall on. When a work item runs
+    several channel blocks and all channels' segments outgrow the L1 data cache, every block
+    fetches them again from L2; blocking the taps by input channels, ``_TAP_BLOCK_BYTES`` of
+    segments at a time, lets all channel blocks read them from L1, at the price of storing and
+    reloading the partial sums (same values: one FMA per tap in the same order). The order of
+    the loops then turns from tiles within a channel block to channel blocks within a tile,
+    which reads all the item's weights per tile: only done while they stay in L2.
+    Float32, 2 threads, 8 alternating rounds, GFLOP/s unblocked -> blocked: 3x3 s2 C128 56
+    217-221 -> 231 (at batch 8 230 -> 245), s2 C64 112 195-196 -> 202-206, 5x5 s2 C64->128 56
+    even; with more weights s2 C256 28 at batch 8 228 -> 219 and s2 C512 14 185 -> 168 (hence
+    the weight limit); stride 1 (one plane): C128 28 273 -> 268, C64 56 even, VGG's C64 224
+    273 -> 278 (hence strided layers only).
+    """
+    ntap = cin_g * kh * kw
+    if (cob_item < 2 or stride_h * stride_w < _TAP_BLOCK_PHASES
+            or cob_item * tile_c * ntap * itemsize > _TAP_BLOCK_WEIGHT_BYTES):
+        return 0
+    per_ci = 0
+    for ph in range(stride_h):
+        for pw in range(stride_w):
+            rows = set()
+            reach = [wq, -1]
+            for ky in range(kh):
+                ty = ky * dil_h
+                if ty % stride_h != ph:
+                    continue
+                for kx in range(kw):
+                    tx = kx * dil_w
+                    if tx % stride_w == pw:
+                        rows.add(ty // stride_h)
+                        reach = [min(reach[0], tx // stride_w), max(reach[1], tx // stride_w)]
+            if rows:
+                seg = tq + reach[1] - reach[0] + lanes
+                span = (max(rows) - min(rows)) * wq + seg
+                per_ci += min(len(rows) * seg, span)
+    per_ci *= itemsize
+    if cin_g * per_ci <= 2 * _TAP_BLOCK_BYTES:
+        return 0
+    n_blocks = -(-cin_g * per_ci // _TAP_BLOCK_BYTES)
+    return -(-cin_g // n_blocks) * kh * kw
+
+
 # Results of at least this many bytes are stored non-temporally (past the caches, without
 # first reading each line for ownership), as they would not stay in a 32 MiB last-level cache
 # for the next layer anyway. Needs whole-vector output rows and a vector-aligned result; the
@@ -911,11 +1041,17 @@ def conv2d_direct_packed(x, packed, b, out, stride_h, stride_w, pad_top, pad_lef
     tq = (_RV if rows else _NACC // p.tile_c) * lanes
     slot = _scratch_len(p.cin_g, nphase, band, halo, wq, tq, lanes)
     scratch = buffer("direct", nthreads * slot, x.dtype)
+    n_cob = -(-p.cout_g // p.tile_c)
+    kblock = 0 if rows else _tap_block(p.cin_g, p.kh, p.kw, stride_h, stride_w, dil_h, dil_w,
+                                       wq, tq, -(-n_cob // n_cc), p.tile_c, lanes,
+                                       x.dtype.itemsize)
+    acc_slot = _acc_len(n_cc, n_cob, p.tile_c, tq, 0 < kblock < p.cin_g * p.kh * p.kw)
+    acc = aligned("direct-acc", nthreads * acc_slot, x.dtype)
     blocked = p.blocks is not None
     with _threads.launch():
         _DRIVERS[blocked](x, p.data, p.blocks if blocked else p.data.reshape(-1), b, out,
                           stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, p.groups,
-                          p.tile_c, rows, band, n_cc, tchunk, scratch, stream)
+                          p.tile_c, rows, band, n_cc, tchunk, kblock, scratch, acc, stream)
 
 
 def conv2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, groups):
