@@ -214,6 +214,31 @@ def test_gemm_1x1_panels_shifted_to_vector_boundaries_equal_the_reference(dtype,
                 assert shifts == [(lanes - off) % lanes if whole else 0]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_1x1_passes_over_micro_tiles_equal_the_reference(dtype):
+    """A 1x1 tile runs its micro-tiles in passes over its panels: four at a time for short K,
+    as many as hold 512 KiB of weights for long K (the pass sizes are checked); the
+    reference's bits for calls and plans, uneven last passes, groups, 1 and 2 threads."""
+    from numbaconv.kernels import gemm
+    lanes = 64 // np.dtype(dtype).itemsize
+    nr, isz = gemm.NV * lanes, np.dtype(dtype).itemsize
+    assert gemm._plain_mt_step(12, nr, isz) == 4
+    long_step = gemm._plain_mt_step(520, nr, isz)
+    assert long_step == (512 << 10) // (gemm.MR * 520 * isz) and 256 // gemm.MR > long_step
+    rng = np.random.default_rng(16)
+    for cin, cout, groups in [(12, 76, 1), (12, 76, 2), (520, 256, 1)]:
+        x = rng.integers(-4, 5, (2, cin, 3, 2 * lanes + 3)).astype(dtype)
+        w = rng.integers(-4, 5, (cout, cin // groups, 1, 1)).astype(dtype)
+        b = rng.integers(-4, 5, cout).astype(dtype)
+        expected = reference.conv2d(x, w, b, groups=groups)
+        plan = numbaconv.plan_conv2d(w, b, groups=groups, algorithm="gemm")
+        for threads in (1, 2):
+            with numbaconv.num_threads(threads):
+                got = numbaconv.conv2d(x, w, b, groups=groups, algorithm="gemm")
+                assert np.array_equal(got, expected), (cin, cout, groups)
+                assert np.array_equal(plan(x), expected), (cin, cout, groups)
+
+
 def test_transposed_direct_both_loop_orders_equal_the_reference(monkeypatch):
     """The strided transposed direct kernel runs its channel blocks innermost when a run's input
     rows outgrow L2 (reached here on a real size, and forced on every corner case): integer

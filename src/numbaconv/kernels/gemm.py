@@ -46,7 +46,9 @@ L1 while it meets every A panel of the tile), then A panels (the ``MC x KC`` A b
 fills its B block (``KC`` rows x ``NC`` pixels) directly from the input image, one im2col row at a
 time (zero padding, stride and dilation handled while copying), then scatters it into panels.
 The cost of that fill is ``K*NC`` copies against ``C_out*K*NC`` FMAs. 1x1, stride 1, unpadded
-convolutions skip it: the input already is the ``(C_in, H*W)`` B matrix.
+convolutions skip it: the input already is the ``(C_in, H*W)`` B matrix; their tiles go over
+the panels in passes of a few micro-tiles (:func:`_plain_mt_step`), which writes the result as
+a few sequential streams and keeps the weights of a pass in L2.
 
 *Parallelism*: ``prange`` over independent tiles ``(image, group, M block, N block)``; each tile runs
 the whole K loop itself, so no sum is ever split between threads. Tile shapes depend only on the
@@ -929,6 +931,35 @@ _PRM = ("n_img cin h wd cout oh ow sh sw pt pl groups k wq halo rows_max n_pb n_
 _NPRM = len(_PRM)
 
 
+# Passes of a 1x1 tile over its panels (B read in place), see _plain_mt_step: the micro-tiles
+# of one pass when K is short, and the most bytes of weights one pass may hold otherwise.
+_PASS_MT_SHORT_K = 4
+_SHORT_K_PANEL_BYTES = 16 << 10
+_PASS_A_BYTES = 512 << 10
+
+
+@kernel
+def _plain_mt_step(k, nr, itemsize):
+    """Micro-tiles per pass of a 1x1 tile over its panels (its B read in place).
+
+    One pass, every micro-tile for each panel in turn, writes the result as one short run per
+    output channel at a time, more runs than the hardware prefetchers follow once the result
+    outgrows the caches, and reads all the weights for each panel. A pass over few micro-tiles
+    writes as many sequential streams and keeps their weights in L2, but reads each B panel
+    once per pass: ``_PASS_MT_SHORT_K`` micro-tiles when a B panel is at most
+    ``_SHORT_K_PANEL_BYTES``, else as many as hold ``_PASS_A_BYTES`` of weights.
+    Float32, 2 threads, 9 alternating rounds, GFLOP/s one pass -> passes, batch 1: 1x1
+    C64->256 56 290 -> 294 (8/9 faster; 278 -> 288 in another run), C2048->512 7 190 -> 204,
+    C1024->256 14 256 -> 260, C128->512 28 293 -> 298, C256->64 56, C192->32 28, C512->128 28
+    even; batch 8: C64->256 294 -> 319, C2048->512 211 -> 229, C1024->256 278 -> 288, the
+    others 0-2% faster. Four micro-tiles per pass for long K too had cost C512->128 28 10% and
+    C1024->256 14 5% at batch 1 (B panels re-read).
+    """
+    if k * nr * itemsize <= _SHORT_K_PANEL_BYTES:
+        return _PASS_MT_SHORT_K
+    return max(_PASS_MT_SHORT_K, _PASS_A_BYTES // (MR * k * itemsize))
+
+
 def _conv_tile(t, xp, wp, bp_, op, prmp, offsp, php, bandp, bpp, pcp):
     """Work tile ``t``: one image, one group, a range of panels, a range of micro-tiles.
 
@@ -987,39 +1018,42 @@ def _conv_tile(t, xp, wp, bp_, op, prmp, offsp, php, bandp, bpp, pcp):
         oye = (min(npix, pan1 * nr) - 1) // ow
         _fill_band(xf, xbase, h, wd, cin_g, oyb, oye - oyb + 1 + halo, sh, sw, pt, pl,
                    phases, wq, plane, band)
-    for jp in range(pan0, pan1):
-        q = jp * nr if shift == 0 else (0 if jp == 0 else shift + (jp - 1) * nr)
-        nvalid = min(nr, npix - q) if shift == 0 or jp > 0 else shift
-        # A panel within one output row is read from the band in place (B[k] at
-        # offs[k] + its position); others are packed, a few contiguous chunks per k.
-        in_row = in_place and not plain and q // ow == (q + nvalid - 1) // ow
-        nch = 0
-        if not plain:
-            nch = _panel_chunks(q, nvalid, ow, wq, oyb, cdst, csrc, clen)
-        for k0 in range(0, k, kc):
-            kcur = min(kc, k - k0)
-            if plain:
-                # 1x1, stride 1, no padding: B is the input itself, (C_in, H*W) row-major
-                bsrc, bbase, bld = xf, xbase + k0 * npix + q, npix
-            elif in_row:
-                bsrc, bbase, bld = band, csrc[0], 0
-            else:
-                _pack_panel(band, offs, k0, kcur, cdst, csrc, clen, nch, bp)
-                bsrc, bbase, bld = bp, 0, nr
-            aoff = g * a_g + mt0 * a_mt + k0 * a_k
-            coff = obase + mt0 * MR * npix + q
-            m = min(cog, mt1 * MR) - mt0 * MR
-            co = g * cog + mt0 * MR
-            init = 1 if k0 == 0 else 0
-            if in_row:
-                _strip_tab(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, offs, k0, of, coff, npix,
+    mt_step = _plain_mt_step(k, nr, of.itemsize) if plain else mt1 - mt0
+    for mtb in range(mt0, mt1, mt_step):
+        mte = min(mt1, mtb + mt_step)
+        for jp in range(pan0, pan1):
+            q = jp * nr if shift == 0 else (0 if jp == 0 else shift + (jp - 1) * nr)
+            nvalid = min(nr, npix - q) if shift == 0 or jp > 0 else shift
+            # A panel within one output row is read from the band in place (B[k] at
+            # offs[k] + its position); others are packed, a few contiguous chunks per k.
+            in_row = in_place and not plain and q // ow == (q + nvalid - 1) // ow
+            nch = 0
+            if not plain:
+                nch = _panel_chunks(q, nvalid, ow, wq, oyb, cdst, csrc, clen)
+            for k0 in range(0, k, kc):
+                kcur = min(kc, k - k0)
+                if plain:
+                    # 1x1, stride 1, no padding: B is the input itself, (C_in, H*W) row-major
+                    bsrc, bbase, bld = xf, xbase + k0 * npix + q, npix
+                elif in_row:
+                    bsrc, bbase, bld = band, csrc[0], 0
+                else:
+                    _pack_panel(band, offs, k0, kcur, cdst, csrc, clen, nch, bp)
+                    bsrc, bbase, bld = bp, 0, nr
+                aoff = g * a_g + mtb * a_mt + k0 * a_k
+                coff = obase + mtb * MR * npix + q
+                m = min(cog, mte * MR) - mtb * MR
+                co = g * cog + mtb * MR
+                init = 1 if k0 == 0 else 0
+                if in_row:
+                    _strip_tab(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, offs, k0, of, coff,
+                               npix, m, nvalid, bias, co, init)
+                elif ahead:
+                    _strip_ahead(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, bld, of, coff,
+                                 npix, m, nvalid, bias, co, init)
+                else:
+                    _strip(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, bld, of, coff, npix,
                            m, nvalid, bias, co, init)
-            elif ahead:
-                _strip_ahead(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, bld, of, coff, npix,
-                             m, nvalid, bias, co, init)
-            else:
-                _strip(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, bld, of, coff, npix,
-                       m, nvalid, bias, co, init)
 
 
 _tile_cfuncs = {}
