@@ -239,6 +239,33 @@ def test_gemm_1x1_passes_over_micro_tiles_equal_the_reference(dtype):
                 assert np.array_equal(plan(x), expected), (cin, cout, groups)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_narrow_last_panels_equal_the_reference(dtype):
+    """An image's last panel with at most one vector of valid pixels runs a micro-kernel one
+    vector wide: read in place from one output row (14x14 and 5x7 maps), packed across rows
+    (12x3), the 1x1 input itself (35 pixels), strided; the reference's bits for calls and
+    plans, 1 and 2 threads, two images and two groups."""
+    lanes = 64 // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(17)
+    for hw, k, kw in [((14, 14), 3, dict(padding=1)), ((5, 7), 3, dict(padding=1)),
+                      ((12, 3), 3, dict(padding=1)), ((5, 7), 1, {}),
+                      ((27, 27), 3, dict(padding=1, stride=2, groups=2)),
+                      ((2 * lanes + 1, 4), 3, dict(padding=(1, 0), groups=2))]:
+        groups = kw.get("groups", 1)
+        x = rng.integers(-4, 5, (2, 6) + hw).astype(dtype)
+        w = rng.integers(-4, 5, (20, 6 // groups, k, k)).astype(dtype)
+        b = rng.integers(-4, 5, 20).astype(dtype)
+        expected = reference.conv2d(x, w, b, **kw)
+        plan = numbaconv.plan_conv2d(w, b, **kw, algorithm="gemm")
+        for threads in (1, 2):
+            with numbaconv.num_threads(threads):
+                out = np.full_like(expected, np.nan)
+                numbaconv.conv2d(x, w, b, **kw, algorithm="gemm", out=out)
+                assert np.array_equal(out, expected), (hw, k, kw)
+                out[...] = np.nan
+                assert np.array_equal(plan(x, out=out), expected), (hw, k, kw)
+
+
 def test_transposed_direct_both_loop_orders_equal_the_reference(monkeypatch):
     """The strided transposed direct kernel runs its channel blocks innermost when a run's input
     rows outgrow L2 (reached here on a real size, and forced on every corner case): integer

@@ -515,8 +515,9 @@ def _pack_b(b, boff, ldb, k, n, dst):
 # Strips: one B panel against a run of A micro-panels
 # ---------------------------------------------------------------------------------------------
 
-def _make_strip(ahead):
-    """The strip kernel below, its micro-kernel prefetching B ``ahead`` panels on (0: none)."""
+def _make_strip(ahead, nv=NV):
+    """The strip kernel below, its micro-kernel ``nv`` vectors wide and prefetching B
+    ``ahead`` panels on (0: none)."""
 
     @kernel
     def strip(kc, a, aoff, a_mt, lda, sia, b, boff, ldb, c, coff, ldc, m, n_valid, bias,
@@ -530,26 +531,41 @@ def _make_strip(ahead):
         _noinline()
         for i in range((m + MR - 1) // MR):
             _mk(kc, a, aoff + i * a_mt, lda, sia, b, boff, ldb, c, 0, c, coff + i * MR * ldc,
-                ldc, min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, False,
+                ldc, min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, nv, False,
                 ahead)
 
     return strip
 
 
 _strip = _make_strip(0)
+# For panels of at most one vector of valid columns (an image's last panel, e.g. 4 of 14x14's
+# 196 pixels): half the FMAs. Float32, 2 threads, 9 alternating rounds, GFLOP/s: 1x1 s2
+# C512->1024 28 227 -> 244 (at batch 8 208 -> 220), 1x1 C1024->256 14 254 -> 269 (248 -> 264),
+# 3x3 C256 14 through the GEMM 249 -> 264, 1x1 C128->512 28 (16 of 784) 289 -> 301 (at
+# batch 8 307 -> 303); 7x7 maps (17 of 49) even.
+_strip_narrow = _make_strip(0, 1)
 # for B read in place from an image, whose ``k`` rows are as many separate streams (too many for
 # the hardware prefetchers once the data outgrows the caches)
 _strip_ahead = _make_strip(_AHEAD)
 
 
-@kernel
-def _strip_tab(kc, a, aoff, a_mt, lda, sia, b, boff, boffs, bk0, c, coff, ldc, m, n_valid,
-               bias, bias_off, init):
-    """:func:`_strip` with B row ``k`` at ``b[boff + boffs[bk0 + k]]`` (read in place)."""
-    _noinline()
-    for i in range((m + MR - 1) // MR):
-        _mk(kc, a, aoff + i * a_mt, lda, sia, b, boff, 0, boffs, bk0, c, coff + i * MR * ldc,
-            ldc, min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, NV, True, 0)
+def _make_strip_tab(nv):
+    """The kernel below with an ``nv`` vectors wide micro-kernel."""
+
+    @kernel
+    def strip_tab(kc, a, aoff, a_mt, lda, sia, b, boff, boffs, bk0, c, coff, ldc, m, n_valid,
+                  bias, bias_off, init):
+        """:func:`_strip` with B row ``k`` at ``b[boff + boffs[bk0 + k]]`` (read in place)."""
+        _noinline()
+        for i in range((m + MR - 1) // MR):
+            _mk(kc, a, aoff + i * a_mt, lda, sia, b, boff, 0, boffs, bk0, c, coff + i * MR * ldc,
+                ldc, min(MR, m - i * MR), n_valid, bias, bias_off + i * MR, init, MR, nv, True, 0)
+
+    return strip_tab
+
+
+_strip_tab = _make_strip_tab(NV)
+_strip_tab_narrow = _make_strip_tab(1)
 
 
 @kernel
@@ -985,7 +1001,8 @@ def _conv_tile(t, xp, wp, bp_, op, prmp, offsp, php, bandp, bpp, pcp):
     # plain: the first panel is this many pixels, so that the others start on a vector
     # boundary of the image (0: no such panel)
     shift = prm[31]
-    nr = NV * _lanes(of)
+    lanes = _lanes(of)
+    nr = NV * lanes
     cog = cout // groups
     cin_g = cin // groups
     npix = oh * ow
@@ -1045,12 +1062,18 @@ def _conv_tile(t, xp, wp, bp_, op, prmp, offsp, php, bandp, bpp, pcp):
                 m = min(cog, mte * MR) - mtb * MR
                 co = g * cog + mtb * MR
                 init = 1 if k0 == 0 else 0
-                if in_row:
+                if in_row and nvalid <= lanes:
+                    _strip_tab_narrow(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, offs, k0, of,
+                                      coff, npix, m, nvalid, bias, co, init)
+                elif in_row:
                     _strip_tab(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, offs, k0, of, coff,
                                npix, m, nvalid, bias, co, init)
                 elif ahead:
                     _strip_ahead(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, bld, of, coff,
                                  npix, m, nvalid, bias, co, init)
+                elif nvalid <= lanes:
+                    _strip_narrow(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, bld, of, coff,
+                                  npix, m, nvalid, bias, co, init)
                 else:
                     _strip(kcur, wf, aoff, a_mt, a_k, a_i, bsrc, bbase, bld, of, coff, npix,
                            m, nvalid, bias, co, init)
