@@ -542,7 +542,8 @@ _strip = _make_strip(0)
 # 196 pixels): half the FMAs. Float32, 2 threads, 9 alternating rounds, GFLOP/s: 1x1 s2
 # C512->1024 28 227 -> 244 (at batch 8 208 -> 220), 1x1 C1024->256 14 254 -> 269 (248 -> 264),
 # 3x3 C256 14 through the GEMM 249 -> 264, 1x1 C128->512 28 (16 of 784) 289 -> 301 (at
-# batch 8 307 -> 303); 7x7 maps (17 of 49) even.
+# batch 8 307 -> 303); 7x7 maps (17 of 49) even. Also the plain GEMM's (Winograd's 36 products
+# over 4 tiles of a 7x7 map: C512 7 in a plan 89-103 -> 146-152 effective GFLOP/s).
 _strip_narrow = _make_strip(0, 1)
 # for B read in place from an image, whose ``k`` rows are as many separate streams (too many for
 # the hardware prefetchers once the data outgrows the caches)
@@ -588,7 +589,8 @@ def _strip_row(kc, a, aoff, lda, b, boff, ldb, c, coff, n):
 @kernel
 def _gemm_tile(t, af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b, bpk, overwrite):
     _noinline()
-    nr = NV * _lanes(cf)
+    lanes = _lanes(cf)
+    nr = NV * lanes
     n_nb = (n + nc - 1) // nc
     mb = t // n_nb
     nb = t - mb * n_nb
@@ -605,9 +607,15 @@ def _gemm_tile(t, af, lda, bf, ldb, cf, ldc, m, n, k, mc, nc, kc, pack_b, bpk, o
         else:
             bsrc, bld, bstep, bbase = bf, ldb, nr, k0 * ldb + n0
         for jp in range(n_np):
-            _strip(kcur, af, m0 * lda + k0, MR * lda, 1, lda, bsrc, bbase + jp * bstep, bld,
-                   cf, m0 * ldc + n0 + jp * nr, ldc, mcur, min(nr, ncur - jp * nr), cf, 0,
-                   2 if overwrite and k0 == 0 else 0)
+            nvalid = min(nr, ncur - jp * nr)
+            if nvalid <= lanes:
+                _strip_narrow(kcur, af, m0 * lda + k0, MR * lda, 1, lda, bsrc,
+                              bbase + jp * bstep, bld, cf, m0 * ldc + n0 + jp * nr, ldc, mcur,
+                              nvalid, cf, 0, 2 if overwrite and k0 == 0 else 0)
+            else:
+                _strip(kcur, af, m0 * lda + k0, MR * lda, 1, lda, bsrc, bbase + jp * bstep, bld,
+                       cf, m0 * ldc + n0 + jp * nr, ldc, mcur, nvalid, cf, 0,
+                       2 if overwrite and k0 == 0 else 0)
 
 
 @parallel_kernel
