@@ -266,6 +266,42 @@ def test_gemm_narrow_last_panels_equal_the_reference(dtype):
                 assert np.array_equal(plan(x, out=out), expected), (hw, k, kw)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_large_weights_meet_all_panels_per_k_block(dtype):
+    """Tiles whose weights outgrow L2 run each K block against all their panels before the
+    next (the planner's tiles for these shapes are checked to be such tiles, with several
+    panels); the reference's bits for calls and plans, 1 and 2 threads, stride 1 and 2."""
+    from numbaconv.kernels import gemm
+    isz = np.dtype(dtype).itemsize
+    nr = gemm.NV * 64 // isz
+    rng = np.random.default_rng(18)
+    active = []
+    for x_shape, w_shape, kw in [((2, 256, 8, 9), (256, 256, 3, 3), dict(padding=1)),
+                                 ((1, 384, 15, 13), (264, 384, 3, 3), dict(padding=1, stride=2))]:
+        n, cin, h, wd = x_shape
+        cout, _, kh, kwd = w_shape
+        s, p = kw.get("stride", 1), kw["padding"]
+        oh, ow = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kwd) // s + 1
+        plan = gemm._plan(n, cin, h, wd, cout, oh, ow, kh, kwd, 1, s, s, p, p, 1, 1, isz)
+        n_mt, n_pan = -(-cout // gemm.MR), -(-(oh * ow) // nr)
+        most_mt = -(-n_mt // plan.n_mb)
+        active.append(most_mt * gemm.MR * cin * kh * kwd * isz > gemm._A_STREAM_BYTES
+                      and -(-n_pan // plan.n_pb) > 1)
+        x = rng.integers(-4, 5, x_shape).astype(dtype)
+        w = rng.integers(-4, 5, w_shape).astype(dtype)
+        b = rng.integers(-4, 5, cout).astype(dtype)
+        expected = reference.conv2d(x, w, b, **kw)
+        conv = numbaconv.plan_conv2d(w, b, **kw, algorithm="gemm")
+        for threads in (1, 2):
+            with numbaconv.num_threads(threads):
+                out = np.full_like(expected, np.nan)
+                numbaconv.conv2d(x, w, b, **kw, algorithm="gemm", out=out)
+                assert np.array_equal(out, expected), x_shape
+                out[...] = np.nan
+                assert np.array_equal(conv(x, out=out), expected), x_shape
+    assert active[0] and (active[1] or isz == 8)   # float64: one panel per tile there
+
+
 def test_transposed_direct_both_loop_orders_equal_the_reference(monkeypatch):
     """The strided transposed direct kernel runs its channel blocks innermost when a run's input
     rows outgrow L2 (reached here on a real size, and forced on every corner case): integer
