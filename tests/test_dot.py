@@ -54,10 +54,8 @@ def test_unaligned_weights_and_one_or_two_threads_give_the_same_bits():
 
 
 @pytest.mark.parametrize("x_shape,w_shape,padding,expected", [
-    ((1, 512, 7, 7), (512, 512, 3, 3), 1, "dot"),      # ResNet-50 stage 4, batch 1
-    ((2, 512, 7, 7), (512, 512, 3, 3), 1, "dot"),
-    ((4, 512, 7, 7), (512, 512, 3, 3), 1, "dot"),      # 196 pixels, each image 77% covered
-    ((8, 512, 7, 7), (512, 512, 3, 3), 1, "dot"),      # 392 pixels, several chunks
+    ((1, 512, 7, 7), (512, 512, 3, 3), 1, "gemm"),     # ResNet-50 stage 4: larger than 1x1
+    ((8, 512, 7, 7), (512, 512, 3, 3), 1, "gemm"),
     ((1, 2048, 4, 4), (512, 2048, 1, 1), 0, "dot"),    # 1x1: the GEMM's tiles half used
     ((16, 2048, 4, 4), (512, 2048, 1, 1), 0, "dot"),
     ((1, 2048, 7, 7), (512, 2048, 1, 1), 0, "gemm"),   # 1x1 with the GEMM's tiles 77% used
@@ -66,7 +64,7 @@ def test_unaligned_weights_and_one_or_two_threads_give_the_same_bits():
 ])
 def test_auto_picks_dot_for_few_pixels_and_long_reductions(x_shape, w_shape, padding, expected):
     """Among the exact kernels (Winograd takes the widest 7x7 layers from batch 8: see
-    test_winograd.py)."""
+    test_winograd.py): 1x1 layers only, where the GEMM's tiles are half used."""
     problem = ConvProblem.for_conv(x_shape, w_shape, padding=padding)
     assert dispatch.auto_choice(problem, exact=True) == expected
 

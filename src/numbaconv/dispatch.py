@@ -346,17 +346,16 @@ def _winograd_pays(problem, prepared=False):
 
 # The dot-product kernel covers output pixels in steps of 5 (7 when these were measured), the
 # GEMM's tiles in steps of 32: it pays where that leaves many of the GEMM's lanes idle and the
-# reduction is long. Measured on 2 cores (AVX-512, float32), dot / gemm speed: 3x3 C512 at 4x4,
-# 6x6, 7x7 outputs 1.41, 1.37, 1.12 (two images of 7x7: 1.14, four: 1.12), C256 7x7 1.12; 0.84 on
-# 8x8 (the GEMM's tiles full), 1.00 on C128 7x7 and 0.88 on C64 7x7 (short K). Past one chunk of
-# im2col rows (about 56 pixels of C512 3x3) the weights are read once per chunk, and still: 3x3
-# C512 7x7 at batch 6, 8, 10 1.09, 1.11, 1.12, C256 7x7 at batch 8 1.05 (11 interleaved rounds,
-# 10-11 of them faster each). 1x1 kernels need more idle GEMM lanes to pay (their im2col rows
-# gather across channel planes): 1x1 C2048->512 on 4x4 maps (GEMM tiles half used) at batch 1, 4,
-# 8, 16 1.34, 1.11, 1.09, 1.24, but on 7x7 maps (77% used) 0.84 and at batch 2 0.82, C1024->512 7x7
-# 0.75.
+# reduction is long. Measured on 2 cores of an AMD Zen 4 guest (float32), dot / gemm speed: 3x3
+# C512 at 4x4, 6x6, 7x7 outputs 1.41, 1.37, 1.12, C256 7x7 1.12. On the Intel guest, since the
+# GEMM's tiles of weights beyond L2 run each K block against all their panels (and its last
+# panels of at most 16 pixels run at half width), 7 interleaved rounds: 3x3 C512 7x7 at batch
+# 1, 2, 4, 8 0.90, 0.85, 1.04, 0.89, C256 7x7 0.87, C512 6x6 0.97, 5x5 0.98, 4x4 0.99, C1024 4x4
+# 0.85: kernels larger than 1x1 now keep the GEMM. 1x1 kernels, whose im2col rows gather across
+# channel planes, still pay where the GEMM's tiles are half used: 1x1 C2048->512 on 4x4 maps at
+# batch 1, 4 1.30, 1.59 (but 0.77, 0.80 at batch 8, 16; Zen 4: 1.34, 1.11, 1.09, 1.24), on 7x7
+# maps (77% used) 0.90, C1024->256 4x4 0.83.
 _DOT_MIN_K = 2048
-_DOT_MIN_GAIN = 1.15
 _DOT_MIN_GAIN_1X1 = 1.5
 
 
@@ -370,7 +369,7 @@ def _dot_pays(problem):
     gemm_cover = oh * ow / (32 * -(-(oh * ow) // 32))
     dot_cover = npix / (dot.NR * -(-npix // dot.NR))
     pointwise = all(k == 1 for k in problem.kernel_size)
-    return dot_cover >= (_DOT_MIN_GAIN_1X1 if pointwise else _DOT_MIN_GAIN) * gemm_cover
+    return pointwise and dot_cover >= _DOT_MIN_GAIN_1X1 * gemm_cover
 
 
 # A 1x1 stride-1 layer that widens the channels (C_out >= 2 C_in) writes a result larger than
@@ -481,10 +480,9 @@ def rule(problem, exact=False, prepared=False):
        direct kernel's tiles cover the pixels in at most 1.1 times the GEMM's lanes (3x3 on
        10x10, 12x12, 14x14 and 15x15 outputs, stride 2 onto 9x9 to 15x15 except 11x11; see
        ``_direct_lanes_pay``); among those,
-       ``dot`` for ungrouped layers with a long reduction (``C_in * kH * kW >= 2048``) when its
-       5-pixel tiles cover the output pixels at least 1.15 times better than the GEMM's 32-pixel
-       ones within each image (1.5 times for 1x1 kernels): ResNet-50's last 3x3 layer at any
-       batch, 1x1 layers on 4x4 maps.
+       ``dot`` for ungrouped 1x1 layers with a long reduction (``C_in >= 2048``) when its
+       5-pixel tiles cover the output pixels at least 1.5 times better than the GEMM's 32-pixel
+       ones within each image: 1x1 layers on 4x4 maps.
     4. ``direct`` otherwise: dense 3x3 and larger kernels, strided or dilated, and images with few
        input or output channels.
 
