@@ -214,6 +214,19 @@ def test_gemm_1x1_panels_shifted_to_vector_boundaries_equal_the_reference(dtype,
                 assert shifts == [(lanes - off) % lanes if whole else 0]
 
 
+def _assert_call_and_plan_give(expected, x, w, b, algorithm, **kw):
+    """``conv2d`` and a plan of it, forced to ``algorithm``, write ``expected``'s bits into a
+    NaN-filled ``out``, on 1 and 2 threads."""
+    plan = numbaconv.plan_conv2d(w, b, **kw, algorithm=algorithm)
+    for threads in (1, 2):
+        with numbaconv.num_threads(threads):
+            out = np.full_like(expected, np.nan)
+            numbaconv.conv2d(x, w, b, **kw, algorithm=algorithm, out=out)
+            assert np.array_equal(out, expected), (x.shape, w.shape, kw, threads)
+            out[...] = np.nan
+            assert np.array_equal(plan(x, out=out), expected), (x.shape, w.shape, kw, threads)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gemm_1x1_passes_over_micro_tiles_equal_the_reference(dtype):
     """A 1x1 tile runs its micro-tiles in passes over its panels: four at a time for short K,
@@ -230,13 +243,8 @@ def test_gemm_1x1_passes_over_micro_tiles_equal_the_reference(dtype):
         x = rng.integers(-4, 5, (2, cin, 3, 2 * lanes + 3)).astype(dtype)
         w = rng.integers(-4, 5, (cout, cin // groups, 1, 1)).astype(dtype)
         b = rng.integers(-4, 5, cout).astype(dtype)
-        expected = reference.conv2d(x, w, b, groups=groups)
-        plan = numbaconv.plan_conv2d(w, b, groups=groups, algorithm="gemm")
-        for threads in (1, 2):
-            with numbaconv.num_threads(threads):
-                got = numbaconv.conv2d(x, w, b, groups=groups, algorithm="gemm")
-                assert np.array_equal(got, expected), (cin, cout, groups)
-                assert np.array_equal(plan(x), expected), (cin, cout, groups)
+        _assert_call_and_plan_give(reference.conv2d(x, w, b, groups=groups), x, w, b, "gemm",
+                                   groups=groups)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -255,15 +263,7 @@ def test_gemm_narrow_last_panels_equal_the_reference(dtype):
         x = rng.integers(-4, 5, (2, 6) + hw).astype(dtype)
         w = rng.integers(-4, 5, (20, 6 // groups, k, k)).astype(dtype)
         b = rng.integers(-4, 5, 20).astype(dtype)
-        expected = reference.conv2d(x, w, b, **kw)
-        plan = numbaconv.plan_conv2d(w, b, **kw, algorithm="gemm")
-        for threads in (1, 2):
-            with numbaconv.num_threads(threads):
-                out = np.full_like(expected, np.nan)
-                numbaconv.conv2d(x, w, b, **kw, algorithm="gemm", out=out)
-                assert np.array_equal(out, expected), (hw, k, kw)
-                out[...] = np.nan
-                assert np.array_equal(plan(x, out=out), expected), (hw, k, kw)
+        _assert_call_and_plan_give(reference.conv2d(x, w, b, **kw), x, w, b, "gemm", **kw)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -290,15 +290,7 @@ def test_gemm_large_weights_meet_all_panels_per_k_block(dtype):
         x = rng.integers(-4, 5, x_shape).astype(dtype)
         w = rng.integers(-4, 5, w_shape).astype(dtype)
         b = rng.integers(-4, 5, cout).astype(dtype)
-        expected = reference.conv2d(x, w, b, **kw)
-        conv = numbaconv.plan_conv2d(w, b, **kw, algorithm="gemm")
-        for threads in (1, 2):
-            with numbaconv.num_threads(threads):
-                out = np.full_like(expected, np.nan)
-                numbaconv.conv2d(x, w, b, **kw, algorithm="gemm", out=out)
-                assert np.array_equal(out, expected), x_shape
-                out[...] = np.nan
-                assert np.array_equal(conv(x, out=out), expected), x_shape
+        _assert_call_and_plan_give(reference.conv2d(x, w, b, **kw), x, w, b, "gemm", **kw)
     assert active[0] and (active[1] or isz == 8)   # float64: one panel per tile there
 
 
