@@ -374,6 +374,17 @@ def test_direct_streaming_stores_change_no_bits(dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_partial_sums_of_other_threads_start_on_a_vector(dtype):
+    """The partial-sum buffer a work item on an unexpected thread allocates for itself (as
+    the band buffer) starts on a vector boundary, as the micro-kernel's aligned accesses need."""
+    from numbaconv.kernels import direct
+    like = np.zeros(1, dtype)
+    for n in (1, 5, 100, 6144, 100001):
+        buf = direct._aligned_empty(n, like, 64 // like.itemsize)
+        assert buf.size == n and buf.dtype == dtype and buf.ctypes.data % 64 == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_direct_tap_blocks_change_no_bits(dtype, monkeypatch):
     """The direct kernel runs a tile's taps in blocks of input channels, for all its channel
     blocks at a time, with partial sums kept between blocks (forced here for small layers, a
