@@ -691,8 +691,9 @@ def _make_driver(blocked):
         ``acc`` (``tchunk`` is then 1): the input those taps read stays in L1 for all blocks.
         ``rows`` selects the row-reuse kernel (``band`` is then a multiple of _ROWS).
         ``scratch`` holds one band buffer per thread, ``acc`` one partial-sum buffer per
-        thread (vector aligned); items on other thread ids allocate their own. The micro-kernels read the flat weights ``wf``: ``w``
-        raveled, or its blocks (``blocked``); ``w`` gives the shape. With ``stream`` (see
+        thread (vector aligned); items on other thread ids allocate their own. The
+        micro-kernels read the flat weights ``wf``: ``w`` raveled, or its blocks
+        (``blocked``); ``w`` gives the shape. With ``stream`` (see
         :func:`_streams`) the rows of the flat pixel space are padded to whole vectors and the
         generic kernel's stores go around the caches.
         """
