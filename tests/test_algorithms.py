@@ -294,7 +294,36 @@ def test_gemm_large_weights_meet_all_panels_per_k_block(dtype):
     assert active[0] and (active[1] or isz == 8)   # float64: one panel per tile there
 
 
-def test_transposed_direct_both_loop_orders_equal_the_reference(monkeypatch):
+def test_transposed_direct_geometry_kept_per_layer_is_never_another_layers():
+    """The transposed direct kernel keeps each layer's tables between calls: a sequence of
+    layers that differ from the first in one parameter each (padding, output padding, stride,
+    dilation, groups, input width, batch, dtype, thread count), each called twice and
+    interleaved, gives the reference's bits on integer data every time, and repeated calls
+    reuse the kept tables."""
+    from numbaconv.kernels import transposed
+    base = dict(x_shape=(1, 16, 9, 10), w_shape=(16, 8, 3, 3), stride=2, padding=1,
+                transposed=True)
+    changes = [{}, dict(padding=0), dict(output_padding=1), dict(stride=3),
+               dict(dilation=2), dict(groups=2, w_shape=(16, 4, 3, 3)),
+               dict(x_shape=(1, 16, 9, 11)), dict(x_shape=(2, 16, 9, 10)),
+               dict(dtype="float64")]
+    rng = np.random.default_rng(21)
+    transposed._direct_geometry.cache_clear()
+    work = []
+    for change in changes:
+        case = Case(**{**base, **change})
+        x, w, b = case.arrays(rng)
+        work.append((case, x, w, b, _reference(case, x, w, b)))
+    for _ in range(2):
+        for threads in (1, 2):
+            with numbaconv.num_threads(threads):
+                for case, x, w, b, expected in work:
+                    assert np.array_equal(_call("direct", case, x, w, b), expected), case
+    info = transposed._direct_geometry.cache_info()
+    assert info.misses == 2 * len(changes) and info.hits == 2 * len(changes)
+
+
+def test_transposed_direct_both_loop_orders_equal_the_reference(monkeypatch, request):
     """The strided transposed direct kernel runs its channel blocks innermost when a run's input
     rows outgrow L2 (reached here on a real size, and forced on every corner case): integer
     data, bits of the reference, for one and two threads."""
@@ -304,6 +333,9 @@ def test_transposed_direct_both_loop_orders_equal_the_reference(monkeypatch):
     real = transposed._rows_outer
     monkeypatch.setattr(transposed, "_rows_outer", lambda *a: orders.append(real(*a)) or
                         orders[-1])
+    # the choice is made with the call's other geometry, which is kept per layer shape
+    transposed._direct_geometry.cache_clear()
+    request.addfinalizer(transposed._direct_geometry.cache_clear)
     rng = np.random.default_rng(11)
     # 2 images x 48 rows x 96 channels of 64-wide padded rows: 1.2 MB per run, 5 channel blocks
     big = Case((2, 96, 48, 48), (96, 40, 2, 2), stride=2, transposed=True)
@@ -314,6 +346,7 @@ def test_transposed_direct_both_loop_orders_equal_the_reference(monkeypatch):
         if forced:
             monkeypatch.setattr(transposed, "_rows_outer",
                                 lambda ncb, *a: orders.append(ncb > 1) or orders[-1])
+            transposed._direct_geometry.cache_clear()
         for case in cases:
             if algo.why_not(case.problem) or max(case.problem.stride) == 1:
                 continue

@@ -11,9 +11,12 @@ in :func:`conv_transpose2d_direct` and never build a zero-stuffed input.
     No multiply is spent on the structural zeros of the stuffed input.
 
     Work item = (image, group, block of CB output channels, output row). For each column phase
-    the row is cut into tiles of TW phase pixels; a tile keeps CB x TW accumulators in vector
-    registers (CB*TW/16 zmm registers for float32: 16 of them) while it runs over input channels
-    and taps: per step one or two contiguous input vectors, CB broadcast weights and 16 FMAs.
+    the row is cut into tiles of TW phase pixels; a tile is one call of the GEMM's register
+    micro-kernel (:func:`numbaconv.kernels.gemm._mk`: CB x TW accumulators in vector registers,
+    per step one or two input vectors, CB broadcast weights and 16 FMAs) whose K loop runs over
+    all of the phase's taps that meet the input, input channels innermost, the input row of
+    each step taken from a small table. (A loop nest per tap in Numba, the same instructions in
+    its innermost loop, gave the same speed on the layers; the one loop leaves fewer lines.)
     Tiles go to a small per-item staging row (one segment per column phase), which is then
     interleaved into the output row with contiguous stores. Those rows (one per output channel
     of the item, each on its own page) get little from the hardware prefetchers, so with results
@@ -26,8 +29,8 @@ in :func:`conv_transpose2d_direct` and never build a zero-stuffed input.
     To make that loop branch-free, the input rows a thread's run of work items reads are
     copied into a zero-padded "NHCW" buffer (rows of all channels of one image row adjacent, so a
     work item streams one compact block) and the weight blocks it uses are repacked so the CB
-    channels of one (tap, input channel) are contiguous and a tile's weights for one tap, input
-    channel after input channel, are one contiguous stream (against the blocks of all tiles
+    channels of one (tap, input channel) are contiguous and a tile's weights, taps in phase
+    order, are one contiguous stream (against the blocks of all tiles
     interleaved, in one process, 40 rounds: 2x2 s2 C256->128 64 4-5% faster, 4x4 s2 C128->64 16
     2-14%, the others even); each thread makes its own copies, in
     the same parallel region, so no thread reads data the other one wrote (measured against
@@ -72,15 +75,14 @@ temporary dominate).
 
 Performance notes that shaped the code (Numba 0.68 / LLVM, znver5):
 
-* The accumulator tile is a small local 2-D array indexed only with constants after unrolling;
-  LLVM keeps it in registers only if it can prove it does not alias the inputs. Numba gives the
-  body of a ``prange`` loop ``noalias`` array arguments only when that body creates no array
-  views at all, so the parallel bodies below never slice, reshape or index arrays partially:
-  every access is a full scalar index into a flat array (flattening happens in the Python
-  drivers).
-* Inside a tile, every memory access other than the tile itself goes to a ``prange``
-  argument (tap tables included), never to another local array: LLVM cannot tell two local
-  allocations apart, and one such access would keep the tile in memory between taps.
+* Numba gives the body of a ``prange`` loop ``noalias`` array arguments only when that body
+  creates no array views at all, so the parallel bodies below never slice, reshape or index
+  arrays partially: every access is a full scalar index into a flat array (flattening happens
+  in the Python drivers).
+* The shapes, phase tables and work split of a layer are built once in Python and kept
+  (:func:`_direct_geometry`): a few dozen microseconds per call otherwise, 10% of a DCGAN
+  t4x4 C128->64 16 call (float32, 2 threads, alternating rounds: 0.300 -> 0.271 ms; 3x3 s2
+  C32->16 128 0.782 -> 0.691 ms, C64->32 32 0.192 -> 0.155 ms).
 * Hot indices are ``np.uint64`` so Numba emits no negative-index wraparound selects; they are
   non-negative by construction.
 * Tile sizes are closure constants (one compiled kernel per dtype and tile shape): loops over
@@ -91,6 +93,7 @@ order, and the work split does not depend on the thread count, so results are bi
 any number of threads.
 """
 
+import collections
 import functools
 
 import numpy as np
@@ -99,7 +102,7 @@ from numba import prange
 from numbaconv import _threads
 from numbaconv._aligned import copy_aligned, row_shift
 from numbaconv._jit import kernel, prefer_wide_vectors, parallel_kernel, vector_bytes
-from numbaconv.kernels.gemm import MR, NV, _lanes, _make_strip, _strip, _vcopy, _vzero
+from numbaconv.kernels.gemm import MR, NV, _lanes, _make_strip, _mk, _strip, _vcopy, _vzero
 from numbaconv.kernels.prefetch import prefetch_for_write
 from numbaconv.kernels.scratch import aligned, buffer
 
@@ -146,6 +149,34 @@ def _phase_ranges(s, pad, n_out):
     return m0, cnt
 
 
+def _phase_order(nty, tky, ntx, tkx, kW):
+    """The kernel taps ordered phase by phase: row phase ``qy``, column phase ``qx``, then the
+    phase's row taps ``a`` and column taps ``bb``. Returns (P0[sh, sw], ptap[kH*kW]): tap
+    ``(tky[qy, a], tkx[qx, bb])`` is ``ky*kW + kx = ptap[P0[qy, qx] + a*ntx[qx] + bb]``."""
+    sh, sw = len(nty), len(ntx)
+    p0 = np.zeros((sh, sw), np.int64)
+    ptap = []
+    for qy in range(sh):
+        for qx in range(sw):
+            p0[qy, qx] = len(ptap)
+            for a in range(nty[qy]):
+                for bb in range(ntx[qx]):
+                    ptap.append(tky[qy, a] * kW + tkx[qx, bb])
+    return p0, np.array(ptap, np.int64)
+
+
+def _phase_rows(nty, tey, ntx, tex, Cin, Cg_in, WP):
+    """Row offsets of the micro-kernel's ``k`` steps, in the order of :func:`_phase_order` with
+    the input channels innermost: step ``(P0[qy, qx] + a*ntx[qx] + bb)*Cg_in + ci`` reads input
+    channel ``ci`` of row ``my - tey[qy, a]`` from column ``j - tex[qx, bb]``, i.e. ``(ci -
+    tey[qy, a]*Cin)*WP - tex[qx, bb]`` elements from channel 0 of row ``my``, column ``j`` of
+    the row copies (rows of all ``Cin`` channels adjacent, ``WP`` apart)."""
+    first = [-tey[qy, a] * Cin * WP - tex[qx, bb]
+             for qy in range(len(nty)) for qx in range(len(ntx))
+             for a in range(nty[qy]) for bb in range(ntx[qx])]
+    return np.add.outer(np.array(first, np.int64), np.arange(Cg_in, dtype=np.int64) * WP).ravel()
+
+
 # ----------------------------------------------------------------------------------------------
 # Direct (stride-phase gather) algorithm
 # ----------------------------------------------------------------------------------------------
@@ -173,10 +204,11 @@ def _make_copy_weights(CB):
     UCB = np.uint64(CB)
 
     @kernel
-    def copy_weights(w, wp, woff, g, cb, Cin, groups, Cg_out, kH, kW, ncb):
-        """Channel block ``cb`` of group ``g``: ``wp[woff + (((g*kH*kW + k)*ncb + cb)*Cg_in
-        + ci)*CB + co - cb*CB] = w[g*Cg_in + ci, co, k]`` for ``co`` in the block, zeros past
-        ``Cg_out``: the weights one tile reads for a tap are contiguous.
+    def copy_weights(w, wp, woff, g, cb, Cin, groups, Cg_out, kH, kW, ncb, ptap):
+        """Channel block ``cb`` of group ``g``: ``wp[woff + (((g*ncb + cb)*kH*kW + p)*Cg_in
+        + ci)*CB + co - cb*CB] = w[g*Cg_in + ci, co, ptap[p]]`` for ``co`` in the block, zeros
+        past ``Cg_out``: in the taps' phase order ``ptap`` (see :func:`_phase_order`), the
+        weights one tile reads are one contiguous stream.
         Returns whether a copied weight is not finite. (The check is its own pass over the
         block's contiguous weights, which LLVM vectorises; the copy's channel loop has a trip
         count known at compile time and is unrolled: 138 -> 52 us for DCGAN C128->64's
@@ -192,9 +224,9 @@ def _make_copy_weights(CB):
             s0 = np.uint64(((g * Cg_in + ci) * Cg_out + co0) * KK)
             for i in range(np.uint64(min(CB, Cg_out - co0) * KK)):
                 bad |= not np.isfinite(w[s0 + i])
-            for k in range(KK):
-                d = np.uint64(woff + (((g * KK + k) * ncb + cb) * Cg_in + ci) * CB)
-                s = s0 + np.uint64(k)
+            for p in range(KK):
+                d = np.uint64(woff + (((g * ncb + cb) * KK + p) * Cg_in + ci) * CB)
+                s = s0 + np.uint64(ptap[p])
                 if full:
                     for j in range(UCB):
                         wp[d + j] = w[s + j * uKK]
@@ -208,13 +240,13 @@ def _make_copy_weights(CB):
 
 def _make_pack(copy_weights):
     @kernel
-    def pack(w, wp, Cin, groups, Cg_out, kH, kW, ncb):
+    def pack(w, wp, Cin, groups, Cg_out, kH, kW, ncb, ptap):
         """Every channel block of every group at offset 0 (see ``copy_weights``); whether a
         weight is not finite."""
         bad = False
         for g in range(groups):
             for cb in range(ncb):
-                bad |= copy_weights(w, wp, 0, g, cb, Cin, groups, Cg_out, kH, kW, ncb)
+                bad |= copy_weights(w, wp, 0, g, cb, Cin, groups, Cg_out, kH, kW, ncb, ptap)
         return bad
 
     return pack
@@ -262,17 +294,19 @@ class PackedWeights:
             self._panels[JW] = panels
         return panels
 
-    def blocks(self, CB):
-        """``(wp, bad)``: the blocks for ``CB`` output channels per tile, and whether a weight
-        is not finite."""
-        got = self._blocks.get(CB)
+    def blocks(self, CB, ptap):
+        """``(wp, bad)``: the blocks for ``CB`` output channels per tile with the taps in the
+        order ``ptap`` (see :func:`_phase_order`), and whether a weight is not finite."""
+        key = (CB, tuple(int(k) for k in ptap))
+        got = self._blocks.get(key)
         if got is None:
             w = self.weight
             Cin, Cg_out, kH, kW = w.shape
             ncb = -(-Cg_out // CB)
             wp = np.empty(kH * kW * Cin * ncb * CB, w.dtype)
-            bad = _copy_kernels(CB)[1](w.reshape(-1), wp, Cin, self.groups, Cg_out, kH, kW, ncb)
-            got = self._blocks[CB] = (wp, bool(bad))
+            bad = _copy_kernels(CB)[1](w.reshape(-1), wp, Cin, self.groups, Cg_out, kH, kW, ncb,
+                                       ptap)
+            got = self._blocks[key] = (wp, bool(bad))
         return got
 
 
@@ -313,18 +347,18 @@ def _rows_outer(ncb, rows_bytes, weight_bytes):
 
 
 def _make_direct(TW, CB):
-    """Compile-time tile shape: TW phase pixels (lanes) x CB output channels."""
-    UTW = np.uint64(TW)
+    """Compile-time tile shape: TW phase pixels (lanes) x CB output channels (16 x one vector
+    or 8 x two)."""
+    NVT = 1 if CB == 16 else 2
     _copy_weights = _copy_kernels(CB)[0]
 
     @parallel_kernel
     def _direct_rows(x, w, xp, wp, b, out, N, H, W, Cin, WP, PADL, Cg_in, Cg_out, groups, kH,
-                     kW, sh, sw, pt, pl, nty, tky, tey, ntx, tkx, tex, m0x, Mx, SL, OH, OW,
+                     kW, sh, sw, pt, pl, nty, tey, ntx, P0, ptap, rows, m0x, Mx, SL, OH, OW,
                      runs, WPS, nruns, stage, packed, rows_outer, prefetch_out):
         Cout = Cg_out * groups
         ncb = (Cg_out + CB - 1) // CB
-        ustep_x = np.uint64(WP)        # next input channel, same row
-        ustep_w = np.uint64(CB)        # next input channel, same tap and channel block
+        KK = kH * kW
         nitems = N * groups * ncb * OH
         bad = 0
         # nruns contiguous runs of items, one per thread. Each run copies the input rows and the
@@ -343,8 +377,8 @@ def _make_direct(TW, CB):
             unit0 = runs[run, 3]
             units_done = 0
             units = groups if rows_outer else groups * ncb
-            sbase = np.uint64(run * sw * CB * SL)
-            acc = np.empty((CB, TW), xp.dtype)
+            stage0 = run * sw * CB * SL
+            sbase = np.uint64(stage0)
             for item in range(run * nitems // nruns, (run + 1) * nitems // nruns):
                 # item ((n*groups + g)*ncb + cb)*OH + oy, or with rows_outer ((n*groups + g)*OH
                 # + oy)*ncb + cb; the weights of a unit (one channel block, or with rows_outer all
@@ -365,7 +399,7 @@ def _make_direct(TW, CB):
                 if not packed and unit - unit0 == units_done and units_done < units:
                     for c_cb in range(ncb) if rows_outer else range(cb, cb + 1):
                         bad += _copy_weights(w, wp, woff, g, c_cb, Cin, groups, Cg_out, kH,
-                                             kW, ncb)
+                                             kW, ncb, ptap)
                     units_done += 1
                 co0 = cb * CB
                 # The output rows this item writes at its end: fetched for writing now, while
@@ -388,70 +422,15 @@ def _make_direct(TW, CB):
                 while a1 > a0 and my - tey[qy, a1 - 1] < 0:
                     a1 -= 1
                 for qx in range(sw):
+                    # One K loop of the register tile: the phase's existing taps in order, input
+                    # channels innermost (weights one stream, input rows from the table)
+                    p0 = P0[qy, qx] + a0 * ntx[qx]
+                    kc = (a1 - a0) * ntx[qx] * Cg_in
+                    wb = woff + ((g * ncb + cb) * KK + p0) * Cg_in * CB
+                    xb = xoff + ((n * H + my - r0) * Cin + g * Cg_in) * WP + m0x[qx] + PADL
                     for j0 in range(0, Mx[qx], TW):
-                        for c in range(CB):
-                            for t in range(TW):
-                                acc[c, t] = 0
-                        for a in range(a0, a1):
-                            ky = tky[qy, a]
-                            iy = my - tey[qy, a]
-                            for bb in range(ntx[qx]):
-                                kx = tkx[qx, bb]
-                                xb = np.uint64(xoff + ((n * H + iy - r0) * Cin + g * Cg_in) * WP
-                                               + m0x[qx] + j0 - tex[qx, bb] + PADL)
-                                wb = np.uint64(woff + ((((g * kH + ky) * kW + kx) * ncb + cb)
-                                                       * Cg_in) * CB)
-                                for ci in range(Cg_in):
-                                    # Spelled out: a loop over CB here is not unrolled by LLVM
-                                    # and the tile would live in memory.
-                                    if CB == 8:
-                                        w0 = wp[wb]; w1 = wp[wb + np.uint64(1)]
-                                        w2 = wp[wb + np.uint64(2)]; w3 = wp[wb + np.uint64(3)]
-                                        w4 = wp[wb + np.uint64(4)]; w5 = wp[wb + np.uint64(5)]
-                                        w6 = wp[wb + np.uint64(6)]; w7 = wp[wb + np.uint64(7)]
-                                        for t in range(UTW):
-                                            xv = xp[xb + t]
-                                            acc[0, t] += xv * w0
-                                            acc[1, t] += xv * w1
-                                            acc[2, t] += xv * w2
-                                            acc[3, t] += xv * w3
-                                            acc[4, t] += xv * w4
-                                            acc[5, t] += xv * w5
-                                            acc[6, t] += xv * w6
-                                            acc[7, t] += xv * w7
-                                    else:
-                                        w0 = wp[wb]; w1 = wp[wb + np.uint64(1)]
-                                        w2 = wp[wb + np.uint64(2)]; w3 = wp[wb + np.uint64(3)]
-                                        w4 = wp[wb + np.uint64(4)]; w5 = wp[wb + np.uint64(5)]
-                                        w6 = wp[wb + np.uint64(6)]; w7 = wp[wb + np.uint64(7)]
-                                        w8 = wp[wb + np.uint64(8)]; w9 = wp[wb + np.uint64(9)]
-                                        w10 = wp[wb + np.uint64(10)]; w11 = wp[wb + np.uint64(11)]
-                                        w12 = wp[wb + np.uint64(12)]; w13 = wp[wb + np.uint64(13)]
-                                        w14 = wp[wb + np.uint64(14)]; w15 = wp[wb + np.uint64(15)]
-                                        for t in range(UTW):
-                                            xv = xp[xb + t]
-                                            acc[0, t] += xv * w0
-                                            acc[1, t] += xv * w1
-                                            acc[2, t] += xv * w2
-                                            acc[3, t] += xv * w3
-                                            acc[4, t] += xv * w4
-                                            acc[5, t] += xv * w5
-                                            acc[6, t] += xv * w6
-                                            acc[7, t] += xv * w7
-                                            acc[8, t] += xv * w8
-                                            acc[9, t] += xv * w9
-                                            acc[10, t] += xv * w10
-                                            acc[11, t] += xv * w11
-                                            acc[12, t] += xv * w12
-                                            acc[13, t] += xv * w13
-                                            acc[14, t] += xv * w14
-                                            acc[15, t] += xv * w15
-                                    xb += ustep_x
-                                    wb += ustep_w
-                        for c in range(CB):
-                            so = sbase + np.uint64((qx * CB + c) * SL + j0)
-                            for t in range(UTW):
-                                stage[so + t] = acc[c, t]
+                        _mk(kc, wp, wb, CB, 1, xp, xb + j0, 0, rows, p0 * Cg_in, stage,
+                            stage0 + qx * CB * SL + j0, SL, CB, TW, stage, 0, 2, CB, NVT, True, 0)
                 # Interleave the column phases into the output row (+ bias).
                 for c in range(min(CB, Cg_out - co0)):
                     oc = g * Cg_out + co0 + c
@@ -585,12 +564,44 @@ def conv_transpose2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
     Cg_in = Cin // groups
     dt = x.dtype
     isz = dt.itemsize
-    vec = 64 // isz                     # lanes of one zmm register
     if out.size == 0:
         return
     if x.size == 0 or w.size == 0:
         out[...] = b.reshape(1, -1, 1, 1)
         return
+    G = _direct_geometry(N, Cin, H, W, Cg_out, kH, kW, OH, OW, stride_h, stride_w, pad_top,
+                         pad_left, dil_h, dil_w, groups, isz, _threads.numba_count())
+    xp = aligned("transposed.x", G.nrows * Cin * G.WP, dt)
+    if packed is not None:
+        wp, bad_w = packed.blocks(G.CB, G.ptap)
+    else:
+        wp, bad_w = buffer("transposed.w", G.nruns * G.wps, dt), False
+    outf = out.reshape(-1)
+    bad = bad_w | _direct_kernel(isz, G.TW, G.CB)(
+        x.reshape(-1), w.reshape(-1), xp, wp, b, outf, N, H, W, Cin, G.WP, G.PADL, Cg_in,
+        Cg_out, groups, kH, kW, stride_h, stride_w, pad_top, pad_left, G.nty, G.tey, G.ntx,
+        G.P0, G.ptap, G.rows, G.m0x, G.Mx, G.SL, OH, OW, G.runs, G.wps, G.nruns,
+        buffer("transposed.stage", G.nruns * stride_w * G.CB * G.SL, dt), packed is not None,
+        G.rows_outer, out.nbytes >= _PREFETCH_OUT_BYTES)
+    if bad and len(G.edge_cols):
+        _fix_columns(x.reshape(-1), w.reshape(-1), b, outf, N, Cin, H, W, groups, Cg_out, kH, kW,
+                     stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, OH, OW, G.edge_cols,
+                     len(G.edge_cols))
+
+
+_Geometry = collections.namedtuple(
+    "_Geometry", "TW CB SL PADL WP ncb nruns rows_outer runs nrows wps nty tey ntx P0 ptap rows "
+    "m0x Mx edge_cols")
+
+
+@functools.lru_cache(maxsize=64)
+def _direct_geometry(N, Cin, H, W, Cg_out, kH, kW, OH, OW, stride_h, stride_w, pad_top,
+                     pad_left, dil_h, dil_w, groups, isz, nthreads):
+    """Tile shape, buffer sizes and the small index tables of one call of
+    :func:`conv_transpose2d_direct` (the same for every call of a layer: kept, as building them
+    takes longer than a small layer's arithmetic). The tables are shared; nothing writes them."""
+    Cg_in = Cin // groups
+    vec = 64 // isz                     # lanes of one zmm register
     nty, tky, tey = _phase_taps(kH, stride_h, dil_h)
     ntx, tkx, tex = _phase_taps(kW, stride_w, dil_w)
     m0x, Mx = _phase_ranges(stride_w, pad_left, OW)
@@ -613,37 +624,23 @@ def conv_transpose2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
     WP = -(-WP // vec) * vec                           # rows start on a cache line
     ncb = -(-Cg_out // CB)
     nitems = N * groups * ncb * OH
-    nruns = max(1, min(nitems, _threads.numba_count()))
+    nruns = max(1, min(nitems, nthreads))
     rows_outer = _rows_outer(ncb, min(H, -(-N * H // nruns)) * Cg_in * WP * isz,
                              kH * kW * Cg_in * ncb * CB * isz)
     runs, nrows = _run_tables(nitems, nruns, OH, H, ncb, groups, stride_h, pad_top,
                               int(tey.max()), rows_outer)
-    xp = aligned("transposed.x", nrows * Cin * WP, dt)
-    wps = groups * kH * kW * Cg_in * ncb * CB
-    if packed is not None:
-        wp, bad_w = packed.blocks(CB)
-    else:
-        wp, bad_w = buffer("transposed.w", nruns * wps, dt), False
-    outf = out.reshape(-1)
-    bad = bad_w | _direct_kernel(isz, TW, CB)(
-        x.reshape(-1), w.reshape(-1), xp, wp, b, outf, N, H, W, Cin, WP, PADL, Cg_in, Cg_out,
-        groups, kH, kW, stride_h, stride_w, pad_top, pad_left, nty, tky, tey, ntx, tkx, tex,
-        m0x, Mx, SL, OH, OW, runs, wps, nruns,
-        buffer("transposed.stage", nruns * stride_w * CB * SL, dt), packed is not None,
-        rows_outer, out.nbytes >= _PREFETCH_OUT_BYTES)
-    if bad:
-        # Output columns whose phase tile read horizontal padding for some tap.
-        fix = []
-        for ox in range(OW):
-            r = (ox + pad_left) % stride_w
-            m = (ox + pad_left) // stride_w
-            if any(not 0 <= m - tex[r, i] < W for i in range(ntx[r])):
-                fix.append(ox)
-        if fix:
-            cols = np.array(fix, np.int64)
-            _fix_columns(x.reshape(-1), w.reshape(-1), b, outf, N, Cin, H, W, groups, Cg_out,
-                         kH, kW, stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, OH, OW,
-                         cols, len(fix))
+    P0, ptap = _phase_order(nty, tky, ntx, tkx, kW)
+    # Output columns whose phase tiles read horizontal padding for some tap: recomputed when
+    # the weights hold Inf/NaN (see the module notes)
+    edge_cols = []
+    for ox in range(OW):
+        r, m = (ox + pad_left) % stride_w, (ox + pad_left) // stride_w
+        if any(not 0 <= m - tex[r, i] < W for i in range(ntx[r])):
+            edge_cols.append(ox)
+    return _Geometry(TW, CB, SL, PADL, WP, ncb, nruns, rows_outer, runs, nrows,
+                     groups * kH * kW * Cg_in * ncb * CB, nty, tey, ntx, P0, ptap,
+                     _phase_rows(nty, tey, ntx, tex, Cin, Cg_in, WP), m0x, Mx,
+                     np.array(edge_cols, np.int64))
 
 
 # ----------------------------------------------------------------------------------------------
