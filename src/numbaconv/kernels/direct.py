@@ -57,6 +57,7 @@ aligned (see ``_STREAM_BYTES``).
 """
 
 import collections
+import functools
 import math
 
 import numba
@@ -874,6 +875,7 @@ _COPY_CYCLES = 2.0
 _TCHUNK_BAND_BYTES = 512 << 10
 
 
+@functools.lru_cache(maxsize=256)
 def _plan_work(n_img, groups, oh, ow, wq, halo, cin_g, nphase, n_cob, tile_c, rows, ntap,
                lanes, itemsize, nthreads):
     """Choose the prange work items: band height, output-channel chunks per band, tile chunk.
@@ -882,7 +884,8 @@ def _plan_work(n_img, groups, oh, ow, wq, halo, cin_g, nphase, n_cob, tile_c, ro
     depend on the thread count. The estimated cost of an item (in cycles) is its tiles' FMAs,
     padding lanes included, plus the band copy, which is repeated for each channel chunk;
     prange hands each thread an equal share of consecutive items, so the makespan is
-    ceil(items/threads) items. Returns ``(band, n_cc, tchunk)``.
+    ceil(items/threads) items. Returns ``(band, n_cc, tchunk)``. Kept per shape (a search over
+    band heights: tens of microseconds per call for tall outputs).
     """
     row_bytes = cin_g * nphase * wq * itemsize
     # Scratch size cap: a band read by several channel blocks may be big (fewer duplicated
@@ -937,6 +940,32 @@ _TAP_BLOCK_WEIGHT_BYTES = 1 << 20
 _TAP_BLOCK_PHASES = 2
 
 
+@functools.lru_cache(maxsize=256)
+def _segment_elements(kh, kw, stride_h, stride_w, dil_h, dil_w, wq, tq, lanes):
+    """Input elements one input channel contributes to a tile of ``tq`` flat pixels: a segment
+    per (phase plane, row) the taps fall on, overlapping ones counted once. (Kept per shape: a
+    walk over the taps, 0.1 ms per call for AlexNet's 11x11 kernel in 16 phase planes.)"""
+    per_ci = 0
+    for ph in range(stride_h):
+        for pw in range(stride_w):
+            rows = set()
+            reach = [wq, -1]
+            for ky in range(kh):
+                ty = ky * dil_h
+                if ty % stride_h != ph:
+                    continue
+                for kx in range(kw):
+                    tx = kx * dil_w
+                    if tx % stride_w == pw:
+                        rows.add(ty // stride_h)
+                        reach = [min(reach[0], tx // stride_w), max(reach[1], tx // stride_w)]
+            if rows:
+                seg = tq + reach[1] - reach[0] + lanes
+                span = (max(rows) - min(rows)) * wq + seg
+                per_ci += min(len(rows) * seg, span)
+    return per_ci
+
+
 def _tap_block(cin_g, kh, kw, stride_h, stride_w, dil_h, dil_w, wq, tq, cob_item, tile_c,
                lanes, itemsize):
     """Taps per block of the generic kernel (0: all of them, unblocked).
@@ -959,24 +988,7 @@ def _tap_block(cin_g, kh, kw, stride_h, stride_w, dil_h, dil_w, wq, tq, cob_item
     if (cob_item < 2 or stride_h * stride_w < _TAP_BLOCK_PHASES
             or cob_item * tile_c * ntap * itemsize > _TAP_BLOCK_WEIGHT_BYTES):
         return 0
-    per_ci = 0
-    for ph in range(stride_h):
-        for pw in range(stride_w):
-            rows = set()
-            reach = [wq, -1]
-            for ky in range(kh):
-                ty = ky * dil_h
-                if ty % stride_h != ph:
-                    continue
-                for kx in range(kw):
-                    tx = kx * dil_w
-                    if tx % stride_w == pw:
-                        rows.add(ty // stride_h)
-                        reach = [min(reach[0], tx // stride_w), max(reach[1], tx // stride_w)]
-            if rows:
-                seg = tq + reach[1] - reach[0] + lanes
-                span = (max(rows) - min(rows)) * wq + seg
-                per_ci += min(len(rows) * seg, span)
+    per_ci = _segment_elements(kh, kw, stride_h, stride_w, dil_h, dil_w, wq, tq, lanes)
     per_ci *= itemsize
     if cin_g * per_ci <= 2 * _TAP_BLOCK_BYTES:
         return 0
