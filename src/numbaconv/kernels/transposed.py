@@ -46,9 +46,9 @@ in :func:`conv_transpose2d_direct` and never build a zero-stuffed input.
     blocks are packed once and read by both threads in place (4x4 s2 C128->64 16: 7% faster
     than the per-call copies, 4% at batch 8).
 
-    Two tile shapes (chosen per call from the lane efficiency): TW = 1 vector x CB = 16 when the
-    output channels of a group fill blocks of 16 (fewer input loads per FMA), else TW = 2
-    vectors x CB = 8.
+    Two tile shapes (chosen per layer from the lane efficiency): TW = 2 vectors x CB = 8, the
+    GEMM's own micro-kernel shape, unless TW = 1 vector x CB = 16 leaves fewer lanes idle
+    (phase rows of one vector, as DCGAN's 16x16 inputs have).
 
 ``conv_transpose2d_gemm`` (GEMM + col2im)
     ``cols[pixel, (co, ky, kx)] = sum_ci x[ci, pixel] * w[ci, (co, ky, kx)]`` on the forward
@@ -606,16 +606,17 @@ def _direct_geometry(N, Cin, H, W, Cg_out, kH, kW, OH, OW, stride_h, stride_w, p
     ntx, tkx, tex = _phase_taps(kW, stride_w, dil_w)
     m0x, Mx = _phase_ranges(stride_w, pad_left, OW)
 
-    # Tile shape: one vector x 16 channels unless it wastes more lanes than two vectors x 8
-    # channels (C_out/groups not a multiple of 16). Measured float32, 2 threads, GFLOP/s
-    # (1x16 vs 2x8): 3x3 s2 C32->16 128 141 vs 125; 4x4 s2 C128->64 16 136 vs 83; 2x2 s2
-    # C256->128 64 181 vs 175; 3x3 s2 C64->32 64 136 vs 131; but C48->24 98 vs 120, C32->8
-    # 86 vs 158.
+    # Tile shape: two vectors x 8 channels (the GEMM's own micro-kernel shape) unless one
+    # vector x 16 channels covers the phase rows and channel blocks with fewer idle lanes
+    # (phase rows of 16 pixels: DCGAN's 4x4 on 16x16). Float32, 2 threads, alternating rounds,
+    # GFLOP/s, 1x16 vs 2x8 where both cover them equally: 2x2 s2 C256->128 64 257-260 vs
+    # 275-285 (batch 8 249 vs 275), 4x4 s2 C128->64 32 247-248 vs 271-285, 3x3 s2 C64->32 32
+    # 228-230 vs 242-246, C32->16 128 159-210 vs 163-214; 4x4 s2 C128->64 16 234-239 vs 140-142.
     def efficiency(TW, CB):
         lanes = sum(int(m) for m in Mx) / max(1, sum(-(-int(m) // TW) * TW for m in Mx))
         return lanes * Cg_out / (-(-Cg_out // CB) * CB)
     TW, CB = 2 * vec, 8
-    if efficiency(vec, 16) >= efficiency(2 * vec, 8):
+    if efficiency(vec, 16) > efficiency(2 * vec, 8):
         TW, CB = vec, 16
 
     SL = max(TW, -(-int(Mx.max()) // TW) * TW)         # staging length per phase
