@@ -85,8 +85,8 @@ Performance notes that shaped the code (Numba 0.68 / LLVM, znver5):
   C32->16 128 0.782 -> 0.691 ms, C64->32 32 0.192 -> 0.155 ms).
 * Hot indices are ``np.uint64`` so Numba emits no negative-index wraparound selects; they are
   non-negative by construction.
-* Tile sizes are closure constants (one compiled kernel per dtype and tile shape): loops over
-  them must have compile-time trip counts to be unrolled and vectorised.
+* Tile sizes are closure constants (one compiled kernel per dtype and tile shape): the
+  micro-kernel takes them as compile-time literals.
 
 Determinism: every output element is produced by exactly one work item with a fixed summation
 order, and the work split does not depend on the thread count, so results are bit-identical for
