@@ -362,14 +362,13 @@ _DOT_MIN_GAIN_1X1 = 1.5
 def _dot_pays(problem):
     oh, ow = problem.out_size[-2:]
     npix = problem.batch * oh * ow
-    k = problem.in_channels * math.prod(problem.kernel_size)
-    if problem.groups != 1 or k < _DOT_MIN_K or npix == 0:
+    if (problem.groups != 1 or any(k != 1 for k in problem.kernel_size)
+            or problem.in_channels < _DOT_MIN_K or npix == 0):
         return False
     # the GEMM's pixel tiles stay within one image; the dot kernel's run across images
     gemm_cover = oh * ow / (32 * -(-(oh * ow) // 32))
     dot_cover = npix / (dot.NR * -(-npix // dot.NR))
-    pointwise = all(k == 1 for k in problem.kernel_size)
-    return pointwise and dot_cover >= _DOT_MIN_GAIN_1X1 * gemm_cover
+    return dot_cover >= _DOT_MIN_GAIN_1X1 * gemm_cover
 
 
 # A 1x1 stride-1 layer that widens the channels (C_out >= 2 C_in) writes a result larger than

@@ -297,7 +297,7 @@ class PackedWeights:
     def blocks(self, CB, ptap):
         """``(wp, bad)``: the blocks for ``CB`` output channels per tile with the taps in the
         order ``ptap`` (see :func:`_phase_order`), and whether a weight is not finite."""
-        key = (CB, tuple(int(k) for k in ptap))
+        key = (CB, ptap.tobytes())
         got = self._blocks.get(key)
         if got is None:
             w = self.weight
@@ -590,7 +590,7 @@ def conv_transpose2d_direct(x, w, b, out, stride_h, stride_w, pad_top, pad_left,
 
 
 _Geometry = collections.namedtuple(
-    "_Geometry", "TW CB SL PADL WP ncb nruns rows_outer runs nrows wps nty tey ntx P0 ptap rows "
+    "_Geometry", "TW CB SL PADL WP nruns rows_outer runs nrows wps nty tey ntx P0 ptap rows "
     "m0x Mx edge_cols")
 
 
@@ -638,7 +638,7 @@ def _direct_geometry(N, Cin, H, W, Cg_out, kH, kW, OH, OW, stride_h, stride_w, p
         r, m = (ox + pad_left) % stride_w, (ox + pad_left) // stride_w
         if any(not 0 <= m - tex[r, i] < W for i in range(ntx[r])):
             edge_cols.append(ox)
-    return _Geometry(TW, CB, SL, PADL, WP, ncb, nruns, rows_outer, runs, nrows,
+    return _Geometry(TW, CB, SL, PADL, WP, nruns, rows_outer, runs, nrows,
                      groups * kH * kW * Cg_in * ncb * CB, nty, tey, ntx, P0, ptap,
                      _phase_rows(nty, tey, ntx, tex, Cin, Cg_in, WP), m0x, Mx,
                      np.array(edge_cols, np.int64))
