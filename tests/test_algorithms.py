@@ -165,8 +165,8 @@ def test_size_invariant_algorithms_give_the_same_bits_on_tiles(algo):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gemm_1x1_prefetching_path_equals_the_reference(dtype, monkeypatch):
-    """1x1 layers whose input and result outgrow the cache run the GEMM reading B in place with
-    prefetches (the size limit is lowered here to reach that path on small arrays)."""
+    """1x1 layers whose image planes fill a page run the GEMM reading B in place with
+    prefetches (the plane size limit is lowered here to reach that path on small arrays)."""
     from numbaconv.kernels import gemm
     plain = []
     real = gemm._conv_driver
@@ -177,7 +177,7 @@ def test_gemm_1x1_prefetching_path_equals_the_reference(dtype, monkeypatch):
     b = rng.integers(-4, 5, 40).astype(dtype)
     expected = reference.conv2d(x, w, b)
     assert np.array_equal(numbaconv.conv2d(x, w, b, algorithm="gemm"), expected)
-    monkeypatch.setattr(gemm, "_AHEAD_FROM", 0)
+    monkeypatch.setattr(gemm, "_AHEAD_PLANE_BYTES", 0)
     assert np.array_equal(numbaconv.conv2d(x, w, b, algorithm="gemm"), expected)
     assert plain == [1, 2]
 
@@ -204,8 +204,8 @@ def test_gemm_1x1_panels_shifted_to_vector_boundaries_equal_the_reference(dtype,
         for off in range(lanes):
             xs = raw[first + off:first + off + x.size].reshape(x.shape)
             xs[...] = x
-            for ahead_from, threads in [(gemm._AHEAD_FROM, 1), (0, 2)]:
-                monkeypatch.setattr(gemm, "_AHEAD_FROM", ahead_from)
+            for ahead_from, threads in [(gemm._AHEAD_PLANE_BYTES, 1), (0, 2)]:
+                monkeypatch.setattr(gemm, "_AHEAD_PLANE_BYTES", ahead_from)
                 shifts.clear()
                 with numbaconv.num_threads(threads):
                     got = numbaconv.conv2d(xs, w, b, groups=groups, algorithm="gemm")

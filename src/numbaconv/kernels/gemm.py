@@ -82,14 +82,22 @@ _KC_BYTES = 32 * 1024          # B panel (KC x NR) streamed by one micro-kernel 
 _A_BLOCK_BYTES = 384 * 1024    # A block (MC x KC) revisited for every B panel: in L2
 _B_BLOCK_BYTES = 256 * 1024    # B block (KC x NC) of one tile: in L2
 # B panels a micro-kernel prefetches ahead when B is read in place from the image (1x1 layers:
-# each of the K rows is a separate stream) and the call's input and result together outgrow
-# _AHEAD_FROM bytes, where they no longer stay in this machine's 32 MiB last-level cache (shared
-# with other work). Interleaved, 9 rounds, 2 threads, float32: 1x1 C256->64 56x56 at batch 8
-# (32 MB) 147 -> 177 GFLOP/s and C64->256 at batch 8 121 -> 130, both 9/9 faster; at batch 4
-# (16 MB) 132 -> 133. Smaller calls skip it: there the prefetches cost 1-2% (C64->256 at batch
-# 1 195 -> 194, C192->32 28x28 149 -> 147, C256->1024 14x14 187 -> 183).
+# each of the K rows is a separate stream) and an image plane fills a 4 KiB page or more: the
+# hardware prefetchers follow streams within a page, a few dozen at a time, so K rows a page or
+# more apart each start cold; rows of smaller planes share pages. 2 threads, float32, 5
+# alternating rounds, two runs, GFLOP/s without -> with, batch 1: 56x56 and 112x112 planes:
+# C256->64 56 215-223 -> 259-274, C256->128 56 248-257 -> 269-283, C64->64 56 236-258 ->
+# 253-271, C32->16 112 156-165 -> 173-186, C64->256 56 285 -> 291-300, C16->96 112 +2-3%,
+# C96->24 56, C24->144 56 and C144->24 56 -1 to -6%; 28x28 planes (3 KiB) from -3 to -6%
+# (C128->512, C512->256) to +4% (C144->32, C192->32); 14x14 planes 0 to -17% (C1024->256
+# 254-278 -> 212-233: two panels on is past the plane's six); 7x7 planes even. Batch 8: the
+# 56x56 and 112x112 planes +1 to +37% (C256->128, C144->24 +30-37%) except C24->144 (-1 to
+# -7%); 28x28 -3 to -8% (C128->512, C512->128, C512->256) to +8 to +14% (C144->32, C192->32);
+# 14x14 -5 to -21%. (The limit had been the input and result outgrowing 12 MiB, a 32 MiB
+# last-level cache's share; prefetching in a strip's first micro-tile only, not in every one:
+# 28x28 planes -3 to +13%, but C32->16 112 at batch 8 -2 to -17% against +15 to +25%.)
 _AHEAD = 2
-_AHEAD_FROM = 12 << 20
+_AHEAD_PLANE_BYTES = 4096
 _MIN_TILES = 8                 # parallel tiles wanted at least (more cores than two)
 _IN_PLACE = True               # read single-row B panels from the band (no packing)
 _BAND_BYTES = 512 * 1024       # input band (all channels of a group) of a conv tile: in L2
@@ -1282,7 +1290,7 @@ def conv2d_implicit_gemm_packed(x, pw, b, out, stride_h, stride_w, pad_top, pad_
     xf, of = x.reshape(-1), out.reshape(-1)
     prm = np.array([n_img, cin, h, wd, cout, oh, ow, stride_h, stride_w, pad_top, pad_left,
                     groups, pw.cin_g * kh * kw, p.wq, p.halo, p.rows_max, p.n_pb, p.n_mb, p.kc,
-                    2 if p.plain and x.nbytes + out.nbytes >= _AHEAD_FROM else p.plain,
+                    2 if p.plain and oh * ow * x.itemsize >= _AHEAD_PLANE_BYTES else p.plain,
                     pw.panels, _IN_PLACE, xf.size, pw.data.size, b.size, of.size,
                     p.offs.size, p.phases.shape[0], ws_band.shape[1], ws_b.shape[1],
                     ws_pc.shape[2], _panel_shift(p.plain, xf, oh * ow)], dtype=np.int64)
