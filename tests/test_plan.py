@@ -76,6 +76,47 @@ def test_direct_plans_blocked_weights_give_the_call_bits(case, rng):
 
 
 @pytest.mark.parametrize("case", [
+    Case((1, 64, 7, 7), (64, 64, 3, 3), padding=1),                     # rows split over items
+    Case((2, 16, 13, 14), (32, 16, 3, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+    Case((1, 12, 7, 15), (32, 12, 3, 3), bias=False),                  # rows of 7 + 6 pixels
+    Case((1, 8, 3, 9), (30, 8, 3, 3), dtype="float64"),                # channels 16 + 14
+], ids=str)
+def test_small_map_gemm_plans_give_the_call_bits(case, rng, monkeypatch):
+    """On small maps a GEMM plan puts output channels in the vector lanes (weights packed in
+    channel blocks): the plain GEMM call's bits on real data, the reference's on integer data,
+    every output written, for 1 and 2 threads."""
+    from numbaconv.kernels import small_maps
+    ran = []
+    real_kernel = small_maps.conv2d_small_maps
+    monkeypatch.setattr(small_maps, "conv2d_small_maps", lambda *a: ran.append(1) or
+                        real_kernel(*a))
+    x, w, b = case.arrays(rng)
+    conv = _plan(case, w, b, algorithm="gemm")
+    xr = rng.standard_normal(x.shape).astype(x.dtype)
+    wr = rng.standard_normal(w.shape).astype(w.dtype)
+    real = _plan(case, wr, b, algorithm="gemm")
+    want = reference.conv2d(x, w, b, **case.kwargs)
+    for threads in (1, 2):
+        with numbaconv.num_threads(threads):
+            out = np.full_like(want, np.nan)
+            assert np.array_equal(conv(x, out=out), want)
+            assert np.array_equal(real(xr), numbaconv.conv2d(xr, wr, b, **case.kwargs,
+                                                             algorithm="gemm"))
+    assert len(ran) == 4
+
+
+def test_small_map_rule_takes_kernels_larger_than_1x1_on_maps_that_waste_gemm_lanes():
+    from numbaconv.kernels import small_maps
+    assert small_maps.pays(3, 3, 1, 1, 7, 7, 512, 4)        # 49 of 64 lanes in the GEMM
+    assert small_maps.pays(3, 3, 1, 1, 14, 14, 256, 4)      # 196 of 208
+    assert not small_maps.pays(1, 1, 1, 1, 7, 7, 512, 4)    # 1x1: input rows in place
+    assert not small_maps.pays(3, 3, 1, 1, 28, 28, 128, 4)  # whole panels
+    assert not small_maps.pays(3, 3, 2, 1, 7, 7, 512, 4)    # stride 2 along W
+    assert not small_maps.pays(3, 3, 1, 2, 7, 7, 512, 4)    # groups
+    assert not small_maps.pays(3, 3, 1, 1, 7, 7, 40, 4)     # 40 of 64 channel lanes
+
+
+@pytest.mark.parametrize("case", [
     Case((1, 64, 14, 14), (64, 64, 3, 3), padding=1),
     Case((2, 32, 17, 19), (48, 32, 3, 3), padding=2, dilation=2),
     Case((1, 40, 30, 30), (24, 40, 3, 3), padding=1, dtype="float64", bias=False),

@@ -48,7 +48,7 @@ def precompile(dtypes=("float32", "float64")):
     >>> sorted(numbaconv.precompile(dtypes=("float32",)))
     ['depthwise', 'depthwise (transposed)', 'direct', 'direct (transposed)', 'dot', 'gemm', 'gemm (NHWC)', 'gemm (transposed)', 'grouped (NHWC)', 'im2col', 'weight gradient', 'winograd']
     """
-    from .kernels import (conv_nhwc, direct, grouped_nhwc, transpose, weight_grad,
+    from .kernels import (conv_nhwc, direct, grouped_nhwc, small_maps, transpose, weight_grad,
                           weight_grad_rows)
 
     spent = {}
@@ -81,6 +81,13 @@ def precompile(dtypes=("float32", "float64")):
                                     np.ones(8, dtype), np.empty((1, 8, 6, 6), dtype), 1, 1, 1, 1,
                                     1, 1)
         spent["direct"] += time.perf_counter() - start
+        # the GEMM of small-map plans (channels in the lanes)
+        start = time.perf_counter()
+        small_maps.conv2d_small_maps(np.ones((1, 4, 7, 7), dtype),
+                                     small_maps.pack_weights(np.ones((8, 4, 3, 3), dtype)),
+                                     np.ones(8, dtype), np.empty((1, 8, 5, 5), dtype), 3, 3, 1,
+                                     0, 0, 1, 1)
+        spent["gemm"] += time.perf_counter() - start
         # the stride-1 weight gradient that reads its input in place (the warm-up shapes are
         # too small for its rule)
         start = time.perf_counter()

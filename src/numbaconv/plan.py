@@ -8,7 +8,10 @@ doing the weight work of an algorithm only once (transposed convolutions:
 
 * ``gemm``: the weights packed into the micro-kernel's ``[8-row panel][k][8]`` layout (a plain
   call reads them unpacked, since one pass over the weights per call would cost more than the
-  packed layout saves);
+  packed layout saves); on small maps whose pixels fill the GEMM's 32-pixel panels poorly
+  (7x7, 14x14) and kernels larger than 1x1, packed in blocks of output channels instead for
+  :mod:`numbaconv.kernels.small_maps`, which puts the channels in the vector lanes (same sums
+  in the same order, so the same bits);
 * ``winograd``: the transformed weights ``U`` (36 x C_out x C_in), which a plain call computes
   every time (for C256 that is 9.4 MB written per call);
 * the other algorithms read the weights as they are; the plan only skips the validation of
@@ -30,18 +33,46 @@ from ._aligned import copy_aligned
 from ._front import as_array, compute_dtype, output_array, prepare
 from .dispatch import _geometry
 from .functional import _padded
-from .kernels import direct, gemm, winograd
+from .kernels import direct, gemm, small_maps, winograd
 from .problem import ConvProblem
 
 __all__ = ["Conv2dPlan", "plan_conv2d"]
 
 
+class _GemmWeights:
+    """The GEMM's weights in the two layouts its kernels read, each packed on first use: row
+    panels (:func:`numbaconv.kernels.gemm.pack_weights`) and, for small maps, channel blocks
+    (:func:`numbaconv.kernels.small_maps.pack_weights`)."""
+
+    __slots__ = ("w", "groups", "_panels", "_channels")
+
+    def __init__(self, w, groups):
+        self.w, self.groups = w, groups
+        self._panels = self._channels = None
+
+    def panels(self):
+        if self._panels is None:
+            self._panels = gemm.pack_weights(self.w, self.groups)
+        return self._panels
+
+    def channels(self):
+        if self._channels is None:
+            self._channels = small_maps.pack_weights(self.w)
+        return self._channels
+
+
 def _prepare_gemm(w, groups):
-    return gemm.pack_weights(w, groups)
+    return _GemmWeights(w, groups)
 
 
-def _run_gemm(problem, x, packed, b, out):
-    gemm.conv2d_implicit_gemm_packed(x, packed, b, out, *_geometry(problem))
+def _run_gemm(problem, x, prepared, b, out):
+    sh, sw, pt, pl, dh, dw = _geometry(problem)
+    _, _, kh, kw = problem.weight_shape
+    _, cout, oh, ow = problem.output_shape
+    if small_maps.pays(kh, kw, sw, problem.groups, oh, ow, cout, x.itemsize):
+        small_maps.conv2d_small_maps(x, prepared.channels(), b, out, kh, kw, sh, pt, pl, dh, dw)
+    else:
+        gemm.conv2d_implicit_gemm_packed(x, prepared.panels(), b, out, sh, sw, pt, pl, dh, dw)
 
 
 def _prepare_winograd(w, groups):
