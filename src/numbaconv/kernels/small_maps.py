@@ -44,7 +44,7 @@ def channels_per_tile(itemsize):
     return NV * _VBYTES // itemsize
 
 
-def supports(kh, kw, sw, groups, oh, ow):
+def supports(sw, groups, oh, ow):
     """Whether :func:`conv2d_small_maps` computes this geometry: one group, stride 1 along W,
     an output map of at most 32x32 (the partial sums of a work item stay in L2)."""
     return groups == 1 and sw == 1 and 0 < oh * ow <= 1024
@@ -65,12 +65,12 @@ def pays(kh, kw, sw, groups, oh, ow, cout, itemsize):
     211. 1x1 kernels: the input rows are the pixel operand itself, and a K block of them
     outgrows L1 (1x1 C1024->256 14x14 248 -> 166; 7x7 maps 200-203 -> 205-222).
     """
-    if kh * kw == 1 or not supports(kh, kw, sw, groups, oh, ow):
+    if kh * kw == 1 or not supports(sw, groups, oh, ow):
         return False
     lanes = _VBYTES // itemsize
-    nch = NV * lanes
+    nch = NV * lanes          # a tile's channels, and the GEMM's panel width in pixels
     npix = oh * ow
-    rest = npix % (NV * lanes)
+    rest = npix % nch
     gemm_lanes = npix - rest + (0 if rest == 0 else lanes if rest <= lanes else NV * lanes)
     here = (ow / (MR * -(-ow // MR))) * (cout / (nch * -(-cout // nch)))
     return here >= 1.05 * npix / gemm_lanes
