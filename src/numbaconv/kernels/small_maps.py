@@ -27,7 +27,7 @@ from numba import prange
 
 from numbaconv import _threads
 from numbaconv._jit import kernel, parallel_kernel, vector_bytes
-from numbaconv.kernels.gemm import _mk
+from numbaconv.kernels.gemm import NV as _GEMM_NV, _mk
 from numbaconv.kernels.scratch import aligned
 from numbaconv.kernels.unowned import unowned as _unowned
 
@@ -63,15 +63,17 @@ def pays(kh, kw, sw, groups, oh, ow, cout, itemsize):
     -> 292-311, C64 14x14 144 -> 189, C512 14x14 267 -> 264 (taken: 196 of 208 lanes against
     all), C256 14x14 at batch 4 271 -> 267; not taken: C128 28x28 253 -> 247, C256 10x10 228 ->
     211. 1x1 kernels: the input rows are the pixel operand itself, and a K block of them
-    outgrows L1 (1x1 C1024->256 14x14 248 -> 166; 7x7 maps 200-203 -> 205-222).
+    outgrows L1 (1x1 C1024->256 14x14 248 -> 166; 7x7 maps 200-203 -> 205-222 in one run, -21% to
+    +11% in another).
     """
     if kh * kw == 1 or not supports(sw, groups, oh, ow):
         return False
     lanes = _VBYTES // itemsize
-    nch = NV * lanes          # a tile's channels, and the GEMM's panel width in pixels
+    nch = channels_per_tile(itemsize)
+    panel = _GEMM_NV * lanes  # the GEMM's panel width in pixels
     npix = oh * ow
-    rest = npix % nch
-    gemm_lanes = npix - rest + (0 if rest == 0 else lanes if rest <= lanes else NV * lanes)
+    rest = npix % panel
+    gemm_lanes = npix - rest + (0 if rest == 0 else lanes if rest <= lanes else panel)
     here = (ow / (MR * -(-ow // MR))) * (cout / (nch * -(-cout // nch)))
     return here >= 1.05 * npix / gemm_lanes
 
